@@ -1,0 +1,193 @@
+"""The environment interface (OpenEnv's, unchanged) and the registry that finds envs by name.
+
+An env is any class with OpenEnv's ``reset(seed, episode_id, **kw)``, ``step(action)`` and ``state``;
+subclassing :class:`Environment` is the documented way, but an OpenEnv ``Environment`` subclass
+works as it is. Envs are found by name through the ``openenv_zmq.envs`` entry point group
+(``echo = "echo_env.server.echo_environment:EchoEnvironment"``) or by ``module:Class``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import typing
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from openenv_zmq.errors import EnvNotFound
+from openenv_zmq.types import Action, Observation, State
+
+ENTRY_POINT_GROUP = "openenv_zmq.envs"
+
+ActT = TypeVar("ActT", bound=Action)
+ObsT = TypeVar("ObsT", bound=Observation)
+StateT = TypeVar("StateT", bound=State)
+
+
+class Environment(ABC, Generic[ActT, ObsT, StateT]):
+    """OpenEnv's environment ABC: one stateful instance, ``reset()`` / ``step()`` / ``state``.
+
+    Subclasses name their types through the generic parameters
+    (``class EchoEnvironment(Environment[EchoAction, EchoObservation, State])``) or through
+    the annotations of ``step``; the worker validates incoming actions against that action type.
+    """
+
+    SUPPORTS_CONCURRENT_SESSIONS: bool = False
+
+    def __init__(self, transform: Any = None, rubric: Any = None) -> None:
+        self.transform = transform
+        self.rubric = rubric
+
+    @abstractmethod
+    def reset(
+        self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any
+    ) -> ObsT:
+        """Start a new episode and return its first observation."""
+
+    @abstractmethod
+    def step(self, action: ActT, timeout_s: float | None = None, **kwargs: Any) -> ObsT:
+        """Apply one action and return the next observation."""
+
+    @property
+    @abstractmethod
+    def state(self) -> StateT:
+        """The current episode's state."""
+
+    def close(self) -> None:
+        """Release what the env holds; called when its slot is closed."""
+
+
+@dataclass(frozen=True)
+class EnvTypes:
+    """The pydantic models an env speaks."""
+
+    action: type[BaseModel]
+    observation: type[BaseModel]
+    state: type[BaseModel]
+
+    def to_wire(self) -> dict[str, str]:
+        return {
+            "action": type_path(self.action),
+            "observation": type_path(self.observation),
+            "state": type_path(self.state),
+        }
+
+
+def type_path(cls: type) -> str:
+    """``module:qualname``, the form :func:`import_object` reads back."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def import_object(path: str) -> Any:
+    """Import ``package.module:Attr.Nested``; raises :class:`EnvNotFound` with the reason."""
+    module_name, _, qualname = path.partition(":")
+    if not module_name or not qualname:
+        raise EnvNotFound(f"{path!r} is not of the form 'module:Class'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise EnvNotFound(f"cannot import module {module_name!r} for {path!r}: {exc}") from exc
+    for attr in qualname.split("."):
+        try:
+            obj = getattr(obj, attr)
+        except AttributeError:
+            raise EnvNotFound(f"module {module_name!r} has no attribute {qualname!r}") from None
+    return obj
+
+
+def registered_envs() -> dict[str, str]:
+    """Env names published through the entry point group, mapped to their ``module:Class``."""
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+@cache
+def resolve_env(name: str) -> type:
+    """The env class for a registered name or a ``module:Class`` spec.
+
+    Raises :class:`EnvNotFound` naming the registered envs when nothing matches.
+    """
+    if ":" in name:
+        cls = import_object(name)
+    else:
+        target = registered_envs().get(name)
+        if target is None:
+            known = ", ".join(sorted(registered_envs())) or "none"
+            raise EnvNotFound(
+                f"no env named {name!r} (registered: {known}); use 'module:Class' for others"
+            )
+        cls = import_object(target)
+    if not isinstance(cls, type) or not all(
+        hasattr(cls, attr) for attr in ("reset", "step", "state")
+    ):
+        raise EnvNotFound(f"{name!r} is not an environment class (needs reset, step and state)")
+    return cls
+
+
+def _as_model(candidate: Any) -> type[BaseModel] | None:
+    if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+        return candidate
+    return None
+
+
+def _generic_args(cls: type) -> tuple[Any, ...]:
+    for klass in cls.__mro__:
+        for base in getattr(klass, "__orig_bases__", ()):
+            origin = typing.get_origin(base)
+            if isinstance(origin, type) and origin.__name__ == "Environment":
+                return typing.get_args(base)
+    return ()
+
+
+@cache
+def env_types(cls: type) -> EnvTypes:
+    """The Action / Observation / State models of an env class.
+
+    Read, in order, from class attributes ``action_type`` / ``observation_type`` / ``state_type``,
+    from the ``Environment[...]`` generic parameters, then from the annotations of ``step`` and
+    ``state``; OpenEnv's base models are the fallback.
+    """
+    args = _generic_args(cls)
+    try:
+        step_hints = typing.get_type_hints(cls.step)
+    except Exception:  # an env's annotations may name types only its own module can resolve
+        step_hints = {}
+    state_getter = inspect.getattr_static(cls, "state", None)
+    try:
+        state_hints = (
+            typing.get_type_hints(state_getter.fget) if isinstance(state_getter, property) else {}
+        )
+    except Exception:
+        state_hints = {}
+    candidates = {
+        "action": (
+            getattr(cls, "action_type", None),
+            args[0] if len(args) > 0 else None,
+            step_hints.get("action"),
+        ),
+        "observation": (
+            getattr(cls, "observation_type", None),
+            args[1] if len(args) > 1 else None,
+            step_hints.get("return"),
+        ),
+        "state": (
+            getattr(cls, "state_type", None),
+            args[2] if len(args) > 2 else None,
+            state_hints.get("return"),
+        ),
+    }
+    fallbacks: dict[str, type[BaseModel]] = {
+        "action": Action,
+        "observation": Observation,
+        "state": State,
+    }
+    found: dict[str, type[BaseModel]] = {}
+    for role, options in candidates.items():
+        found[role] = next(
+            (m for m in map(_as_model, options) if m is not None), fallbacks[role]
+        )
+    return EnvTypes(found["action"], found["observation"], found["state"])

@@ -1,0 +1,185 @@
+"""The one exception tree of openenv-zmq.
+
+```
+OpenEnvZmqError
+├── ProtocolError               frames that do not decode (malformed, wrong version, unknown op/field)
+│   └── MessageTooLarge         over the configured size limit
+├── EnvNotFound                 an env name or ``module:Class`` that resolves to nothing
+├── ClientError                 misuse detected in this process before anything is sent
+│   ├── ClosedError             stepping a closed client or env group
+│   ├── BatchSizeMismatch       number of actions/seeds/kwargs differs from number of env ids
+│   ├── UnknownEnvIds           env ids that do not belong to the group
+│   ├── AlreadyPendingCall      send() while the same env ids are still in flight
+│   └── NoPendingCall           recv() with nothing in flight
+├── TransportError              the request did not get an answer
+│   ├── BrokerUnreachable       no broker answered within the connect timeout
+│   └── RequestTimeout          a sent request got no reply within its timeout
+├── RemoteError                 a whole request refused by the broker or a worker
+│   ├── NoWorkerAvailable       no live worker hosts the env kind, or all are full
+│   └── TooManyInFlight         the client exceeded its in-flight limit at the broker
+└── EnvError                    one env instance failed; travels per env in ``BatchResult.errors``
+    ├── EnvExecutionError       the env's own code raised
+    ├── ActionValidationError   the action failed the env's pydantic model
+    ├── NeedsReset              step() before the first reset()
+    ├── UnknownEnvId            the worker hosts no such env id
+    ├── WorkerLost              the worker died while the request was in flight
+    └── SessionLost             the env lived on a worker that died; reset() re-places it
+```
+
+Errors cross the wire as ``(type name, message, traceback)`` and are rebuilt here by name with
+:func:`error_from_wire`, so a trainer can ``except WorkerLost`` exactly as it would locally.
+"""
+
+from __future__ import annotations
+
+
+class OpenEnvZmqError(Exception):
+    """Base of every error raised by openenv-zmq."""
+
+
+class ProtocolError(OpenEnvZmqError):
+    """Frames that are not a valid message of this protocol version."""
+
+
+class MessageTooLarge(ProtocolError):
+    """A message (or its header) is over the configured size limit."""
+
+
+class EnvNotFound(OpenEnvZmqError):
+    """An env name or ``module:Class`` spec that resolves to no environment class."""
+
+
+class ClientError(OpenEnvZmqError):
+    """Misuse of the client API, detected before anything is sent."""
+
+
+class ClosedError(ClientError):
+    """The client or env group is closed."""
+
+
+class BatchSizeMismatch(ClientError):
+    """A per-env argument (actions, seeds, kwargs) has the wrong length."""
+
+
+class UnknownEnvIds(ClientError):
+    """Env ids that are not part of the env group."""
+
+
+class AlreadyPendingCall(ClientError):
+    """``send()`` named env ids whose previous call has not been received yet."""
+
+
+class NoPendingCall(ClientError):
+    """``recv()`` was called with nothing in flight."""
+
+
+class TransportError(OpenEnvZmqError):
+    """A request got no answer."""
+
+
+class BrokerUnreachable(TransportError):
+    """No broker answered at the address within the connect timeout."""
+
+
+class RequestTimeout(TransportError):
+    """A request was sent but its reply did not arrive in time."""
+
+
+class RemoteError(OpenEnvZmqError):
+    """A whole request was refused by the broker or a worker."""
+
+    def __init__(self, message: str, remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.remote_traceback = remote_traceback
+
+
+class NoWorkerAvailable(RemoteError):
+    """No live worker hosts the requested env kind, or every such worker is full."""
+
+
+class TooManyInFlight(RemoteError):
+    """The client has more requests in flight at the broker than its limit allows."""
+
+
+class EnvError(OpenEnvZmqError):
+    """One env instance failed. ``env_id`` and the remote traceback travel with it."""
+
+    def __init__(self, message: str, env_id: int = -1, remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.env_id = env_id
+        self.remote_traceback = remote_traceback
+
+    @property
+    def type_name(self) -> str:
+        return type(self).__name__
+
+
+class EnvExecutionError(EnvError):
+    """The environment's own code raised; the original type name is kept in ``original_type``."""
+
+    def __init__(
+        self, message: str, env_id: int = -1, remote_traceback: str = "", original_type: str = ""
+    ) -> None:
+        super().__init__(message, env_id, remote_traceback)
+        self.original_type = original_type
+
+
+class ActionValidationError(EnvError):
+    """The action failed the env's pydantic model; the message is pydantic's."""
+
+
+class NeedsReset(EnvError):
+    """The env was stepped before it was reset."""
+
+
+class UnknownEnvId(EnvError):
+    """The worker hosts no env with this id."""
+
+
+class WorkerLost(EnvError):
+    """The worker hosting the env died while a request for it was in flight."""
+
+
+class SessionLost(EnvError):
+    """The env lived on a worker that died; ``reset()`` places it on a live worker."""
+
+
+_REMOTE_TYPES: dict[str, type[RemoteError]] = {
+    cls.__name__: cls for cls in (RemoteError, NoWorkerAvailable, TooManyInFlight)
+}
+_ENV_TYPES: dict[str, type[EnvError]] = {
+    cls.__name__: cls
+    for cls in (
+        EnvError,
+        EnvExecutionError,
+        ActionValidationError,
+        NeedsReset,
+        UnknownEnvId,
+        WorkerLost,
+        SessionLost,
+    )
+}
+_LOCAL_TYPES: dict[str, type[OpenEnvZmqError]] = {
+    cls.__name__: cls for cls in (ProtocolError, MessageTooLarge, EnvNotFound)
+}
+
+
+def env_error_from_wire(type_name: str, message: str, traceback: str, env_id: int) -> EnvError:
+    """Rebuild a per-env error; an unknown name is an exception from the env's own code."""
+    cls = _ENV_TYPES.get(type_name)
+    if cls is None:
+        return EnvExecutionError(
+            f"{type_name}: {message}", env_id, traceback, original_type=type_name
+        )
+    return cls(message, env_id, traceback)
+
+
+def error_from_wire(type_name: str, message: str, traceback: str = "") -> OpenEnvZmqError:
+    """Rebuild a whole-request error sent by the broker or a worker."""
+    remote = _REMOTE_TYPES.get(type_name)
+    if remote is not None:
+        return remote(message, traceback)
+    local = _LOCAL_TYPES.get(type_name)
+    if local is not None:
+        return local(message)
+    return RemoteError(f"{type_name}: {message}", traceback)

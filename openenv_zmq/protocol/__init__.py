@@ -1,0 +1,75 @@
+"""The wire protocol, sans I/O: message types and ``encode`` / ``decode``. No zmq import here.
+
+Routing envelopes (added and removed by the sockets, not part of a message):
+
+- client DEALER -> broker frontend ROUTER: ``[client_id, *message]``
+- broker backend ROUTER -> worker DEALER: ``[worker_id, route, *message]`` where ``route`` is the
+  client id for a forwarded request and ``b""`` for broker<->worker control messages. The worker
+  sends every answer back with the same ``route`` frame first.
+
+Conversations (``ids`` = env ids, ``w`` = worker id, parts in brackets):
+
+- ``ALLOC {env, num_envs}`` -> broker: ``REPLY ids [workers: int64 worker id per env id]``
+  or ``ERROR {type: NoWorkerAvailable}``.
+- ``STATUS`` -> broker: ``REPLY {status: {...}}``.  ``PING`` -> broker: ``REPLY``.
+- ``CREATE w ids {env, kwargs}`` -> worker: ``REPLY ids {types} [errors]`` where ``types`` names
+  the env's ``action`` / ``observation`` / ``state`` classes as ``module:qualname``.
+- ``RESET w ids [seeds?: list[int|None], kwargs?: list[dict]]``,
+  ``STEP w ids [actions: list[dict] | array]`` -> worker:
+  ``REPLY ids [obs: list[dict|None] | array, rew: f4[n], term: b1[n], trunc: b1[n], errors]``.
+- ``STATE w ids`` -> worker: ``REPLY ids [states: list[dict|None], errors]``.
+- ``CLOSE w ids`` -> worker: ``REPLY ids [errors]``. The broker frees the slots as it forwards.
+- ``errors`` is always a list of ``[env_id, type name, message, traceback]``; an env in it has
+  ``None`` in ``obs``/``states``, zero reward and false flags in its row.
+- ``ERROR {type, message, traceback?}`` answers a whole request. With ``ids`` and an ``EnvError``
+  type name (``WorkerLost``, ``SessionLost``) it means every one of those env ids failed that way.
+- Worker control: ``READY {envs, capacity, name, pid}`` -> ``WELCOME {worker, heartbeat}``;
+  ``HEARTBEAT`` both ways; ``DISCONNECT {reason}`` tells a worker it is not registered (drop all
+  env slots and send ``READY`` again); ``BYE`` is a worker leaving on purpose.
+"""
+
+from openenv_zmq.protocol.codec import (
+    DEFAULT_LIMITS,
+    PROTOCOL_VERSION,
+    ArraySpec,
+    EnvIds,
+    Frame,
+    Limits,
+    Message,
+    decode,
+    decode_header,
+    encode,
+    pack,
+    unpack,
+)
+from openenv_zmq.protocol.replies import error_message
+from openenv_zmq.protocol.ops import (
+    ANSWER_OPS,
+    BROKER_OPS,
+    CONTROL_OPS,
+    REQUEST_OPS,
+    WORKER_OPS,
+    Op,
+)
+
+__all__ = [
+    "ANSWER_OPS",
+    "BROKER_OPS",
+    "CONTROL_OPS",
+    "DEFAULT_LIMITS",
+    "PROTOCOL_VERSION",
+    "REQUEST_OPS",
+    "WORKER_OPS",
+    "ArraySpec",
+    "EnvIds",
+    "Frame",
+    "Limits",
+    "Message",
+    "Op",
+    "decode",
+    "decode_header",
+    "encode",
+    "error_message",
+    "pack",
+    "unpack",
+]

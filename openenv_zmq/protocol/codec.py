@@ -1,0 +1,275 @@
+"""encode(message) -> frames and decode(frames) -> message, with no sockets.
+
+Frame 0 is a msgpack map, the header::
+
+    {"v": 1, "op": Op, "id": request id, "w": worker id, "ids": <int64 env ids, raw bytes>,
+     "meta": {op-specific small fields}, "pl": [[part name, "m"] | [part name, "a", dtype, shape]]}
+
+Each entry of ``pl`` describes one payload frame after the header, in order: ``"m"`` is a msgpack
+value, ``"a"`` a numpy array sent as its raw buffer (no per-item encoding, no copy on decode).
+Optional header fields are omitted when empty. Anything else (an unknown field, op, version or part,
+a wrong type, a size over the limits) raises :class:`ProtocolError` and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+import numpy.typing as npt
+from typing_extensions import Buffer
+
+from openenv_zmq.errors import MessageTooLarge, ProtocolError
+from openenv_zmq.protocol.ops import Op
+from openenv_zmq.protocol.schema import HEADER_FIELDS, SCHEMAS
+
+PROTOCOL_VERSION = 1
+MAX_REQUEST_ID = 2**64 - 1
+ALLOWED_DTYPES = frozenset(
+    {"|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f2", "<f4", "<f8"}
+)
+MAX_ARRAY_DIMS = 8
+
+EnvIds = npt.NDArray[np.int64]
+Frame = Buffer
+"""bytes, memoryview, zmq.Frame: anything exposing the buffer protocol."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size limits enforced on decode; a message over them raises :class:`MessageTooLarge`."""
+
+    max_header_bytes: int = 16 * 2**20
+    max_message_bytes: int = 256 * 2**20
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class ArraySpec:
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One protocol message. ``parts`` maps part name to a numpy array or a msgpack-able value."""
+
+    op: Op
+    request_id: int = 0
+    worker: int | None = None
+    env_ids: EnvIds | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    parts: dict[str, Any] = field(default_factory=dict)
+
+
+def _pack_default(obj: Any) -> Any:
+    # numpy values inside structured payloads (an env returning np.float32 reward, say)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"cannot encode {type(obj).__name__} in a msgpack payload")
+
+
+_packer_options: dict[str, Any] = {"use_bin_type": True, "default": _pack_default}
+
+
+def pack(value: Any) -> bytes:
+    """msgpack-encode a structured value (the one packer configuration used everywhere)."""
+    try:
+        return msgpack.packb(value, **_packer_options)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"payload cannot be encoded: {exc}") from exc
+
+
+def unpack(frame: Frame, what: str) -> Any:
+    """msgpack-decode one frame; any failure is a :class:`ProtocolError` naming ``what``."""
+    try:
+        return msgpack.unpackb(frame, raw=False)
+    except Exception as exc:  # msgpack raises a dozen unrelated types on garbage
+        raise ProtocolError(f"{what} is not valid msgpack: {type(exc).__name__}: {exc}") from exc
+
+
+def _nbytes(frame: Frame) -> int:
+    return memoryview(frame).nbytes
+
+
+def _check_header(header: dict[str, Any]) -> tuple[Op, tuple[tuple[str, ArraySpec | None], ...]]:
+    """Validate a header map (decoded or about to be encoded); return its op and part specs."""
+    unknown = set(header) - HEADER_FIELDS
+    if unknown:
+        raise ProtocolError(f"unknown header field(s): {', '.join(sorted(map(str, unknown)))}")
+    version = header.get("v")
+    if version != PROTOCOL_VERSION or type(version) is not int:
+        raise ProtocolError(
+            f"unsupported protocol version {version!r} (this side speaks {PROTOCOL_VERSION})"
+        )
+    raw_op = header.get("op")
+    if type(raw_op) is not int or raw_op not in Op._value2member_map_:
+        raise ProtocolError(f"unknown op {raw_op!r}")
+    op = Op(raw_op)
+    schema = SCHEMAS[op]
+    request_id = header.get("id", 0)
+    if type(request_id) is not int or not 0 <= request_id <= MAX_REQUEST_ID:
+        raise ProtocolError(f"request id must be an unsigned 64-bit int, got {request_id!r}")
+    worker = header.get("w")
+    if worker is None:
+        if schema.needs_worker:
+            raise ProtocolError(f"{op.name} needs a worker id ('w')")
+    elif type(worker) is not int or worker < 0:
+        raise ProtocolError(f"worker id must be a non-negative int, got {worker!r}")
+    ids = header.get("ids")
+    if ids is None:
+        if schema.needs_env_ids:
+            raise ProtocolError(f"{op.name} needs env ids ('ids')")
+    elif not isinstance(ids, bytes | memoryview) or len(ids) % 8:
+        raise ProtocolError("env ids ('ids') must be raw int64 bytes")
+    meta = header.get("meta", {})
+    if type(meta) is not dict:
+        raise ProtocolError(f"'meta' must be a map, got {type(meta).__name__}")
+    for key, value in meta.items():
+        rule = schema.meta.get(key)
+        if rule is None:
+            raise ProtocolError(f"unknown meta field {key!r} for {op.name}")
+        if not rule[0](value):
+            raise ProtocolError(f"meta field {key!r} of {op.name} has a wrong type or value")
+    for key, (_, required) in schema.meta.items():
+        if required and key not in meta:
+            raise ProtocolError(f"{op.name} needs meta field {key!r}")
+    return op, _check_part_specs(op, header.get("pl", []), schema.parts)
+
+
+def _check_part_specs(
+    op: Op, raw: Any, allowed: frozenset[str]
+) -> tuple[tuple[str, ArraySpec | None], ...]:
+    if type(raw) is not list:
+        raise ProtocolError("'pl' must be a list of part descriptors")
+    specs: list[tuple[str, ArraySpec | None]] = []
+    for entry in raw:
+        if type(entry) is not list or not entry or type(entry[0]) is not str:
+            raise ProtocolError(f"malformed part descriptor {entry!r}")
+        name = entry[0]
+        if name not in allowed:
+            raise ProtocolError(f"{op.name} carries no part named {name!r}")
+        if any(name == seen for seen, _ in specs):
+            raise ProtocolError(f"part {name!r} appears twice")
+        if entry[1:] == ["m"]:
+            specs.append((name, None))
+            continue
+        if len(entry) != 4 or entry[1] != "a":
+            raise ProtocolError(f"malformed part descriptor {entry!r}")
+        dtype, shape = entry[2], entry[3]
+        if dtype not in ALLOWED_DTYPES:
+            raise ProtocolError(f"part {name!r}: unsupported dtype {dtype!r}")
+        if (
+            type(shape) is not list
+            or len(shape) > MAX_ARRAY_DIMS
+            or not all(type(d) is int and 0 <= d < 2**40 for d in shape)
+        ):
+            raise ProtocolError(f"part {name!r}: malformed shape {shape!r}")
+        specs.append((name, ArraySpec(dtype, tuple(shape))))
+    return tuple(specs)
+
+
+def _decode(
+    frames: Sequence[Frame], limits: Limits
+) -> tuple[Message, tuple[tuple[str, ArraySpec | None], ...]]:
+    if not frames:
+        raise ProtocolError("empty message")
+    header_size = _nbytes(frames[0])
+    if header_size > limits.max_header_bytes:
+        raise MessageTooLarge(
+            f"header of {header_size} bytes is over the limit of {limits.max_header_bytes}"
+        )
+    total = header_size + sum(_nbytes(f) for f in frames[1:])
+    if total > limits.max_message_bytes:
+        raise MessageTooLarge(
+            f"message of {total} bytes is over the limit of {limits.max_message_bytes}"
+        )
+    header = unpack(frames[0], "header")
+    if type(header) is not dict:
+        raise ProtocolError(f"header must be a msgpack map, got {type(header).__name__}")
+    op, specs = _check_header(header)
+    if len(specs) != len(frames) - 1:
+        raise ProtocolError(
+            f"header describes {len(specs)} payload frame(s) but {len(frames) - 1} arrived"
+        )
+    for (name, spec), frame in zip(specs, frames[1:], strict=True):
+        if spec is not None:
+            expected = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+            if _nbytes(frame) != expected:
+                raise ProtocolError(
+                    f"part {name!r}: {_nbytes(frame)} bytes for {spec.dtype}{list(spec.shape)}"
+                    f" which needs {expected}"
+                )
+    ids = header.get("ids")
+    message = Message(
+        op=op,
+        request_id=header.get("id", 0),
+        worker=header.get("w"),
+        env_ids=None if ids is None else np.frombuffer(ids, dtype="<i8"),
+        meta=header.get("meta", {}),
+    )
+    return message, specs
+
+
+def decode_header(frames: Sequence[Frame], limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Validate a whole message but decode only frame 0; ``parts`` of the result stay empty.
+
+    This is what the broker calls: payload frames are checked for count and size, never read.
+    Raises :class:`ProtocolError` (or :class:`MessageTooLarge`) and nothing else.
+    """
+    return _decode(frames, limits)[0]
+
+
+def decode(frames: Sequence[Frame], limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Decode a whole message. Arrays are read-only views of their frames (no copy).
+
+    Raises :class:`ProtocolError` (or :class:`MessageTooLarge`) and nothing else.
+    """
+    message, specs = _decode(frames, limits)
+    parts: dict[str, Any] = {}
+    for (name, spec), frame in zip(specs, frames[1:], strict=True):
+        if spec is None:
+            parts[name] = unpack(frame, f"part {name!r}")
+        else:
+            parts[name] = np.frombuffer(frame, dtype=spec.dtype).reshape(spec.shape)
+    return Message(message.op, message.request_id, message.worker, message.env_ids, message.meta, parts)
+
+
+def encode(message: Message) -> list[Frame]:
+    """Encode a message into frames: the header, then one frame per part.
+
+    Arrays travel as their own buffers (a copy only if not C-contiguous little-endian).
+    Raises :class:`ProtocolError` if the message breaks the schema or a value cannot be encoded.
+    """
+    header: dict[str, Any] = {"v": PROTOCOL_VERSION, "op": int(message.op)}
+    if message.request_id:
+        header["id"] = message.request_id
+    if message.worker is not None:
+        header["w"] = message.worker
+    if message.env_ids is not None:
+        header["ids"] = np.ascontiguousarray(message.env_ids, dtype="<i8").tobytes()
+    if message.meta:
+        header["meta"] = message.meta
+    payload: list[Frame] = []
+    if message.parts:
+        descriptors: list[list[Any]] = []
+        for name, value in message.parts.items():
+            if isinstance(value, np.ndarray):
+                array = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
+                if array.dtype.str not in ALLOWED_DTYPES:
+                    raise ProtocolError(f"part {name!r}: unsupported dtype {array.dtype}")
+                descriptors.append([name, "a", array.dtype.str, list(array.shape)])
+                payload.append(memoryview(array.reshape(-1).view(np.uint8)))
+            else:
+                descriptors.append([name, "m"])
+                payload.append(pack(value))
+        header["pl"] = descriptors
+    _check_header(header)
+    return [pack(header), *payload]

@@ -1,0 +1,93 @@
+"""What each op may carry: header fields, meta keys and named payload parts.
+
+Kept as data so that one validator serves every op and the rules can be read at a glance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from openenv_zmq.protocol.ops import Op
+
+Check = Callable[[Any], bool]
+
+
+def _is_nonneg_int(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _is_pos_int(v: Any) -> bool:
+    return type(v) is int and v > 0
+
+
+def _is_str(v: Any) -> bool:
+    return type(v) is str
+
+
+def _is_number(v: Any) -> bool:
+    return type(v) in (int, float)
+
+
+def _is_str_map(v: Any) -> bool:
+    return type(v) is dict and all(type(k) is str for k in v)
+
+
+def _is_str_list(v: Any) -> bool:
+    return type(v) is list and all(type(x) is str for x in v)
+
+
+@dataclass(frozen=True)
+class OpSchema:
+    """Header requirements of one op."""
+
+    needs_worker: bool = False
+    needs_env_ids: bool = False
+    meta: dict[str, tuple[Check, bool]] = field(default_factory=dict)
+    """meta key -> (check, required)."""
+    parts: frozenset[str] = frozenset()
+    """Names of payload parts the op may carry."""
+
+
+_ROUTED = {"needs_worker": True, "needs_env_ids": True}
+
+SCHEMAS: dict[Op, OpSchema] = {
+    Op.ALLOC: OpSchema(meta={"env": (_is_str, True), "num_envs": (_is_pos_int, True)}),
+    Op.STATUS: OpSchema(),
+    Op.PING: OpSchema(),
+    Op.CREATE: OpSchema(
+        **_ROUTED, meta={"env": (_is_str, True), "kwargs": (_is_str_map, False)}
+    ),
+    Op.RESET: OpSchema(**_ROUTED, parts=frozenset({"seeds", "kwargs"})),
+    Op.STEP: OpSchema(**_ROUTED, parts=frozenset({"actions"})),
+    Op.STATE: OpSchema(**_ROUTED),
+    Op.CLOSE: OpSchema(**_ROUTED),
+    Op.REPLY: OpSchema(
+        meta={"types": (_is_str_map, False), "status": (_is_str_map, False)},
+        parts=frozenset({"obs", "rew", "term", "trunc", "errors", "states", "workers"}),
+    ),
+    Op.ERROR: OpSchema(
+        meta={
+            "type": (_is_str, True),
+            "message": (_is_str, True),
+            "traceback": (_is_str, False),
+        }
+    ),
+    Op.READY: OpSchema(
+        meta={
+            "envs": (_is_str_list, True),
+            "capacity": (_is_pos_int, True),
+            "name": (_is_str, True),
+            "pid": (_is_nonneg_int, True),
+        }
+    ),
+    Op.WELCOME: OpSchema(meta={"worker": (_is_nonneg_int, True), "heartbeat": (_is_number, True)}),
+    Op.HEARTBEAT: OpSchema(),
+    Op.DISCONNECT: OpSchema(meta={"reason": (_is_str, True)}),
+    Op.BYE: OpSchema(),
+}
+
+assert set(SCHEMAS) == set(Op), "every op needs a schema"
+
+HEADER_FIELDS = frozenset({"v", "op", "id", "w", "ids", "meta", "pl"})
