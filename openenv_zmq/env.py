@@ -1,8 +1,9 @@
 """The environment interface (OpenEnv's, unchanged) and the registry that finds envs by name.
 
-An env is any class with OpenEnv's ``reset(seed, episode_id, **kw)``, ``step(action)`` and ``state``;
-subclassing :class:`Environment` is the documented way, but an OpenEnv ``Environment`` subclass
-works as it is. Envs are found by name through the ``openenv_zmq.envs`` entry point group
+An env is any class with OpenEnv's ``reset(seed, episode_id, **kw)``, ``step(action)`` and
+``state``; subclassing :class:`Environment` is the documented way, but an OpenEnv
+``Environment`` subclass works as it is. Envs are found by name through the
+``openenv_zmq.envs`` entry point group
 (``echo = "echo_env.server.echo_environment:EchoEnvironment"``) or by ``module:Class``.
 """
 
@@ -44,9 +45,7 @@ class Environment(ABC, Generic[ActT, ObsT, StateT]):
         self.rubric = rubric
 
     @abstractmethod
-    def reset(
-        self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any
-    ) -> ObsT:
+    def reset(self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any) -> ObsT:
         """Start a new episode and return its first observation."""
 
     @abstractmethod
@@ -134,12 +133,24 @@ def _as_model(candidate: Any) -> type[BaseModel] | None:
     return None
 
 
-def _generic_args(cls: type) -> tuple[Any, ...]:
-    for klass in cls.__mro__:
-        for base in getattr(klass, "__orig_bases__", ()):
-            origin = typing.get_origin(base)
-            if isinstance(origin, type) and origin.__name__ == "Environment":
-                return typing.get_args(base)
+def _generic_args(cls: type, bound: dict[Any, Any] | None = None) -> tuple[Any, ...]:
+    """The ``Environment[...]`` arguments of ``cls``, with type variables bound by subclasses.
+
+    ``class Concrete(Base[MoveAction])`` over ``class Base(Environment[ActT, Obs, St])`` gives
+    ``(MoveAction, Obs, St)``.
+    """
+    bound = bound or {}
+    for base in cls.__dict__.get("__orig_bases__", cls.__bases__):
+        origin = typing.get_origin(base) or base
+        args = tuple(bound.get(arg, arg) for arg in typing.get_args(base))
+        if not isinstance(origin, type) or origin is object:
+            continue
+        if origin.__name__ == "Environment" and args:
+            return args
+        parameters = getattr(origin, "__parameters__", ())
+        found = _generic_args(origin, dict(zip(parameters, args, strict=False)))
+        if found:
+            return found
     return ()
 
 
@@ -153,7 +164,7 @@ def env_types(cls: type) -> EnvTypes:
     """
     args = _generic_args(cls)
     try:
-        step_hints = typing.get_type_hints(cls.step)
+        step_hints = typing.get_type_hints(getattr(cls, "step"))  # noqa: B009
     except Exception:  # an env's annotations may name types only its own module can resolve
         step_hints = {}
     state_getter = inspect.getattr_static(cls, "state", None)
@@ -187,7 +198,5 @@ def env_types(cls: type) -> EnvTypes:
     }
     found: dict[str, type[BaseModel]] = {}
     for role, options in candidates.items():
-        found[role] = next(
-            (m for m in map(_as_model, options) if m is not None), fallbacks[role]
-        )
+        found[role] = next((m for m in map(_as_model, options) if m is not None), fallbacks[role])
     return EnvTypes(found["action"], found["observation"], found["state"])

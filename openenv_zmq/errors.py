@@ -2,7 +2,7 @@
 
 ```
 OpenEnvZmqError
-├── ProtocolError               frames that do not decode (malformed, wrong version, unknown op/field)
+├── ProtocolError               frames that do not decode (malformed, wrong version, unknown op)
 │   └── MessageTooLarge         over the configured size limit
 ├── EnvNotFound                 an env name or ``module:Class`` that resolves to nothing
 ├── ClientError                 misuse detected in this process before anything is sent
@@ -162,6 +162,11 @@ _ENV_TYPES: dict[str, type[EnvError]] = {
 _LOCAL_TYPES: dict[str, type[OpenEnvZmqError]] = {
     cls.__name__: cls for cls in (ProtocolError, MessageTooLarge, EnvNotFound)
 }
+
+
+def is_env_error_name(type_name: str) -> bool:
+    """Whether ``type_name`` is a per-env failure (``WorkerLost``) rather than a request failure."""
+    return type_name in _ENV_TYPES
 
 
 def env_error_from_wire(type_name: str, message: str, traceback: str, env_id: int) -> EnvError:

@@ -11,7 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 class Action(BaseModel):
     """Base of every env action. Unknown fields are refused, as in OpenEnv."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, arbitrary_types_allowed=True
+    )
 
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -19,7 +21,9 @@ class Action(BaseModel):
 class Observation(BaseModel):
     """Base of every env observation; ``done`` and ``reward`` ride along as in OpenEnv."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, arbitrary_types_allowed=True
+    )
 
     done: bool = False
     reward: bool | int | float | None = None

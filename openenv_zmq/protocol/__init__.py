@@ -42,7 +42,6 @@ from openenv_zmq.protocol.codec import (
     pack,
     unpack,
 )
-from openenv_zmq.protocol.replies import error_message
 from openenv_zmq.protocol.ops import (
     ANSWER_OPS,
     BROKER_OPS,
@@ -51,6 +50,7 @@ from openenv_zmq.protocol.ops import (
     WORKER_OPS,
     Op,
 )
+from openenv_zmq.protocol.replies import error_message
 
 __all__ = [
     "ANSWER_OPS",

@@ -13,14 +13,14 @@ a wrong type, a size over the limits) raises :class:`ProtocolError` and nothing 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeAlias
 
 import msgpack
 import numpy as np
 import numpy.typing as npt
-from typing_extensions import Buffer
 
 from openenv_zmq.errors import MessageTooLarge, ProtocolError
 from openenv_zmq.protocol.ops import Op
@@ -34,8 +34,8 @@ ALLOWED_DTYPES = frozenset(
 MAX_ARRAY_DIMS = 8
 
 EnvIds = npt.NDArray[np.int64]
-Frame = Buffer
-"""bytes, memoryview, zmq.Frame: anything exposing the buffer protocol."""
+Frame: TypeAlias = Any
+"""bytes, memoryview, zmq.Frame: anything exposing the buffer protocol (zmq's stubs say none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +164,7 @@ def _check_part_specs(
         if len(entry) != 4 or entry[1] != "a":
             raise ProtocolError(f"malformed part descriptor {entry!r}")
         dtype, shape = entry[2], entry[3]
-        if dtype not in ALLOWED_DTYPES:
+        if type(dtype) is not str or dtype not in ALLOWED_DTYPES:
             raise ProtocolError(f"part {name!r}: unsupported dtype {dtype!r}")
         if (
             type(shape) is not list
@@ -201,7 +201,7 @@ def _decode(
         )
     for (name, spec), frame in zip(specs, frames[1:], strict=True):
         if spec is not None:
-            expected = int(np.prod(spec.shape, dtype=np.int64)) * np.dtype(spec.dtype).itemsize
+            expected = math.prod(spec.shape) * np.dtype(spec.dtype).itemsize
             if _nbytes(frame) != expected:
                 raise ProtocolError(
                     f"part {name!r}: {_nbytes(frame)} bytes for {spec.dtype}{list(spec.shape)}"
@@ -228,7 +228,8 @@ def decode_header(frames: Sequence[Frame], limits: Limits = DEFAULT_LIMITS) -> M
 
 
 def decode(frames: Sequence[Frame], limits: Limits = DEFAULT_LIMITS) -> Message:
-    """Decode a whole message. Arrays are read-only views of their frames (no copy).
+    """Decode a whole message. Arrays are views of their frames (no copy; read-only when the
+    frames are, as received zmq frames are).
 
     Raises :class:`ProtocolError` (or :class:`MessageTooLarge`) and nothing else.
     """
@@ -239,7 +240,7 @@ def decode(frames: Sequence[Frame], limits: Limits = DEFAULT_LIMITS) -> Message:
             parts[name] = unpack(frame, f"part {name!r}")
         else:
             parts[name] = np.frombuffer(frame, dtype=spec.dtype).reshape(spec.shape)
-    return Message(message.op, message.request_id, message.worker, message.env_ids, message.meta, parts)
+    return replace(message, parts=parts)
 
 
 def encode(message: Message) -> list[Frame]:
@@ -262,11 +263,11 @@ def encode(message: Message) -> list[Frame]:
         descriptors: list[list[Any]] = []
         for name, value in message.parts.items():
             if isinstance(value, np.ndarray):
-                array = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
+                array = np.asarray(value, dtype=value.dtype.newbyteorder("<"), order="C")
                 if array.dtype.str not in ALLOWED_DTYPES:
                     raise ProtocolError(f"part {name!r}: unsupported dtype {array.dtype}")
                 descriptors.append([name, "a", array.dtype.str, list(array.shape)])
-                payload.append(memoryview(array.reshape(-1).view(np.uint8)))
+                payload.append(array.reshape(-1).view(np.uint8).data)
             else:
                 descriptors.append([name, "m"])
                 payload.append(pack(value))

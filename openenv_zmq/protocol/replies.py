@@ -13,7 +13,7 @@ def error_message(
     env_ids: EnvIds | None = None,
     traceback: str = "",
 ) -> Message:
-    """A whole-request ``ERROR``; with ``env_ids`` it fails each of those envs with ``type_name``."""
+    """A whole-request ``ERROR``; with ``env_ids``, each of those envs failed with ``type_name``."""
     meta = {"type": type_name, "message": message}
     if traceback:
         meta["traceback"] = traceback

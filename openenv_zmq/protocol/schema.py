@@ -50,19 +50,19 @@ class OpSchema:
     """Names of payload parts the op may carry."""
 
 
-_ROUTED = {"needs_worker": True, "needs_env_ids": True}
-
 SCHEMAS: dict[Op, OpSchema] = {
     Op.ALLOC: OpSchema(meta={"env": (_is_str, True), "num_envs": (_is_pos_int, True)}),
     Op.STATUS: OpSchema(),
     Op.PING: OpSchema(),
     Op.CREATE: OpSchema(
-        **_ROUTED, meta={"env": (_is_str, True), "kwargs": (_is_str_map, False)}
+        needs_worker=True,
+        needs_env_ids=True,
+        meta={"env": (_is_str, True), "kwargs": (_is_str_map, False)},
     ),
-    Op.RESET: OpSchema(**_ROUTED, parts=frozenset({"seeds", "kwargs"})),
-    Op.STEP: OpSchema(**_ROUTED, parts=frozenset({"actions"})),
-    Op.STATE: OpSchema(**_ROUTED),
-    Op.CLOSE: OpSchema(**_ROUTED),
+    Op.RESET: OpSchema(needs_worker=True, needs_env_ids=True, parts=frozenset({"seeds", "kwargs"})),
+    Op.STEP: OpSchema(needs_worker=True, needs_env_ids=True, parts=frozenset({"actions"})),
+    Op.STATE: OpSchema(needs_worker=True, needs_env_ids=True),
+    Op.CLOSE: OpSchema(needs_worker=True, needs_env_ids=True),
     Op.REPLY: OpSchema(
         meta={"types": (_is_str_map, False), "status": (_is_str_map, False)},
         parts=frozenset({"obs", "rew", "term", "trunc", "errors", "states", "workers"}),

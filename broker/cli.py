@@ -1,0 +1,264 @@
+"""``openenv-broker``: run a broker, a worker, ask a broker's status, or benchmark."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from broker.bench import BenchReport, embedded_cluster, run_bench
+from broker.core import BrokerConfig
+from broker.loop import BrokerServer
+from broker.serve import ClusterSpec, serve
+from openenv_zmq.client.sync import BatchClient
+from openenv_zmq.errors import OpenEnvZmqError
+from openenv_zmq.protocol import DEFAULT_LIMITS, Limits
+
+console = Console()
+DEFAULT_FRONTEND = "tcp://127.0.0.1:5555"
+DEFAULT_BACKEND = "tcp://127.0.0.1:5556"
+
+_env_option = click.option(
+    "--env",
+    "envs",
+    multiple=True,
+    default=("echo",),
+    show_default=True,
+    help="Env the workers host: a registered name or module:Class. Repeat for several.",
+)
+_capacity_option = click.option(
+    "--capacity", default=4096, show_default=True, help="Env instances one worker may host."
+)
+_heartbeat_option = click.option(
+    "--heartbeat",
+    default=1.0,
+    show_default=True,
+    help="Seconds between heartbeats; a peer silent for 2.5 of them is dead.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+def main(log_level: str) -> None:
+    """Step thousands of OpenEnv environments in batches over ZeroMQ."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@main.command()
+@click.option("--bind", default=DEFAULT_FRONTEND, show_default=True, help="Address clients use.")
+@click.option(
+    "--worker-bind", default=DEFAULT_BACKEND, show_default=True, help="Address workers join."
+)
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    help="Local worker processes to start; 0 for a bare broker that workers join.",
+)
+@_env_option
+@_capacity_option
+@_heartbeat_option
+@click.option(
+    "--max-message-mb",
+    default=DEFAULT_LIMITS.max_message_bytes / 2**20,
+    show_default=True,
+    help="Messages over this size are refused with MessageTooLarge.",
+)
+def start(
+    bind: str,
+    worker_bind: str,
+    workers: int,
+    envs: tuple[str, ...],
+    capacity: int,
+    heartbeat: float,
+    max_message_mb: float,
+) -> None:
+    """Run a broker in the foreground until SIGINT or SIGTERM."""
+    limits = Limits(
+        max_header_bytes=min(DEFAULT_LIMITS.max_header_bytes, int(max_message_mb * 2**20)),
+        max_message_bytes=int(max_message_mb * 2**20),
+    )
+    spec = ClusterSpec(
+        frontend=bind,
+        backend=worker_bind,
+        workers=workers,
+        envs=envs,
+        capacity=capacity,
+        config=BrokerConfig(heartbeat_interval=heartbeat, limits=limits),
+    )
+
+    def ready(server: BrokerServer) -> None:
+        click.echo(f"broker ready: clients connect to {server.frontend_address}")
+        click.echo(f"workers join at {server.backend_address}")
+        if workers:
+            click.echo(f"starting {workers} local worker(s) hosting {', '.join(envs)}")
+        sys.stdout.flush()
+
+    serve(spec, on_ready=ready)
+    click.echo("broker stopped")
+
+
+@main.command()
+@click.option("--connect", required=True, help="The broker's worker address (--worker-bind).")
+@_env_option
+@_capacity_option
+@_heartbeat_option
+@click.option("--name", default=None, help="Worker name shown in status [default: host-pid].")
+def worker(
+    connect: str, envs: tuple[str, ...], capacity: int, heartbeat: float, name: str | None
+) -> None:
+    """Run one worker that joins a broker (what a container or another host runs)."""
+    from openenv_zmq.env import resolve_env
+    from openenv_zmq.worker.loop import run_worker
+
+    for env in envs:
+        resolve_env(env)  # fail here, with the reason, rather than in the broker's log
+    run_worker(
+        connect=connect,
+        envs=list(envs),
+        capacity=capacity,
+        name=name,
+        heartbeat_interval=heartbeat,
+        liveness=BrokerConfig().liveness,
+    )
+
+
+@main.command()
+@click.option("--connect", default=DEFAULT_FRONTEND, show_default=True, help="Broker address.")
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the broker.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+def status(connect: str, timeout: float, as_json: bool) -> None:
+    """Print a broker's workers, their liveness, env slots and steps served."""
+    with BatchClient(connect, connect_timeout=timeout, timeout=timeout) as client:
+        info = client.status()
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    table = Table(title=f"broker {connect}")
+    for column in ("id", "name", "pid", "state", "envs", "used", "free", "steps served", "seen"):
+        table.add_column(column, justify="right" if column in ("used", "free") else "left")
+    for w in info["workers"]:
+        table.add_row(
+            str(w["id"]),
+            w["name"],
+            str(w["pid"]),
+            w["state"],
+            ", ".join(w["envs"]),
+            str(w["used"]),
+            str(w["free"]),
+            f"{w['steps_served']:,}",
+            f"{w['last_seen_ago']:.1f} s ago",
+        )
+    console.print(table)
+    slots = info["env_slots"]
+    console.print(
+        f"env slots: {slots['used']} used, {slots['free']} free; "
+        f"{info['in_flight']} request(s) in flight from {info['clients']} client(s)"
+    )
+
+
+def _print_report(report: BenchReport) -> None:
+    table = Table(title="openenv-broker bench")
+    columns = ("env", "envs", "workers", "batches", "env-steps/s", "batch p50", "batch p99")
+    for column in columns:
+        table.add_column(column, justify="right")
+    table.add_row(
+        report.env,
+        f"{report.num_envs:,}",
+        str(report.workers),
+        f"{report.batches:,}",
+        f"{report.env_steps_per_s:,.0f}",
+        f"{report.batch_p50_ms:.2f} ms",
+        f"{report.batch_p99_ms:.2f} ms",
+    )
+    console.print(table)
+
+
+@main.command()
+@click.option(
+    "--connect", default=None, help="A running broker; without it an embedded one is started."
+)
+@click.option("--env", default="echo", show_default=True, help="Env to step.")
+@click.option("--num-envs", default=1024, show_default=True, help="Env instances in the batch.")
+@click.option(
+    "--workers", default=2, show_default=True, help="Local workers of the embedded broker."
+)
+@click.option("--duration", default=5.0, show_default=True, help="Seconds to measure.")
+@click.option(
+    "--action",
+    default='{"message": "hello"}',
+    show_default=True,
+    help="The action every env gets, as JSON.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def bench(
+    connect: str | None,
+    env: str,
+    num_envs: int,
+    workers: int,
+    duration: float,
+    action: str,
+    as_json: bool,
+) -> None:
+    """Step a batch of envs for a while; print env-steps/s and batch latency."""
+    try:
+        action_value: Any = json.loads(action)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--action") from None
+    with _cluster(connect, workers, env, num_envs) as address:
+        progress = Progress(
+            TextColumn(f"stepping {num_envs:,} {env} envs"),
+            BarColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=as_json,
+            transient=True,
+        )
+        with progress:
+            task = progress.add_task("bench", total=duration)
+            report = run_bench(
+                address,
+                env,
+                num_envs,
+                duration,
+                action_value,
+                min_workers=1 if connect else workers,
+                on_batch=lambda elapsed: progress.update(task, completed=elapsed),
+            )
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        _print_report(report)
+
+
+def _cluster(
+    connect: str | None, workers: int, env: str, num_envs: int
+) -> contextlib.AbstractContextManager[str]:
+    """The given broker, or an embedded one sized for ``num_envs`` over ``workers``."""
+    if connect is not None:
+        return contextlib.nullcontext(connect)
+    capacity = max(1, -(-num_envs // max(1, workers)))
+    return embedded_cluster(workers, [env], capacity)
+
+
+def run() -> None:
+    """Console entry point: typed errors become a one-line message and exit code 1."""
+    try:
+        main(standalone_mode=True)
+    except OpenEnvZmqError as exc:
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        sys.exit(1)

@@ -1,0 +1,585 @@
+"""The broker's routing core, sans I/O: frames and a clock in, frames and events out.
+
+Feed it every message with :meth:`BrokerCore.on_client` (frontend) and :meth:`BrokerCore.on_worker`
+(backend), call :meth:`BrokerCore.on_tick` within :meth:`BrokerCore.next_timeout` seconds, and
+deliver what each call returns, in order. No call raises on any input.
+
+It keeps four tables:
+
+- workers: id -> :class:`_Worker` (lifecycle ``READY -> DEAD``, see :class:`WorkerState`), and the
+  identity -> id map of live workers;
+- placement: env id -> worker id. Env ids of a dead worker stay placed on it as tombstones, so that
+  requests for them answer ``SessionLost`` and ``ALLOC`` with ids can move them to a live worker;
+- in flight: ``(client, request id)`` -> the worker it was forwarded to, so that every forwarded
+  request gets exactly one answer: the worker's, or ``WorkerLost`` when the worker dies first;
+- the number of requests each client has in flight (its limit is backpressure, not a silent drop).
+
+Only frame 0 of a message is ever decoded; payload frames are forwarded as the very same objects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from openenv_zmq.errors import (
+    NoWorkerAvailable,
+    ProtocolError,
+    RemoteError,
+    SessionLost,
+    TooManyInFlight,
+    UnknownEnvId,
+    WorkerLost,
+)
+from openenv_zmq.protocol import (
+    ANSWER_OPS,
+    DEFAULT_LIMITS,
+    WORKER_OPS,
+    EnvIds,
+    Frame,
+    Limits,
+    Message,
+    Op,
+    decode_header,
+    encode,
+    error_message,
+    unpack,
+)
+
+log = logging.getLogger(__name__)
+
+DEAD_WORKERS_KEPT = 64
+"""Dead workers with no env ids left on them that status() still lists (the most recent ones)."""
+
+CONTROL_ROUTE = b""
+"""Route frame of broker <-> worker control messages (any other route is a client identity)."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    heartbeat_interval: float = 1.0
+    """Seconds between the broker's heartbeats to each worker (sent to workers in WELCOME)."""
+    liveness: float = 2.5
+    """A worker silent for more than ``liveness * heartbeat_interval`` seconds is dead: a killed
+    worker is detected within 3 intervals."""
+    max_in_flight_per_client: int = 4096
+    limits: Limits = DEFAULT_LIMITS
+
+
+@dataclass(slots=True)
+class ToClient:
+    """Send ``frames`` to the frontend peer ``client``."""
+
+    client: bytes
+    frames: list[Frame]
+
+
+@dataclass(slots=True)
+class ToWorker:
+    """Send ``frames`` (route frame first) to the backend peer ``identity``."""
+
+    identity: bytes
+    frames: list[Frame]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerJoined:
+    worker_id: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDied:
+    worker_id: int
+    name: str
+    reason: str
+
+
+Output = ToClient | ToWorker | WorkerJoined | WorkerDied
+
+
+class WorkerState(Enum):
+    READY = "ready"
+    DEAD = "dead"
+
+
+@dataclass(slots=True, eq=False)
+class _Worker:
+    id: int
+    identity: bytes
+    name: str
+    pid: int
+    envs: frozenset[str]
+    capacity: int
+    last_seen: float
+    next_heartbeat: float
+    state: WorkerState = WorkerState.READY
+    used: int = 0
+    """Env ids placed here; for a dead worker, its tombstones."""
+    steps_served: int = 0
+    death_reason: str = ""
+    in_flight: set[tuple[bytes, int]] = field(default_factory=set)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.used if self.state is WorkerState.READY else 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    worker_id: int
+    env_ids: EnvIds | None
+    op: Op
+
+
+_HEARTBEAT: tuple[Frame, ...] = tuple(encode(Message(Op.HEARTBEAT)))
+
+
+class BrokerCore:
+    """Routing between clients and workers; each method returns the outputs to deliver, in order."""
+
+    def __init__(self, config: BrokerConfig | None = None) -> None:
+        self.config = config or BrokerConfig()
+        self._silence_limit = self.config.liveness * self.config.heartbeat_interval
+        self._workers: dict[int, _Worker] = {}
+        self._live: dict[bytes, _Worker] = {}
+        self._placement: dict[int, int] = {}
+        self._in_flight: dict[tuple[bytes, int], _Request] = {}
+        self._client_in_flight: dict[bytes, int] = {}
+        self._retired: deque[int] = deque()
+        """Dead workers with no env ids placed on them, oldest first."""
+        self._last_worker_id = 0
+        """Worker ids are never reused: a record forgotten after death stays unknown."""
+        self._env_ids = itertools.count(0)
+        self._now = 0.0
+        """The latest clock reading passed in, for :meth:`status`."""
+
+    # ------------------------------------------------------------------ frontend
+
+    def on_client(self, client: bytes, frames: Sequence[Frame], now: float) -> list[Output]:
+        """A message from frontend peer ``client`` (its identity frame already removed)."""
+        self._now = now
+        try:
+            request = decode_header(frames, self.config.limits)
+        except ProtocolError as exc:
+            request_id = self._salvage_request_id(frames)
+            log.info("refused a malformed request %d from %r: %s", request_id, client, exc)
+            return [self._error(client, request_id, type(exc).__name__, str(exc))]
+        op = request.op
+        if op in WORKER_OPS:
+            return self._forward(client, request, frames)
+        if op is Op.ALLOC:
+            return [self._alloc(client, request)]
+        if op is Op.STATUS:
+            status = Message(Op.REPLY, request.request_id, meta={"status": self.status()})
+            return [ToClient(client, encode(status))]
+        if op is Op.PING:
+            return [ToClient(client, encode(Message(Op.REPLY, request.request_id)))]
+        return [
+            self._error(
+                client, request.request_id, ProtocolError.__name__, f"{op.name} is not a request op"
+            )
+        ]
+
+    def _forward(self, client: bytes, request: Message, frames: Sequence[Frame]) -> list[Output]:
+        request_id, env_ids = request.request_id, request.env_ids
+        key = (client, request_id)
+        if key in self._in_flight:
+            message = f"request id {request_id} is already in flight"
+            return [self._error(client, request_id, ProtocolError.__name__, message)]
+        count = self._client_in_flight.get(client, 0)
+        if count >= self.config.max_in_flight_per_client:
+            message = (
+                f"{count} requests already in flight (limit {self.config.max_in_flight_per_client})"
+            )
+            return [self._error(client, request_id, TooManyInFlight.__name__, message)]
+        assert request.worker is not None  # the schema of every worker op requires it
+        worker = self._workers.get(request.worker)
+        if worker is None:
+            message = (
+                f"worker {request.worker} died and hosts none of these env ids any more"
+                if request.worker <= self._last_worker_id
+                else f"no worker {request.worker}"
+            )
+            return [self._error(client, request_id, UnknownEnvId.__name__, message, env_ids)]
+        if worker.state is WorkerState.DEAD:
+            return [self._to_dead_worker(client, request, worker)]
+        if request.op is Op.CLOSE:
+            self._release(worker, env_ids)
+        elif request.op is Op.STEP and env_ids is not None:
+            worker.steps_served += len(env_ids)
+        self._in_flight[key] = _Request(worker.id, env_ids, request.op)
+        self._client_in_flight[client] = count + 1
+        worker.in_flight.add(key)
+        return [ToWorker(worker.identity, [client, *frames])]
+
+    def _to_dead_worker(self, client: bytes, request: Message, worker: _Worker) -> ToClient:
+        if request.op is Op.CLOSE:
+            # Nothing is left to close: the envs died with their worker.
+            self._release(worker, request.env_ids)
+            reply = Message(Op.REPLY, request.request_id, env_ids=request.env_ids)
+            return ToClient(client, encode(reply))
+        message = (
+            f"worker {worker.id} ({worker.name}) hosting these envs died ({worker.death_reason});"
+            " reset() places them on a live worker"
+        )
+        return self._error(
+            client, request.request_id, SessionLost.__name__, message, request.env_ids
+        )
+
+    def _release(self, worker: _Worker, env_ids: EnvIds | None) -> None:
+        """Forget the placement of those ``env_ids`` that are placed on ``worker``."""
+        if env_ids is None:
+            return
+        released = 0
+        for env_id in env_ids.tolist():
+            if self._placement.get(env_id) == worker.id:
+                del self._placement[env_id]
+                released += 1
+        self._unplace(worker, released)
+
+    def _unplace(self, worker: _Worker, count: int) -> None:
+        worker.used -= count
+        if worker.state is WorkerState.DEAD and worker.used == 0:
+            self._retire(worker)
+
+    def _retire(self, worker: _Worker) -> None:
+        """A dead worker without tombstones is only history: keep the latest few for status()."""
+        self._retired.append(worker.id)
+        while len(self._retired) > DEAD_WORKERS_KEPT:
+            del self._workers[self._retired.popleft()]
+
+    # ------------------------------------------------------------------ allocation
+
+    def _alloc(self, client: bytes, request: Message) -> ToClient:
+        env: str = request.meta["env"]
+        num_envs: int = request.meta["num_envs"]
+        request_id = request.request_id
+        try:
+            if request.env_ids is None:
+                return ToClient(client, encode(self._alloc_new(request_id, env, num_envs)))
+            replaced = self._alloc_again(request_id, env, num_envs, request.env_ids)
+            return ToClient(client, encode(replaced))
+        except (ProtocolError, RemoteError) as exc:
+            return self._error(client, request_id, type(exc).__name__, str(exc))
+
+    def _alloc_new(self, request_id: int, env: str, num_envs: int) -> Message:
+        shares = self._shares(env, num_envs)
+        env_ids = np.fromiter(
+            itertools.islice(self._env_ids, num_envs), dtype=np.int64, count=num_envs
+        )
+        return self._place(request_id, env_ids, shares)
+
+    def _alloc_again(self, request_id: int, env: str, num_envs: int, env_ids: EnvIds) -> Message:
+        """Move env ids whose worker died to live workers, keeping the ids."""
+        ids = env_ids.tolist()
+        if len(ids) != num_envs:
+            raise ProtocolError(f"ALLOC names {len(ids)} env ids but asks for {num_envs} envs")
+        if len(set(ids)) != len(ids):
+            raise ProtocolError("ALLOC names an env id twice")
+        owners: dict[int, int] = {}
+        for env_id in ids:
+            worker_id = self._placement.get(env_id)
+            if worker_id is None:
+                raise RemoteError(f"unknown env id {env_id}")
+            if self._workers[worker_id].state is not WorkerState.DEAD:
+                raise RemoteError(f"env id {env_id} is live on worker {worker_id}")
+            owners[worker_id] = owners.get(worker_id, 0) + 1
+        shares = self._shares(env, len(ids))
+        for worker_id, count in owners.items():
+            self._unplace(self._workers[worker_id], count)
+        return self._place(request_id, env_ids, shares)
+
+    def _place(
+        self, request_id: int, env_ids: EnvIds, shares: list[tuple[_Worker, int]]
+    ) -> Message:
+        workers = np.repeat(
+            np.array([w.id for w, _ in shares], dtype=np.int64), [n for _, n in shares]
+        )
+        self._placement.update(zip(env_ids.tolist(), workers.tolist(), strict=True))
+        for worker, count in shares:
+            worker.used += count
+        return Message(Op.REPLY, request_id, env_ids=env_ids, parts={"workers": workers})
+
+    def _shares(self, env: str, num_envs: int) -> list[tuple[_Worker, int]]:
+        """How many of ``num_envs`` new envs go to each live worker hosting ``env``.
+
+        Fills the least loaded workers first, so that the envs per worker (which is what a batch
+        step waits for) end up as level as capacities allow; among equals, most free slots first.
+        Raises :class:`NoWorkerAvailable` when the hosts lack ``num_envs`` free slots together.
+        """
+        live = list(self._live.values())
+        hosts = [w for w in live if env in w.envs]
+        if not hosts:
+            hosted = sorted({name for w in live for name in w.envs})
+            raise NoWorkerAvailable(
+                f"no live worker hosts env {env!r}; "
+                + (f"live workers host: {', '.join(hosted)}" if hosted else "no worker is live")
+            )
+        free = sum(w.free for w in hosts)
+        if free < num_envs:
+            raise NoWorkerAvailable(
+                f"asked for {num_envs} {env!r} envs but the {len(hosts)} live worker(s) hosting"
+                f" {env!r} have {free} free slot(s) of {sum(w.capacity for w in hosts)}"
+            )
+
+        def filled(level: int) -> int:
+            return sum(min(max(level - w.used, 0), w.free) for w in hosts)
+
+        # Smallest load level at which the hosts take every env (filled() is monotonic in level).
+        low, high = min(w.used for w in hosts), max(w.capacity for w in hosts)
+        while low < high:
+            mid = (low + high) // 2
+            low, high = (mid + 1, high) if filled(mid) < num_envs else (low, mid)
+        counts = {w.id: min(max(low - 1 - w.used, 0), w.free) for w in hosts}
+        remainder = num_envs - sum(counts.values())
+        for worker in sorted(hosts, key=lambda w: (-w.free, w.id)):
+            if remainder == 0:
+                break
+            if worker.used + counts[worker.id] < low and counts[worker.id] < worker.free:
+                counts[worker.id] += 1
+                remainder -= 1
+        return [(w, counts[w.id]) for w in hosts if counts[w.id]]
+
+    # ------------------------------------------------------------------ backend
+
+    def on_worker(self, identity: bytes, frames: Sequence[Frame], now: float) -> list[Output]:
+        """A message ``[route, header, *payload]`` from backend peer ``identity``."""
+        self._now = now
+        worker = self._live.get(identity)
+        if not frames:
+            return self._bad_worker_message(identity, worker, ProtocolError("empty message"))
+        route = bytes(frames[0])
+        body = frames[1:]
+        try:
+            message = decode_header(body, self.config.limits)
+        except ProtocolError as exc:
+            if worker is not None and route != CONTROL_ROUTE:
+                lost = self._fail_malformed_answer(worker, route, body, exc)
+                return [*lost, *self._bad_worker_message(identity, worker, exc)]
+            return self._bad_worker_message(identity, worker, exc)
+        if route == CONTROL_ROUTE and message.op is Op.READY:
+            return self._register(identity, message, now)
+        if worker is None:
+            log.info(
+                "told unregistered peer %r to register (it sent %s)", identity, message.op.name
+            )
+            disconnect = Message(Op.DISCONNECT, meta={"reason": "not registered: send READY"})
+            return [ToWorker(identity, [CONTROL_ROUTE, *encode(disconnect)])]
+        worker.last_seen = now
+        if route != CONTROL_ROUTE:
+            return self._answer(worker, route, message, body)
+        if message.op is Op.HEARTBEAT:
+            return []
+        if message.op is Op.BYE:
+            return self._declare_dead(worker, "left")
+        if message.op is Op.ERROR:
+            # Never answer an error with an error: two peers would bounce them forever.
+            log.warning("worker %d (%s) reported: %s", worker.id, worker.name, message.meta)
+            return []
+        return self._bad_worker_message(
+            identity, worker, ProtocolError(f"{message.op.name} is not a worker control op")
+        )
+
+    def _answer(
+        self, worker: _Worker, client: bytes, message: Message, body: Sequence[Frame]
+    ) -> list[Output]:
+        if message.op not in ANSWER_OPS:
+            return self._bad_worker_message(
+                worker.identity,
+                worker,
+                ProtocolError(f"{message.op.name} is not an answer to a client"),
+            )
+        key = (client, message.request_id)
+        request = self._in_flight.get(key)
+        if request is None or request.worker_id != worker.id:
+            log.warning(
+                "dropped an answer from worker %d to request %d of %r: not in flight there",
+                worker.id,
+                message.request_id,
+                client,
+            )
+            return []
+        self._finish(key, worker)
+        return [ToClient(client, list(body))]
+
+    def _fail_malformed_answer(
+        self, worker: _Worker, client: bytes, body: Sequence[Frame], exc: ProtocolError
+    ) -> list[Output]:
+        """A worker answered a request with frames that do not decode: the request still gets
+        exactly one answer, if its id can be read."""
+        key = (client, self._salvage_request_id(body))
+        request = self._in_flight.get(key)
+        if request is None or request.worker_id != worker.id:
+            return []
+        self._finish(key, worker)
+        message = f"worker {worker.id} ({worker.name}) sent a malformed answer: {exc}"
+        return [self._error(client, key[1], type(exc).__name__, message, request.env_ids)]
+
+    def _register(self, identity: bytes, ready: Message, now: float) -> list[Output]:
+        outputs: list[Output] = []
+        old = self._live.get(identity)
+        if old is not None:
+            outputs += self._declare_dead(old, "registered again")
+        self._last_worker_id += 1
+        worker = _Worker(
+            id=self._last_worker_id,
+            identity=identity,
+            name=ready.meta["name"],
+            pid=ready.meta["pid"],
+            envs=frozenset(ready.meta["envs"]),
+            capacity=ready.meta["capacity"],
+            last_seen=now,
+            next_heartbeat=now + self.config.heartbeat_interval,
+        )
+        self._workers[worker.id] = worker
+        self._live[identity] = worker
+        welcome = Message(
+            Op.WELCOME, meta={"worker": worker.id, "heartbeat": self.config.heartbeat_interval}
+        )
+        outputs.append(ToWorker(identity, [CONTROL_ROUTE, *encode(welcome)]))
+        outputs.append(WorkerJoined(worker.id, worker.name))
+        return outputs
+
+    def _bad_worker_message(
+        self, identity: bytes, worker: _Worker | None, problem: ProtocolError
+    ) -> list[Output]:
+        who = f"worker {worker.id} ({worker.name})" if worker else f"unregistered peer {identity!r}"
+        log.warning("bad message from %s: %s", who, problem)
+        error = error_message(0, type(problem).__name__, str(problem))
+        return [ToWorker(identity, [CONTROL_ROUTE, *encode(error)])]
+
+    # ------------------------------------------------------------------ liveness
+
+    def on_tick(self, now: float) -> list[Output]:
+        """Send heartbeats that are due and declare workers silent for too long dead."""
+        self._now = now
+        outputs: list[Output] = []
+        for worker in list(self._live.values()):
+            if now - worker.last_seen > self._silence_limit:
+                silent = f"silent for {now - worker.last_seen:.3g} s"
+                outputs += self._declare_dead(worker, silent)
+            elif now >= worker.next_heartbeat:
+                outputs.append(ToWorker(worker.identity, [CONTROL_ROUTE, *_HEARTBEAT]))
+                worker.next_heartbeat = now + self.config.heartbeat_interval
+        return outputs
+
+    def next_timeout(self, now: float) -> float:
+        """Seconds until :meth:`on_tick` is next needed (0 when overdue)."""
+        due = min(
+            (min(w.next_heartbeat, w.last_seen + self._silence_limit) for w in self._live.values()),
+            default=now + self.config.heartbeat_interval,
+        )
+        return max(0.0, due - now)
+
+    def worker_exited(self, name: str, now: float) -> list[Output]:
+        """The process of live worker ``name`` ended: declare it dead now, not after its silence."""
+        for worker in list(self._live.values()):
+            if worker.name == name:
+                return self._declare_dead(worker, "its process exited")
+        return []
+
+    def undeliverable(self, output: ToWorker, now: float) -> list[Output]:
+        """``output`` could not be sent (peer gone, queue full): fail the request it carried."""
+        route = bytes(output.frames[0])
+        if route == CONTROL_ROUTE:
+            # A lost heartbeat or WELCOME: the worker's silence will tell if it is gone.
+            log.info("could not send a control message to %r", output.identity)
+            return []
+        request_id = decode_header(output.frames[1:], self.config.limits).request_id
+        key = (route, request_id)
+        request = self._in_flight.get(key)
+        if request is None:
+            return []
+        worker = self._workers[request.worker_id]
+        self._finish(key, worker)
+        message = f"worker {worker.id} ({worker.name}) is unreachable (gone, or its queue is full)"
+        return [self._error(route, request_id, WorkerLost.__name__, message, request.env_ids)]
+
+    def _declare_dead(self, worker: _Worker, reason: str) -> list[Output]:
+        """The one transition ``READY -> DEAD``: answer everything in flight to the worker."""
+        worker.state = WorkerState.DEAD
+        worker.death_reason = reason
+        del self._live[worker.identity]
+        outputs: list[Output] = []
+        message = f"worker {worker.id} ({worker.name}) died with the request in flight ({reason})"
+        for key in list(worker.in_flight):
+            request = self._in_flight[key]
+            self._finish(key, worker)
+            outputs.append(
+                self._error(key[0], key[1], WorkerLost.__name__, message, request.env_ids)
+            )
+        if worker.used == 0:
+            self._retire(worker)
+        outputs.append(WorkerDied(worker.id, worker.name, reason))
+        return outputs
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _finish(self, key: tuple[bytes, int], worker: _Worker) -> None:
+        del self._in_flight[key]
+        worker.in_flight.discard(key)
+        client = key[0]
+        count = self._client_in_flight[client] - 1
+        if count:
+            self._client_in_flight[client] = count
+        else:
+            del self._client_in_flight[client]
+
+    def _error(
+        self,
+        client: bytes,
+        request_id: int,
+        type_name: str,
+        message: str,
+        env_ids: EnvIds | None = None,
+    ) -> ToClient:
+        return ToClient(client, encode(error_message(request_id, type_name, message, env_ids)))
+
+    def _salvage_request_id(self, frames: Sequence[Frame]) -> int:
+        """The request id of a message that failed to decode, if its header can be read; else 0."""
+        if not frames or memoryview(frames[0]).nbytes > self.config.limits.max_header_bytes:
+            return 0
+        try:
+            header = unpack(frames[0], "header")
+        except ProtocolError:
+            return 0
+        request_id = header.get("id", 0) if type(header) is dict else 0
+        return request_id if type(request_id) is int and 0 <= request_id < 2**64 else 0
+
+    def status(self, now: float | None = None) -> dict[str, Any]:
+        """A msgpack-able snapshot: workers (dead ones while env ids are placed on them),
+        requests in flight, clients with requests in flight, and live env slots.
+
+        ``last_seen_ago`` is measured at ``now``, by default the latest clock passed to any call.
+        """
+        now = self._now if now is None else now
+        workers = [
+            {
+                "id": w.id,
+                "name": w.name,
+                "pid": w.pid,
+                "state": w.state.name,
+                "envs": sorted(w.envs),
+                "capacity": w.capacity,
+                "used": w.used,
+                "free": w.free,
+                "steps_served": w.steps_served,
+                "last_seen_ago": now - w.last_seen,
+            }
+            for w in self._workers.values()
+        ]
+        live = self._live.values()
+        return {
+            "workers": workers,
+            "in_flight": len(self._in_flight),
+            "clients": len(self._client_in_flight),
+            "env_slots": {"used": sum(w.used for w in live), "free": sum(w.free for w in live)},
+        }

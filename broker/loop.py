@@ -1,0 +1,224 @@
+"""The broker's zmq loop: moves frames between two ROUTER sockets and :class:`BrokerCore`.
+
+All routing decisions are the core's; this module only receives, sends and keeps time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from typing import cast
+
+import zmq
+
+from broker.core import (
+    BrokerConfig,
+    BrokerCore,
+    Output,
+    ToClient,
+    ToWorker,
+    WorkerDied,
+    WorkerJoined,
+)
+from openenv_zmq.protocol import Frame
+from openenv_zmq.providers.base import WorkerProvider
+
+log = logging.getLogger(__name__)
+
+HIGH_WATER_MARK = 100_000
+MAX_POLL_SECONDS = 0.1
+"""Upper bound on one wait, so that :meth:`BrokerServer.stop` and dead workers are seen quickly."""
+DRAIN_BATCH = 256
+"""Messages taken from one socket per wakeup before the other socket gets its turn."""
+_UNSENDABLE = (errno.EHOSTUNREACH, errno.EAGAIN)
+
+
+def _router(context: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
+    socket = context.socket(zmq.ROUTER)
+    try:
+        # Without MANDATORY a ROUTER silently drops messages to unknown peers.
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+        socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+        socket.bind(address)
+    except BaseException:
+        socket.close(linger=0)
+        raise
+    return socket
+
+
+def _endpoint(socket: zmq.Socket[bytes]) -> str:
+    value = socket.getsockopt(zmq.LAST_ENDPOINT)
+    assert isinstance(value, bytes)
+    return value.decode()
+
+
+class BrokerServer:
+    """A broker bound to a ``frontend`` (clients) and a ``backend`` (workers) address.
+
+    Call order: :meth:`bind` (optional: :meth:`run` binds if needed), read
+    :attr:`frontend_address` / :attr:`backend_address`, then :meth:`run`, which blocks until
+    :meth:`stop` is called from another thread or a signal handler. ``run`` starts the
+    ``provider``'s workers on the backend address and stops them, closes both sockets, removes
+    ipc socket files and terminates the zmq context on the way out. A server runs once.
+    """
+
+    def __init__(
+        self,
+        frontend: str,
+        backend: str,
+        config: BrokerConfig | None = None,
+        provider: WorkerProvider | None = None,
+    ) -> None:
+        self.core = BrokerCore(config)
+        self.provider = provider
+        self._addresses = (frontend, backend)
+        self._context: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._frontend: zmq.Socket[bytes] | None = None
+        self._backend: zmq.Socket[bytes] | None = None
+        self._bound: tuple[str, str] | None = None
+        # A plain attribute, not an Event: setting it is safe inside a signal handler.
+        self._stopping = False
+
+    def bind(self) -> None:
+        """Create the context and bind both sockets. Raises :class:`zmq.ZMQError` if it cannot."""
+        if self._bound is not None:
+            return
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        try:
+            frontend = _router(context, self._addresses[0])
+            try:
+                backend = _router(context, self._addresses[1])
+            except BaseException:
+                frontend.close(linger=0)
+                raise
+        except BaseException:
+            context.term()
+            raise
+        self._context, self._frontend, self._backend = context, frontend, backend
+        self._bound = (_endpoint(frontend), _endpoint(backend))
+
+    @property
+    def frontend_address(self) -> str:
+        """The bound client address, with a random port resolved. Only after :meth:`bind`."""
+        return self._endpoints()[0]
+
+    @property
+    def backend_address(self) -> str:
+        """The bound worker address, with a random port resolved. Only after :meth:`bind`."""
+        return self._endpoints()[1]
+
+    def _endpoints(self) -> tuple[str, str]:
+        if self._bound is None:
+            raise RuntimeError("the broker is not bound: call bind() first")
+        return self._bound
+
+    def stop(self) -> None:
+        """Make :meth:`run` return within :data:`MAX_POLL_SECONDS`; safe in threads and signals."""
+        self._stopping = True
+
+    def run(self) -> None:
+        """Route until :meth:`stop`; then stop the workers and release every resource."""
+        if self._bound is not None and self._context is None:
+            raise RuntimeError("this broker has already run; create a new BrokerServer")
+        self.bind()
+        try:
+            if self.provider is not None:
+                self.provider.start(self.backend_address)
+            self._route()
+        finally:
+            try:
+                if self.provider is not None:
+                    self.provider.stop()
+            finally:
+                self.close()
+
+    def close(self) -> None:
+        """Close the sockets, remove ipc socket files and terminate the context. Idempotent."""
+        for socket in (self._frontend, self._backend):
+            if socket is not None:
+                socket.close(linger=0)
+        if self._context is not None:
+            self._context.term()
+        for endpoint in self._bound or ():
+            path = endpoint.removeprefix("ipc://")
+            # "@..." is Linux's abstract namespace: no file to remove.
+            if path != endpoint and not path.startswith("@"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+        self._context = self._frontend = self._backend = None
+
+    def _route(self) -> None:
+        frontend, backend = self._frontend, self._backend
+        assert frontend is not None
+        assert backend is not None
+        core = self.core
+        poller = zmq.Poller()
+        poller.register(frontend, zmq.POLLIN)
+        poller.register(backend, zmq.POLLIN)
+        while not self._stopping:
+            timeout = min(core.next_timeout(time.monotonic()), MAX_POLL_SECONDS)
+            ready = dict(poller.poll(math.ceil(timeout * 1000)))
+            if frontend in ready:
+                for peer, frames in self._drain(frontend):
+                    self._deliver(core.on_client(peer, frames, time.monotonic()))
+            if backend in ready:
+                for peer, frames in self._drain(backend):
+                    self._deliver(core.on_worker(peer, frames, time.monotonic()))
+            now = time.monotonic()
+            if self.provider is not None:
+                for name in self.provider.poll():
+                    self._deliver(core.worker_exited(name, now))
+            self._deliver(core.on_tick(now))
+
+    @staticmethod
+    def _drain(socket: zmq.Socket[bytes]) -> Iterator[tuple[bytes, list[Frame]]]:
+        """Up to :data:`DRAIN_BATCH` waiting messages as (peer identity, frames), without copies."""
+        for _ in range(DRAIN_BATCH):
+            try:
+                peer, *frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            # zmq.Frame exposes the buffer protocol; its type stubs do not declare it.
+            yield peer.bytes, cast("list[Frame]", frames)
+
+    def _deliver(self, outputs: list[Output]) -> None:
+        frontend, backend = self._frontend, self._backend
+        assert frontend is not None
+        assert backend is not None
+        pending = outputs
+        while pending:
+            follow_ups: list[Output] = []
+            for output in pending:
+                if isinstance(output, ToClient):
+                    if not self._send(frontend, output.client, output.frames):
+                        log.warning("dropped an answer to client %r: unreachable", output.client)
+                elif isinstance(output, ToWorker):
+                    if not self._send(backend, output.identity, output.frames):
+                        follow_ups += self.core.undeliverable(output, time.monotonic())
+                elif isinstance(output, WorkerJoined):
+                    log.info("worker %d (%s) joined", output.worker_id, output.name)
+                elif isinstance(output, WorkerDied):
+                    log.info(
+                        "worker %d (%s) died: %s", output.worker_id, output.name, output.reason
+                    )
+                    if self.provider is not None:
+                        self.provider.worker_died(output.name)
+            pending = follow_ups
+
+    @staticmethod
+    def _send(socket: zmq.Socket[bytes], peer: bytes, frames: list[Frame]) -> bool:
+        """Send without blocking; False if the peer is unknown or its queue is full."""
+        try:
+            socket.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:
+            if exc.errno in _UNSENDABLE:
+                return False
+            raise
+        return True

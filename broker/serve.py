@@ -1,0 +1,66 @@
+"""Run a broker with its local workers until SIGINT/SIGTERM: what ``start`` and ``bench`` share."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+
+from broker.core import BrokerConfig
+from broker.loop import BrokerServer
+from openenv_zmq.providers.local import LocalProvider
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A broker and the local workers it starts."""
+
+    frontend: str
+    backend: str
+    workers: int = 2
+    envs: Sequence[str] = ("echo",)
+    capacity: int = 4096
+    config: BrokerConfig = field(default_factory=BrokerConfig)
+
+
+def serve(
+    spec: ClusterSpec,
+    on_ready: Callable[[BrokerServer], None] | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Bind, start the workers, call ``on_ready``, and route until a signal or ``stop`` is set.
+
+    On the way out the workers are stopped and waited for, and the sockets (and ipc files) removed.
+    """
+    provider = (
+        LocalProvider(
+            spec.workers,
+            envs=list(spec.envs),
+            capacity=spec.capacity,
+            heartbeat_interval=spec.config.heartbeat_interval,
+            liveness=spec.config.liveness,
+        )
+        if spec.workers
+        else None
+    )
+    server = BrokerServer(spec.frontend, spec.backend, spec.config, provider)
+    server.bind()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        server.stop()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+    if stop is not None:
+
+        def stop_when_set() -> None:
+            stop.wait()
+            server.stop()
+
+        threading.Thread(target=stop_when_set, name="stop-watch", daemon=True).start()
+    if on_ready is not None:
+        on_ready(server)
+    server.run()

@@ -1,0 +1,177 @@
+"""Split a batch by worker and join the workers' answers back in the caller's order. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel
+
+from openenv_zmq.client.results import BatchResult
+from openenv_zmq.errors import (
+    EnvError,
+    ProtocolError,
+    UnknownEnvIds,
+    env_error_from_wire,
+    error_from_wire,
+    is_env_error_name,
+)
+from openenv_zmq.protocol import EnvIds, Message, Op
+
+Positions = npt.NDArray[np.intp]
+
+
+@dataclass
+class Placement:
+    """Which worker hosts each env id of a group. ``env_ids`` is kept sorted."""
+
+    env_ids: EnvIds
+    workers: npt.NDArray[np.int64]
+
+    @classmethod
+    def of(cls, env_ids: EnvIds, workers: npt.NDArray[np.int64]) -> Placement:
+        order = np.argsort(env_ids, kind="stable")
+        return cls(env_ids[order].astype(np.int64), workers[order].astype(np.int64))
+
+    def locate(self, env_ids: EnvIds) -> npt.NDArray[np.int64]:
+        """The worker of each env id; raises :class:`UnknownEnvIds` for ids not in the group."""
+        index = np.searchsorted(self.env_ids, env_ids)
+        index[index >= len(self.env_ids)] = 0
+        unknown = self.env_ids[index] != env_ids if len(self.env_ids) else np.ones_like(env_ids)
+        if np.any(unknown):
+            bad = np.asarray(env_ids)[np.asarray(unknown, dtype=bool)]
+            raise UnknownEnvIds(f"env ids not in this group: {bad[:10].tolist()}")
+        return self.workers[index]
+
+    def move(self, env_ids: EnvIds, workers: npt.NDArray[np.int64]) -> None:
+        """Record that ``env_ids`` now live on ``workers`` (after a re-placement)."""
+        self.workers[np.searchsorted(self.env_ids, env_ids)] = workers
+
+
+@dataclass(frozen=True)
+class SubBatch:
+    """The part of a request that goes to one worker."""
+
+    worker: int
+    env_ids: EnvIds
+    positions: Positions
+    """Where these env ids sit in the caller's request."""
+
+
+def split_by_worker(env_ids: EnvIds, workers: npt.NDArray[np.int64]) -> list[SubBatch]:
+    """Group a request's env ids by worker, keeping each group in request order."""
+    order = np.argsort(workers, kind="stable")
+    sorted_workers = workers[order]
+    starts = np.flatnonzero(np.r_[True, sorted_workers[1:] != sorted_workers[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    return [
+        SubBatch(int(sorted_workers[s]), env_ids[order[s:e]], order[s:e])
+        for s, e in zip(starts, ends, strict=True)
+    ]
+
+
+def take(values: Sequence[Any], positions: Positions) -> list[Any]:
+    """``values`` at ``positions``, as a list."""
+    return [values[i] for i in positions.tolist()]
+
+
+@dataclass
+class SubResult:
+    """One worker's answer to a reset or step sub-batch."""
+
+    env_ids: EnvIds
+    observations: list[Any]
+    rewards: npt.NDArray[np.float32]
+    terminated: npt.NDArray[np.bool_]
+    truncated: npt.NDArray[np.bool_]
+    errors: dict[int, EnvError] = field(default_factory=dict)
+
+
+def raise_if_error(message: Message) -> None:
+    """Raise the typed error of a whole-request ``ERROR`` that is not a per-env failure."""
+    if message.op is Op.ERROR and (
+        message.env_ids is None or not is_env_error_name(message.meta["type"])
+    ):
+        raise error_from_wire(
+            message.meta["type"], message.meta["message"], message.meta.get("traceback", "")
+        )
+    if message.op not in (Op.ERROR, Op.REPLY):
+        raise ProtocolError(f"expected an answer, got {message.op.name}")
+
+
+def env_errors(message: Message) -> dict[int, EnvError]:
+    """The per-env errors of an answer: its ``errors`` part, or every env of a per-env ``ERROR``."""
+    if message.op is Op.ERROR:
+        assert message.env_ids is not None
+        meta = message.meta
+        return {
+            env_id: env_error_from_wire(
+                meta["type"], meta["message"], meta.get("traceback", ""), env_id
+            )
+            for env_id in message.env_ids.tolist()
+        }
+    errors: dict[int, EnvError] = {}
+    for entry in message.parts.get("errors", ()):
+        env_id, type_name, text, traceback = entry
+        errors[env_id] = env_error_from_wire(type_name, text, traceback, env_id)
+    return errors
+
+
+def build_models(rows: list[Any], model: type[BaseModel] | None) -> list[Any]:
+    """Turn decoded dicts back into the env's models (``None`` rows stay ``None``)."""
+    if model is None:
+        return rows
+    validate = model.model_validate
+    return [None if row is None else validate(row) for row in rows]
+
+
+def sub_result(
+    message: Message, sub: SubBatch, observation_model: type[BaseModel] | None
+) -> SubResult:
+    """Read a worker's answer to a reset/step sub-batch."""
+    raise_if_error(message)
+    n = len(sub.env_ids)
+    errors = env_errors(message)
+    if message.op is Op.ERROR:
+        return SubResult(
+            sub.env_ids,
+            [None] * n,
+            np.zeros(n, np.float32),
+            np.zeros(n, bool),
+            np.zeros(n, bool),
+            errors,
+        )
+    parts = message.parts
+    if message.env_ids is None or not np.array_equal(message.env_ids, sub.env_ids):
+        raise ProtocolError("answer names other env ids than its request")
+    return SubResult(
+        sub.env_ids,
+        build_models(parts["obs"], observation_model),
+        parts["rew"],
+        parts["term"],
+        parts["trunc"],
+        errors,
+    )
+
+
+def assemble(env_ids: EnvIds, pieces: Sequence[tuple[Positions, SubResult]]) -> BatchResult:
+    """Join sub-results into one BatchResult; row ``positions[i]`` is the sub-result's row i."""
+    n = len(env_ids)
+    observations: list[Any] = [None] * n
+    rewards = np.zeros(n, np.float32)
+    terminated = np.zeros(n, np.bool_)
+    truncated = np.zeros(n, np.bool_)
+    errors: dict[int, EnvError] = {}
+    for positions, part in pieces:
+        rewards[positions] = part.rewards
+        terminated[positions] = part.terminated
+        truncated[positions] = part.truncated
+        for position, observation in zip(positions.tolist(), part.observations, strict=True):
+            observations[position] = observation
+        errors.update(part.errors)
+    return BatchResult(
+        np.asarray(env_ids, np.int64), observations, rewards, terminated, truncated, errors
+    )

@@ -1,0 +1,58 @@
+"""Request ids, encoding and matching answers to requests: the part of a client with no I/O."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+
+from openenv_zmq.errors import ProtocolError
+from openenv_zmq.protocol import (
+    ANSWER_OPS,
+    DEFAULT_LIMITS,
+    Frame,
+    Limits,
+    Message,
+    decode,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RequestTable:
+    """Stamps outgoing requests with fresh ids and reads incoming answers.
+
+    An answer whose id is not awaited (it arrived after its request timed out) is dropped.
+    """
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._ids = itertools.count(1)
+        self._limits = limits
+        self.awaited: set[int] = set()
+
+    def stamp(self, message: Message) -> tuple[int, list[Frame]]:
+        request_id = next(self._ids)
+        self.awaited.add(request_id)
+        return request_id, encode(replace(message, request_id=request_id))
+
+    def forget(self, request_ids: Sequence[int]) -> None:
+        self.awaited.difference_update(request_ids)
+
+    def read(self, frames: Sequence[Frame]) -> Message | None:
+        """The answer in ``frames`` if it is one this client awaits, else ``None``."""
+        try:
+            message = decode(frames, self._limits)
+        except ProtocolError as exc:
+            # Without a readable header nobody can tell which request this was; the request
+            # it belonged to ends in RequestTimeout.
+            log.warning("dropped an undecodable answer: %s", exc)
+            return None
+        if message.op not in ANSWER_OPS or message.request_id not in self.awaited:
+            log.debug(
+                "dropped an answer nobody awaits: %s #%d", message.op.name, message.request_id
+            )
+            return None
+        self.awaited.discard(message.request_id)
+        return message

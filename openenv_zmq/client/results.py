@@ -1,0 +1,44 @@
+"""What a batched call returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from openenv_zmq.errors import EnvError
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """One answer per env id, in the order the env ids were asked for.
+
+    ``observations[i]`` is the env's Observation model (a dict when the model class cannot be
+    imported here), or ``None`` where the env failed. A failed env has its error in
+    ``errors[env_id]`` and ``dones[i]`` set; the rest of the batch is unaffected.
+    """
+
+    env_ids: npt.NDArray[np.int64]
+    observations: list[Any]
+    rewards: npt.NDArray[np.float32]
+    terminated: npt.NDArray[np.bool_]
+    truncated: npt.NDArray[np.bool_]
+    errors: dict[int, EnvError] = field(default_factory=dict)
+
+    @property
+    def dones(self) -> npt.NDArray[np.bool_]:
+        """``terminated | truncated``, and true for every env that failed."""
+        done = self.terminated | self.truncated
+        if self.errors:
+            done = done | np.isin(self.env_ids, np.fromiter(self.errors, dtype=np.int64))
+        return done
+
+    def __len__(self) -> int:
+        return len(self.env_ids)
+
+    def raise_for_errors(self) -> None:
+        """Raise the first env's error (lowest env id), if any env failed."""
+        if self.errors:
+            raise self.errors[min(self.errors)]

@@ -1,0 +1,36 @@
+"""Socket settings and defaults shared by the sync and asyncio clients."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import zmq
+
+from openenv_zmq.errors import BrokerUnreachable, ClientError
+
+DEFAULT_TIMEOUT = 60.0
+"""Seconds a request may wait for its answer (OpenEnv's message timeout)."""
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds the first PING may wait for the broker (OpenEnv's connect timeout)."""
+CLOSE_TIMEOUT = 5.0
+"""Closing must not hang on a dead broker: its slots are gone with it anyway."""
+HIGH_WATER_MARK = 100_000
+
+SocketT = TypeVar("SocketT", bound=zmq.Socket)  # type: ignore[type-arg]
+
+
+def configure_dealer(socket: SocketT) -> SocketT:
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+    socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+    return socket
+
+
+def unreachable(address: str, timeout: float) -> BrokerUnreachable:
+    return BrokerUnreachable(f"no broker answered at {address} within {timeout:g} s")
+
+
+def no_default_group() -> ClientError:
+    return ClientError(
+        "this client has no default env group: pass env=... to the constructor or use make()"
+    )

@@ -1,0 +1,134 @@
+"""Workers as local processes, started with the ``spawn`` method and replaced when they die."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_SECONDS = 5.0
+"""How long a worker gets to send BYE and exit after SIGTERM before it is killed."""
+MAX_RESTART_DELAY = 10.0
+SHORT_LIFE_SECONDS = 5.0
+"""A worker that dies sooner than this after starting is restarted with a growing delay."""
+
+_PARENT_CHECK_SECONDS = 0.5
+
+
+def _run_local_worker(parent_pid: int, **worker_kwargs: Any) -> None:
+    """Entry point of a local worker process: a worker that exits when its broker does."""
+    from openenv_zmq.worker.loop import run_worker
+
+    stop = threading.Event()
+
+    def watch_parent() -> None:
+        # A broker killed with SIGKILL cannot stop its workers; they notice it here instead.
+        while not stop.wait(_PARENT_CHECK_SECONDS):
+            if os.getppid() != parent_pid:
+                stop.set()
+
+    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+    run_worker(stop=stop, **worker_kwargs)
+
+
+@dataclass
+class _Slot:
+    """One of the provider's worker positions; its process is replaced when it dies."""
+
+    index: int
+    process: BaseProcess | None = None
+    name: str = ""
+    generation: int = 0
+    started_at: float = 0.0
+    quick_deaths: int = 0
+    restart_at: float | None = None
+
+
+class LocalProvider:
+    """Keeps ``count`` worker processes running on this host.
+
+    ``worker_kwargs`` are passed to :func:`openenv_zmq.worker.loop.run_worker` (``envs``,
+    ``capacity``, ``heartbeat_interval``, ...). A worker that exits is restarted at once, or after
+    a growing delay (up to 10 s) when it keeps dying right after starting.
+    """
+
+    def __init__(self, count: int, **worker_kwargs: Any) -> None:
+        self.count = count
+        self.worker_kwargs = worker_kwargs
+        self._context = multiprocessing.get_context("spawn")
+        self._slots = [_Slot(i) for i in range(count)]
+        self._connect = ""
+
+    def start(self, connect: str) -> None:
+        self._connect = connect
+        for slot in self._slots:
+            self._launch(slot)
+
+    def _launch(self, slot: _Slot) -> None:
+        slot.generation += 1
+        slot.name = f"local-{slot.index}" + (
+            f".{slot.generation - 1}" if slot.generation > 1 else ""
+        )
+        process = self._context.Process(
+            target=_run_local_worker,
+            kwargs={
+                "parent_pid": os.getpid(),
+                "connect": self._connect,
+                "name": slot.name,
+                **self.worker_kwargs,
+            },
+            name=f"openenv-worker-{slot.name}",
+        )
+        process.start()
+        slot.process, slot.started_at, slot.restart_at = process, time.monotonic(), None
+        log.info("started worker %s (pid %s)", slot.name, process.pid)
+
+    @property
+    def pids(self) -> list[int]:
+        return [s.process.pid for s in self._slots if s.process is not None and s.process.pid]
+
+    def poll(self) -> list[str]:
+        exited: list[str] = []
+        now = time.monotonic()
+        for slot in self._slots:
+            process = slot.process
+            if process is not None and not process.is_alive():
+                exited.append(slot.name)
+                log.warning("worker %s exited with code %s", slot.name, process.exitcode)
+                process.close()
+                slot.process = None
+                lived = now - slot.started_at
+                slot.quick_deaths = slot.quick_deaths + 1 if lived < SHORT_LIFE_SECONDS else 0
+                delay = min(MAX_RESTART_DELAY, 0.5 * 2 ** (slot.quick_deaths - 1))
+                slot.restart_at = now + (delay if slot.quick_deaths else 0.0)
+            if slot.process is None and slot.restart_at is not None and now >= slot.restart_at:
+                self._launch(slot)
+        return exited
+
+    def worker_died(self, name: str) -> None:
+        for slot in self._slots:
+            if slot.name == name and slot.process is not None and slot.process.is_alive():
+                log.warning("killing worker %s: the broker declared it dead", name)
+                slot.process.kill()
+
+    def stop(self) -> None:
+        running = [s.process for s in self._slots if s.process is not None]
+        for process in running:
+            if process.is_alive():
+                process.terminate()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for process in running:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+            process.close()
+        for slot in self._slots:
+            slot.process, slot.restart_at = None, None

@@ -1,0 +1,561 @@
+"""The worker's logic, sans I/O: env slots and their stepping, and the link with the broker.
+
+:class:`WorkerCore` answers one request at a time (``handle(frames) -> frames``) for the thousands
+of env instances it hosts. :class:`BrokerLink` decides when to send ``READY`` / ``HEARTBEAT`` /
+``BYE`` and when the broker counts as gone. Neither opens a socket or reads a clock: the zmq loop
+in :mod:`openenv_zmq.worker.loop` pumps frames through them and passes ``now`` in.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, cast
+
+import numpy as np
+from pydantic import ValidationError
+
+from openenv_zmq.env import EnvTypes, env_types, resolve_env
+from openenv_zmq.errors import EnvNotFound, OpenEnvZmqError, ProtocolError
+from openenv_zmq.protocol import (
+    DEFAULT_LIMITS,
+    EnvIds,
+    Frame,
+    Limits,
+    Message,
+    Op,
+    decode,
+    encode,
+    error_message,
+    pack,
+    unpack,
+)
+
+log = logging.getLogger(__name__)
+
+ErrorRow = list[Any]
+"""``[env_id, type name, message, traceback]``, one per failed env in a reply's ``errors``."""
+
+
+class SlotStatus(Enum):
+    """Where one env instance is in its episode."""
+
+    NEEDS_RESET = "needs_reset"
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass(slots=True)
+class _Kind:
+    """What the worker needs to know about one env class, worked out once per class."""
+
+    cls: type[Any]
+    types: EnvTypes
+    reset_params: frozenset[str] | None
+    """Keyword arguments ``reset`` accepts; ``None`` when it takes ``**kwargs`` (all pass)."""
+
+    @classmethod
+    def of(cls, env_cls: type) -> _Kind:
+        reset = cast(Any, env_cls).reset  # resolve_env checked that it exists
+        params = list(inspect.signature(reset).parameters.values())[1:]  # drop self
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            accepted = None
+        else:
+            accepted = frozenset(
+                p.name
+                for p in params
+                if p.kind
+                in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            )
+        return cls(env_cls, env_types(env_cls), accepted)
+
+
+@dataclass(slots=True)
+class _Slot:
+    env: Any
+    kind: _Kind
+    status: SlotStatus = SlotStatus.NEEDS_RESET
+
+    def transition(self, op: Op, done: bool | None) -> None:
+        """Every status change after a reset or step; ``done`` is ``None`` when the env raised.
+
+        A reset that raised leaves no episode to step; a step that raised leaves the episode as
+        it was (OpenEnv keeps the session). Stepping a DONE env is allowed: autoreset is off.
+        """
+        if done is None:
+            if op is Op.RESET:
+                self.status = SlotStatus.NEEDS_RESET
+            return
+        self.status = SlotStatus.DONE if done else SlotStatus.RUNNING
+
+    def close(self) -> None:
+        # resolve_env only requires reset/step/state, so an env class may have no close()
+        close = getattr(self.env, "close", None)
+        if close is not None:
+            close()
+
+
+def _exception_row(env_id: int, exc: BaseException) -> ErrorRow:
+    """An error row for an exception being handled (the traceback is the current one)."""
+    return [env_id, type(exc).__name__, str(exc), traceback.format_exc()]
+
+
+class _Rows:
+    """The per-env rows of a RESET / STEP (``obs``) or STATE (``states``) reply.
+
+    Rows start zeroed, which is what a failed env's row must hold; a row is filled only once
+    everything about it has been computed, so a failure half-way leaves it zeroed.
+    """
+
+    def __init__(self, env_ids: list[int], part: str) -> None:
+        n = len(env_ids)
+        self.env_ids = env_ids
+        self.part = part
+        self.values: list[Any] = [None] * n
+        self.rewards = np.zeros(n, dtype=np.float32)
+        self.terminated = np.zeros(n, dtype=np.bool_)
+        self.errors: list[ErrorRow] = []
+
+    def put_observation(self, i: int, obs: Any) -> bool:
+        """Fill row ``i`` from an observation model; returns its ``done``."""
+        value = obs.model_dump()
+        reward = 0.0 if obs.reward is None else float(obs.reward)
+        done = bool(obs.done)
+        self.values[i] = value
+        self.rewards[i] = reward
+        self.terminated[i] = done
+        return done
+
+    def clear(self, i: int) -> None:
+        self.values[i] = None
+        self.rewards[i] = 0.0
+        self.terminated[i] = False
+
+    def message(self, request: Message) -> Message:
+        parts: dict[str, Any] = {self.part: self.values}
+        if self.part == "obs":
+            parts["rew"] = self.rewards
+            parts["term"] = self.terminated
+            parts["trunc"] = np.zeros(len(self.values), dtype=np.bool_)
+        parts["errors"] = self.errors
+        return Message(Op.REPLY, request.request_id, env_ids=request.env_ids, parts=parts)
+
+    def encode(self, request: Message) -> list[Frame]:
+        try:
+            return encode(self.message(request))
+        except ProtocolError:
+            pass
+        # Some env returned a value msgpack cannot carry: fail those envs, not the whole batch.
+        # Only this rare path pays for packing rows one by one.
+        for i, value in enumerate(self.values):
+            if value is None:
+                continue
+            try:
+                pack(value)
+            except ProtocolError as exc:
+                self.clear(i)
+                self.errors.append([self.env_ids[i], "EnvExecutionError", str(exc), ""])
+        return encode(self.message(request))
+
+
+def _env_ids(request: Message) -> list[int]:
+    ids: EnvIds | None = request.env_ids
+    if ids is None:  # the codec refuses worker ops without ids; this keeps the type checker honest
+        raise ProtocolError(f"{request.op.name} needs env ids")
+    env_ids: list[int] = ids.tolist()
+    return env_ids
+
+
+def _per_env_part(request: Message, name: str, n: int) -> list[Any] | None:
+    """A part holding one item per env id, or ``None`` when the request does not carry it."""
+    value = request.parts.get(name)
+    if value is None:
+        return None
+    if type(value) is not list:
+        raise ProtocolError(f"{request.op.name} part {name!r} must be a list, one item per env id")
+    if len(value) != n:
+        raise ProtocolError(
+            f"{request.op.name} has {len(value)} {name} for {n} env id(s); they must match"
+        )
+    return value
+
+
+def _readable_request_id(frames: Sequence[Frame], limits: Limits) -> int:
+    """The request id of frames that failed to decode, if their header can be read at all."""
+    if not frames or memoryview(frames[0]).nbytes > limits.max_header_bytes:
+        return 0
+    try:
+        header = unpack(frames[0], "header")
+    except ProtocolError:
+        return 0
+    request_id = header.get("id", 0) if type(header) is dict else 0
+    return request_id if type(request_id) is int and 0 <= request_id < 2**64 else 0
+
+
+class WorkerCore:
+    """The env slots of one worker and the answers to CREATE / RESET / STEP / STATE / CLOSE.
+
+    ``envs`` are the env names or ``module:Class`` specs this worker hosts; each is resolved here,
+    so a bad name raises :class:`EnvNotFound` before the worker registers. ``capacity`` bounds the
+    number of live env instances. Call :meth:`handle` once per request and :meth:`drop_all` when
+    the broker forgets this worker.
+    """
+
+    def __init__(self, envs: Sequence[str], capacity: int, limits: Limits = DEFAULT_LIMITS) -> None:
+        if not envs:
+            raise ValueError("a worker must host at least one env")
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self._kinds = {name: _Kind.of(resolve_env(name)) for name in envs}
+        self._capacity = capacity
+        self._limits = limits
+        self._slots: dict[int, _Slot] = {}
+        self._handlers: dict[Op, Callable[[Message], list[Frame]]] = {
+            Op.CREATE: self._create,
+            Op.RESET: self._reset,
+            Op.STEP: self._step,
+            Op.STATE: self._state,
+            Op.CLOSE: self._close,
+        }
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def slots_used(self) -> int:
+        return len(self._slots)
+
+    def status(self, env_id: int) -> SlotStatus | None:
+        """Where env ``env_id`` is in its episode; ``None`` if this worker does not host it."""
+        slot = self._slots.get(env_id)
+        return None if slot is None else slot.status
+
+    def handle(self, frames: Sequence[Frame]) -> list[Frame]:
+        """Answer one request (frames without the route). Never raises.
+
+        Frames that do not decode get an ``ERROR`` named after the :class:`ProtocolError` subclass;
+        an env's failure is reported in its row of the ``REPLY``, never for the whole batch.
+        """
+        try:
+            request = decode(frames, self._limits)
+        except ProtocolError as exc:
+            request_id = _readable_request_id(frames, self._limits)
+            return encode(error_message(request_id, type(exc).__name__, str(exc)))
+        handler = self._handlers.get(request.op)
+        if handler is None:
+            return encode(
+                error_message(
+                    request.request_id,
+                    "ProtocolError",
+                    f"a worker does not handle {request.op.name}",
+                )
+            )
+        try:
+            return handler(request)
+        except OpenEnvZmqError as exc:
+            return encode(error_message(request.request_id, type(exc).__name__, str(exc)))
+        except Exception as exc:
+            # A bug here must cost one request, not the worker and every env on it.
+            log.exception("%s request %d failed", request.op.name, request.request_id)
+            return encode(
+                error_message(
+                    request.request_id,
+                    type(exc).__name__,
+                    str(exc),
+                    traceback=traceback.format_exc(),
+                )
+            )
+
+    def drop_all(self) -> None:
+        """Close and forget every env instance. An env whose ``close()`` raises is forgotten too."""
+        slots, self._slots = self._slots, {}
+        failed = 0
+        for slot in slots.values():
+            try:
+                slot.close()
+            except Exception:
+                failed += 1
+        if failed:
+            log.warning("%d of %d env(s) raised in close() while dropping all", failed, len(slots))
+
+    def _create(self, request: Message) -> list[Frame]:
+        name = request.meta["env"]
+        kind = self._kinds.get(name)
+        if kind is None:
+            raise EnvNotFound(f"this worker hosts {', '.join(self._kinds)}; not {name!r}")
+        kwargs: dict[str, Any] = request.meta.get("kwargs", {})
+        errors: list[ErrorRow] = []
+        for env_id in _env_ids(request):
+            if env_id in self._slots:
+                errors.append([env_id, "EnvExecutionError", f"env id {env_id} already exists", ""])
+                continue
+            if len(self._slots) >= self._capacity:
+                message = f"worker is full (capacity {self._capacity})"
+                errors.append([env_id, "EnvExecutionError", message, ""])
+                continue
+            try:
+                env = kind.cls(**kwargs)
+            except Exception as exc:
+                errors.append(_exception_row(env_id, exc))
+                continue
+            self._slots[env_id] = _Slot(env, kind)
+        return encode(
+            Message(
+                Op.REPLY,
+                request.request_id,
+                env_ids=request.env_ids,
+                meta={"types": kind.types.to_wire()},
+                parts={"errors": errors},
+            )
+        )
+
+    def _reset(self, request: Message) -> list[Frame]:
+        env_ids = _env_ids(request)
+        n = len(env_ids)
+        seeds = _per_env_part(request, "seeds", n)
+        kwargs = _per_env_part(request, "kwargs", n)
+        if seeds is not None and not all(s is None or type(s) is int for s in seeds):
+            raise ProtocolError("RESET seeds must each be an int or None")
+        if kwargs is not None and not all(
+            type(kw) is dict and all(type(k) is str for k in kw) for kw in kwargs
+        ):
+            raise ProtocolError("RESET kwargs must each be a map with string keys")
+        rows = _Rows(env_ids, "obs")
+        for i, env_id in enumerate(env_ids):
+            slot = self._slots.get(env_id)
+            if slot is None:
+                rows.errors.append(_unknown(env_id))
+                continue
+            call: dict[str, Any] = {"seed": None}
+            if kwargs is not None:
+                call.update(kwargs[i])
+            if seeds is not None:
+                call["seed"] = seeds[i]
+            accepted = slot.kind.reset_params
+            if accepted is not None:
+                # OpenEnv drops the reset arguments an env's signature does not take
+                call = {k: v for k, v in call.items() if k in accepted}
+            try:
+                done: bool | None = rows.put_observation(i, slot.env.reset(**call))
+            except Exception as exc:
+                rows.errors.append(_exception_row(env_id, exc))
+                done = None
+            slot.transition(Op.RESET, done)
+        return rows.encode(request)
+
+    def _step(self, request: Message) -> list[Frame]:
+        env_ids = _env_ids(request)
+        actions = _per_env_part(request, "actions", len(env_ids))
+        if actions is None:
+            raise ProtocolError("STEP needs an 'actions' part")
+        rows = _Rows(env_ids, "obs")
+        for i, env_id in enumerate(env_ids):
+            slot = self._slots.get(env_id)
+            if slot is None:
+                rows.errors.append(_unknown(env_id))
+                continue
+            if slot.status is SlotStatus.NEEDS_RESET:
+                rows.errors.append([env_id, "NeedsReset", "call reset() before step()", ""])
+                continue
+            try:
+                action = slot.kind.types.action.model_validate(actions[i])
+            except ValidationError as exc:
+                rows.errors.append([env_id, "ActionValidationError", str(exc), ""])
+                continue
+            except Exception as exc:  # a validator of the env's own that raised something else
+                rows.errors.append(_exception_row(env_id, exc))
+                continue
+            try:
+                done: bool | None = rows.put_observation(i, slot.env.step(action))
+            except Exception as exc:
+                rows.errors.append(_exception_row(env_id, exc))
+                done = None
+            slot.transition(Op.STEP, done)
+        return rows.encode(request)
+
+    def _state(self, request: Message) -> list[Frame]:
+        env_ids = _env_ids(request)
+        rows = _Rows(env_ids, "states")
+        for i, env_id in enumerate(env_ids):
+            slot = self._slots.get(env_id)
+            if slot is None:
+                rows.errors.append(_unknown(env_id))
+                continue
+            try:
+                rows.values[i] = slot.env.state.model_dump()
+            except Exception as exc:
+                rows.errors.append(_exception_row(env_id, exc))
+        return rows.encode(request)
+
+    def _close(self, request: Message) -> list[Frame]:
+        errors: list[ErrorRow] = []
+        for env_id in _env_ids(request):
+            slot = self._slots.pop(env_id, None)
+            if slot is None:
+                errors.append(_unknown(env_id))
+                continue
+            try:
+                slot.close()
+            except Exception as exc:
+                errors.append(_exception_row(env_id, exc))
+        return encode(
+            Message(Op.REPLY, request.request_id, env_ids=request.env_ids, parts={"errors": errors})
+        )
+
+
+def _unknown(env_id: int) -> ErrorRow:
+    return [env_id, "UnknownEnvId", f"this worker hosts no env with id {env_id}", ""]
+
+
+class WorkerLifecycle(Enum):
+    """Where a worker is in its registration with the broker."""
+
+    STARTING = "starting"
+    """READY sent (and re-sent every interval) until the broker answers WELCOME."""
+    READY = "ready"
+    """Registered: heartbeats flow both ways."""
+    DRAINING = "draining"
+    """Leaving on purpose: BYE sent, sockets closing."""
+    DEAD = "dead"
+
+
+READY_RETRY_SECONDS = 0.05
+"""How soon a READY that could not be sent (no connection yet) is tried again."""
+
+_LIFECYCLE_TRANSITIONS: dict[WorkerLifecycle, frozenset[WorkerLifecycle]] = {
+    WorkerLifecycle.STARTING: frozenset({WorkerLifecycle.READY, WorkerLifecycle.DRAINING}),
+    WorkerLifecycle.READY: frozenset({WorkerLifecycle.STARTING, WorkerLifecycle.DRAINING}),
+    WorkerLifecycle.DRAINING: frozenset({WorkerLifecycle.DEAD}),
+    WorkerLifecycle.DEAD: frozenset(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOutput:
+    """What the I/O side must do after feeding :class:`BrokerLink` an event."""
+
+    send: tuple[Message, ...] = ()
+    """Control messages for the broker, in order."""
+    drop_all: bool = False
+    """Every env slot must be dropped (the broker no longer knows this worker)."""
+
+
+_NOTHING = LinkOutput()
+
+
+class BrokerLink:
+    """Registration and liveness of one worker with its broker, sans I/O.
+
+    Call :meth:`on_control` with every control message (route ``b""``), :meth:`heard` with any
+    other message from the broker, and :meth:`on_tick` whenever :attr:`deadline` has passed; send
+    what they return. :meth:`drain` returns the ``BYE`` to send when leaving, :meth:`dead` ends it.
+    """
+
+    def __init__(self, ready: Message, interval: float, liveness: float, now: float) -> None:
+        if ready.op is not Op.READY:
+            raise ValueError(f"BrokerLink needs the READY message to send, not {ready.op.name}")
+        if interval <= 0 or liveness <= 0:
+            raise ValueError("heartbeat interval and liveness must be positive")
+        self.state = WorkerLifecycle.STARTING
+        self.worker_id: int | None = None
+        self.interval = interval
+        self._liveness = liveness
+        self._ready = ready
+        self._last_heard = now
+        self._next_send = now  # READY goes out at the first tick
+
+    def _to(self, state: WorkerLifecycle) -> None:
+        """The one place the lifecycle changes."""
+        if state not in _LIFECYCLE_TRANSITIONS[self.state]:
+            raise RuntimeError(f"worker cannot go from {self.state.name} to {state.name}")
+        log.debug("worker lifecycle %s -> %s", self.state.name, state.name)
+        self.state = state
+
+    @property
+    def deadline(self) -> float:
+        """When :meth:`on_tick` must next be called."""
+        if self.state is WorkerLifecycle.READY:
+            return min(self._next_send, self._last_heard + self._liveness * self.interval)
+        return self._next_send
+
+    def heard(self, now: float) -> None:
+        """Any message from the broker shows it is alive."""
+        self._last_heard = now
+
+    def on_control(self, message: Message, now: float) -> LinkOutput:
+        self._last_heard = now
+        if self.state in (WorkerLifecycle.DRAINING, WorkerLifecycle.DEAD):
+            return _NOTHING
+        if message.op is Op.WELCOME:
+            heartbeat = float(message.meta["heartbeat"])
+            if heartbeat > 0:
+                self.interval = heartbeat
+            else:
+                log.warning(
+                    "ignoring WELCOME heartbeat interval %r; keeping %s", heartbeat, self.interval
+                )
+            self.worker_id = message.meta["worker"]
+            if self.state is WorkerLifecycle.STARTING:
+                self._to(WorkerLifecycle.READY)
+                log.info("registered with the broker as worker %d", self.worker_id)
+            return _NOTHING
+        if message.op is Op.HEARTBEAT:
+            return _NOTHING
+        if message.op is Op.DISCONNECT:
+            log.warning("broker disconnected this worker: %s", message.meta["reason"])
+            return self._register_again(now)
+        if message.op is Op.ERROR:
+            log.warning(
+                "broker refused a control message: %s: %s",
+                message.meta["type"],
+                message.meta["message"],
+            )
+        else:
+            log.warning("ignoring unexpected control message %s", message.op.name)
+        return _NOTHING
+
+    def on_tick(self, now: float) -> LinkOutput:
+        if self.state is WorkerLifecycle.READY and (
+            now - self._last_heard > self._liveness * self.interval
+        ):
+            log.warning("broker silent for %.1f s; registering again", now - self._last_heard)
+            return self._register_again(now)
+        if self.state not in (WorkerLifecycle.STARTING, WorkerLifecycle.READY):
+            return _NOTHING
+        if now < self._next_send:
+            return _NOTHING
+        self._next_send = now + self.interval
+        if self.state is WorkerLifecycle.STARTING:
+            return LinkOutput(send=(self._ready,))
+        return LinkOutput(send=(Message(Op.HEARTBEAT),))
+
+    def _register_again(self, now: float) -> LinkOutput:
+        if self.state is WorkerLifecycle.READY:
+            self._to(WorkerLifecycle.STARTING)
+        self.worker_id = None
+        self._last_heard = now
+        self._next_send = now + self.interval
+        return LinkOutput(send=(self._ready,), drop_all=True)
+
+    def not_sent(self, message: Message, now: float) -> None:
+        """The I/O side could not send ``message``: no broker is connected yet (or any more).
+
+        READY is then retried soon rather than an interval later, so a worker registers as soon as
+        its connection is up.
+        """
+        if message.op is Op.READY:
+            self._next_send = min(self._next_send, now + min(self.interval, READY_RETRY_SECONDS))
+
+    def drain(self) -> Message:
+        """Start leaving; returns the ``BYE`` to send. Call once."""
+        self._to(WorkerLifecycle.DRAINING)
+        return Message(Op.BYE)
+
+    def dead(self) -> None:
+        """The sockets are closed; nothing more will be sent."""
+        self._to(WorkerLifecycle.DEAD)

@@ -1,0 +1,223 @@
+"""Real broker and worker processes on loopback or ipc, and checks that nothing leaks."""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import zmq
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 20.0
+READY_LINE = re.compile(r"clients connect to (\S+)")
+WORKERS_LINE = re.compile(r"workers join at (\S+)")
+
+
+def child_pids(pid: int) -> set[int]:
+    """Every descendant of ``pid`` (read from /proc, no extra packages)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_until(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def read_line(process: subprocess.Popen[str], pattern: re.Pattern[str], timeout: float) -> str:
+    """Read the process's stdout until a line matches; return the first group."""
+    assert process.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    seen = []
+    try:
+        while time.monotonic() < deadline:
+            if not selector.select(max(0.0, deadline - time.monotonic())):
+                break
+            line = process.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            match = pattern.search(line)
+            if match:
+                return match.group(1)
+    finally:
+        selector.close()
+    raise AssertionError(f"no line matching {pattern.pattern!r}; output was: {''.join(seen)!r}")
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "broker", *args]
+
+
+@dataclass
+class Broker:
+    """A broker started with ``openenv-broker start`` in its own process."""
+
+    process: subprocess.Popen[str]
+    frontend: str
+    backend: str
+    heartbeat: float
+    descendants: set[int] = field(default_factory=set)
+
+    def worker_pids(self) -> set[int]:
+        pids = child_pids(self.process.pid)
+        self.descendants |= pids
+        return pids
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.worker_pids()
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(STOP_TIMEOUT)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return code
+
+
+@dataclass
+class Processes:
+    """Starts brokers and workers for a test and checks at the end that none is left."""
+
+    folder: Path
+    brokers: list[Broker] = field(default_factory=list)
+    workers: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def broker(
+        self,
+        workers: int = 2,
+        envs: tuple[str, ...] = ("echo",),
+        heartbeat: float = 0.5,
+        transport: str = "tcp",
+        extra: tuple[str, ...] = (),
+    ) -> Broker:
+        if transport == "tcp":
+            bind, worker_bind = "tcp://127.0.0.1:*", "tcp://127.0.0.1:*"
+        else:
+            n = len(self.brokers)
+            bind = f"ipc://{self.folder}/front{n}.sock"
+            worker_bind = f"ipc://{self.folder}/back{n}.sock"
+        args = ["start", "--bind", bind, "--worker-bind", worker_bind, "--workers", str(workers)]
+        args += ["--heartbeat", str(heartbeat), *extra]
+        for env in envs:
+            args += ["--env", env]
+        process = subprocess.Popen(
+            cli(*args), cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        try:
+            frontend = read_line(process, READY_LINE, START_TIMEOUT)
+            backend = read_line(process, WORKERS_LINE, START_TIMEOUT)
+        except AssertionError:
+            process.kill()
+            process.wait()
+            raise
+        broker = Broker(process, frontend, backend, heartbeat)
+        self.brokers.append(broker)
+        return broker
+
+    def worker(
+        self, connect: str, envs: tuple[str, ...] = ("echo",), heartbeat: float = 0.5
+    ) -> subprocess.Popen[str]:
+        args = ["worker", "--connect", connect, "--heartbeat", str(heartbeat)]
+        for env in envs:
+            args += ["--env", env]
+        process = subprocess.Popen(cli(*args), cwd=REPO_ROOT, text=True)
+        self.workers.append(process)
+        return process
+
+    def cleanup(self) -> list[str]:
+        problems = []
+        for broker in self.brokers:
+            if broker.process.poll() is None:
+                broker.stop()
+        for process in self.workers:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                    problems.append(f"worker {process.pid} ignored SIGTERM")
+        leftovers = set()
+        for broker in self.brokers:
+            leftovers |= {pid for pid in broker.descendants if alive(pid)}
+        if leftovers:
+            try:
+                wait_until(lambda: not any(alive(p) for p in leftovers), 10, "workers to exit")
+            except AssertionError:
+                for pid in leftovers:
+                    if alive(pid):
+                        os.kill(pid, signal.SIGKILL)
+                problems.append(f"processes outlived their broker: {sorted(leftovers)}")
+        sockets = sorted(p.name for p in self.folder.glob("*.sock"))
+        if sockets:
+            problems.append(f"ipc files left behind: {sockets}")
+        return problems
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    """Start brokers/workers with ``procs.broker()`` / ``procs.worker()``; all must end cleanly."""
+    processes = Processes(tmp_path)
+    try:
+        yield processes
+    finally:
+        problems = processes.cleanup()
+    assert not problems, "; ".join(problems)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_sockets() -> Iterator[None]:
+    """Fail a test that leaves a zmq socket open: the shared context must terminate."""
+    yield
+    gc.collect()
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    finished = threading.Event()
+
+    def terminate() -> None:
+        context.term()
+        finished.set()
+
+    threading.Thread(target=terminate, name="ctx-term", daemon=True).start()
+    assert finished.wait(5), "a zmq socket was left open: the context could not terminate"

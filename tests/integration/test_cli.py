@@ -1,0 +1,101 @@
+"""The ``openenv-broker`` commands as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import pytest
+
+from tests.integration.conftest import REPO_ROOT, Processes, cli, wait_until
+
+COMMANDS = ["start", "worker", "status", "bench"]
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_every_command_has_help(command: str | None) -> None:
+    args = ["--help"] if command is None else [command, "--help"]
+    done = subprocess.run(cli(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "Usage:" in done.stdout
+    if command is None:
+        assert all(c in done.stdout for c in COMMANDS)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_start_stops_cleanly_on_a_signal(procs: Processes, sig: int) -> None:
+    broker = procs.broker(workers=2, transport="ipc")
+    wait_until(lambda: len(broker.worker_pids()) >= 2, 30, "two worker processes")
+    assert broker.stop(sig) == 0
+    # procs' teardown fails the test if a worker process or an ipc file outlives the broker
+
+
+def test_status_prints_workers_and_slots(procs: Processes) -> None:
+    broker = procs.broker(workers=2)
+    wait_until(
+        lambda: (
+            "local-1"
+            in subprocess.run(
+                cli("status", "--connect", broker.frontend),
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout
+        ),
+        30,
+        "both workers in status",
+    )
+    done = subprocess.run(
+        cli("status", "--connect", broker.frontend, "--json"),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    info = json.loads(done.stdout)
+    assert sorted(w["name"] for w in info["workers"]) == ["local-0", "local-1"]
+    assert info["env_slots"] == {"used": 0, "free": 2 * 4096}
+
+
+def test_status_of_a_missing_broker_fails_with_a_message() -> None:
+    done = subprocess.run(
+        cli("status", "--connect", "tcp://127.0.0.1:9", "--timeout", "0.3"),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert "BrokerUnreachable" in done.stdout + done.stderr
+
+
+def test_bench_runs_an_embedded_cluster_and_prints_a_table() -> None:
+    done = subprocess.run(
+        cli("bench", "--num-envs", "64", "--duration", "1"),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    for column in ("env-steps/s", "batch p50", "batch p99", "echo"):
+        assert column in done.stdout
+
+
+def test_bench_against_a_running_broker_reports_json(procs: Processes) -> None:
+    broker = procs.broker(workers=2)
+    done = subprocess.run(
+        cli(
+            "bench", "--connect", broker.frontend, "--num-envs", "32", "--duration", "0.5", "--json"
+        ),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["num_envs"] == 32 and report["env_steps"] == 32 * report["batches"]
+    assert report["env_steps_per_s"] > 0

@@ -1,0 +1,655 @@
+"""BrokerCore driven with fake identities, a fake clock and real protocol messages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.core import (
+    DEAD_WORKERS_KEPT,
+    BrokerConfig,
+    BrokerCore,
+    Output,
+    ToClient,
+    ToWorker,
+    WorkerDied,
+    WorkerJoined,
+)
+from openenv_zmq.protocol import Frame, Limits, Message, Op, decode, encode, pack
+
+CLIENT = b"client-a"
+CLIENT_B = b"client-b"
+W1 = b"worker-1"
+W2 = b"worker-2"
+CONTROL = b""
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def ids(*values: int) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+def ready(name: str, envs: Sequence[str] = ("echo",), capacity: int = 8) -> list[Frame]:
+    meta = {"envs": list(envs), "capacity": capacity, "name": name, "pid": 1000}
+    return [CONTROL, *encode(Message(Op.READY, meta=meta))]
+
+
+def control(op: Op) -> list[Frame]:
+    return [CONTROL, *encode(Message(op))]
+
+
+def register(
+    core: BrokerCore,
+    identity: bytes,
+    now: float = 0.0,
+    envs: Sequence[str] = ("echo",),
+    capacity: int = 8,
+) -> int:
+    outputs = core.on_worker(identity, ready(identity.decode(), envs, capacity), now)
+    welcome = to_worker(outputs[0], identity)
+    assert welcome.op is Op.WELCOME
+    worker_id: int = welcome.meta["worker"]
+    assert outputs[1:] == [WorkerJoined(worker_id, identity.decode())]
+    return worker_id
+
+
+def to_client(output: Output, client: bytes = CLIENT) -> Message:
+    assert isinstance(output, ToClient)
+    assert output.client == client
+    return decode(output.frames)
+
+
+def to_worker(output: Output, identity: bytes, route: bytes = CONTROL) -> Message:
+    assert isinstance(output, ToWorker)
+    assert output.identity == identity
+    assert output.frames[0] == route
+    return decode(output.frames[1:])
+
+
+def assert_error(message: Message, type_name: str, request_id: int, *text: str) -> None:
+    assert message.op is Op.ERROR
+    assert message.meta["type"] == type_name, message.meta
+    assert message.request_id == request_id
+    for fragment in text:
+        assert fragment in message.meta["message"]
+
+
+def request(
+    op: Op, worker: int, env_ids: Sequence[int], request_id: int, **parts: Any
+) -> list[Frame]:
+    return encode(Message(op, request_id, worker=worker, env_ids=ids(*env_ids), parts=parts))
+
+
+def step(worker: int, env_ids: Sequence[int], request_id: int) -> list[Frame]:
+    actions = [{"message": f"hi {i}"} for i in env_ids]
+    return request(Op.STEP, worker, env_ids, request_id, actions=actions)
+
+
+def reply(client: bytes, request_id: int, env_ids: Sequence[int]) -> list[Frame]:
+    rewards = np.zeros(len(env_ids), dtype=np.float32)
+    return [
+        client,
+        *encode(Message(Op.REPLY, request_id, env_ids=ids(*env_ids), parts={"rew": rewards})),
+    ]
+
+
+def alloc(
+    core: BrokerCore,
+    num_envs: int,
+    env: str = "echo",
+    request_id: int = 1,
+    env_ids: Sequence[int] | None = None,
+    now: float = 0.0,
+) -> Message:
+    message = Message(
+        Op.ALLOC,
+        request_id,
+        env_ids=None if env_ids is None else ids(*env_ids),
+        meta={"env": env, "num_envs": num_envs},
+    )
+    [output] = core.on_client(CLIENT, encode(message), now)
+    return to_client(output)
+
+
+def placed(answer: Message) -> dict[int, int]:
+    assert answer.op is Op.REPLY, answer.meta
+    assert answer.env_ids is not None
+    return dict(zip(answer.env_ids.tolist(), answer.parts["workers"].tolist(), strict=True))
+
+
+def counts(answer: Message) -> dict[int, int]:
+    result: dict[int, int] = {}
+    for worker in placed(answer).values():
+        result[worker] = result.get(worker, 0) + 1
+    return result
+
+
+def worker_status(core: BrokerCore, worker_id: int) -> dict[str, Any]:
+    entries: list[dict[str, Any]] = core.status()["workers"]
+    [entry] = [w for w in entries if w["id"] == worker_id]
+    return entry
+
+
+@pytest.fixture
+def core() -> BrokerCore:
+    return BrokerCore(BrokerConfig(heartbeat_interval=1.0, liveness=2.5))
+
+
+@pytest.fixture
+def two_workers(core: BrokerCore) -> tuple[int, int]:
+    return register(core, W1), register(core, W2)
+
+
+# ---------------------------------------------------------------- registration
+
+
+def test_ready_is_welcomed_with_a_fresh_worker_id(core: BrokerCore) -> None:
+    outputs = core.on_worker(W1, ready("worker-1"), 0.0)
+    welcome = to_worker(outputs[0], W1)
+    assert welcome.meta == {"worker": 1, "heartbeat": 1.0}
+    assert outputs[1] == WorkerJoined(1, "worker-1")
+    assert register(core, W2) == 2
+
+
+def test_worker_ids_are_never_reused(core: BrokerCore) -> None:
+    first = register(core, W1)
+    [died] = core.on_worker(W1, control(Op.BYE), 1.0)
+    assert died == WorkerDied(first, "worker-1", "left")
+    assert register(core, W1, now=2.0) == first + 1
+
+
+def test_ready_again_ends_the_old_registration(core: BrokerCore) -> None:
+    old = register(core, W1)
+    core.on_client(CLIENT, step(old, [0], request_id=5), 0.0)
+    outputs = core.on_worker(W1, ready("worker-1"), 1.0)
+    assert_error(to_client(outputs[0]), "WorkerLost", 5)
+    assert outputs[1] == WorkerDied(old, "worker-1", "registered again")
+    assert to_worker(outputs[2], W1).meta["worker"] == old + 1
+    assert outputs[3] == WorkerJoined(old + 1, "worker-1")
+
+
+def test_unregistered_worker_is_told_to_register(core: BrokerCore) -> None:
+    [output] = core.on_worker(W1, control(Op.HEARTBEAT), 0.0)
+    assert to_worker(output, W1).op is Op.DISCONNECT
+    [output] = core.on_worker(W1, reply(CLIENT, 3, [0]), 0.0)
+    assert to_worker(output, W1).op is Op.DISCONNECT
+
+
+# ---------------------------------------------------------------- allocation
+
+
+def test_alloc_spreads_envs_evenly(core: BrokerCore, two_workers: tuple[int, int]) -> None:
+    first = alloc(core, 6)
+    assert first.env_ids is not None
+    assert first.env_ids.tolist() == [0, 1, 2, 3, 4, 5]
+    assert first.parts["workers"].dtype == np.int64
+    assert counts(first) == {two_workers[0]: 3, two_workers[1]: 3}
+    second = alloc(core, 5, request_id=2)
+    assert second.request_id == 2
+    assert second.env_ids is not None
+    assert second.env_ids.tolist() == [6, 7, 8, 9, 10]
+    assert sorted(counts(second).values()) == [2, 3]
+    assert core.status()["env_slots"] == {"used": 11, "free": 5}
+
+
+def test_alloc_fills_the_least_loaded_worker_first(core: BrokerCore) -> None:
+    w1 = register(core, W1)
+    assert counts(alloc(core, 4)) == {w1: 4}
+    w2 = register(core, W2)
+    assert counts(alloc(core, 6, request_id=2)) == {w1: 1, w2: 5}
+
+
+def test_alloc_respects_capacity_of_unequal_workers(core: BrokerCore) -> None:
+    small = register(core, W1, capacity=2)
+    big = register(core, W2, capacity=100)
+    assert counts(alloc(core, 10)) == {small: 2, big: 8}
+
+
+def test_alloc_only_uses_workers_hosting_the_env(core: BrokerCore) -> None:
+    register(core, W1, envs=["coding"])
+    echo = register(core, W2, envs=["echo", "other"])
+    assert counts(alloc(core, 3)) == {echo: 3}
+
+
+def test_alloc_of_an_env_nobody_hosts(core: BrokerCore, two_workers: tuple[int, int]) -> None:
+    answer = alloc(core, 1, env="chess", request_id=4)
+    assert_error(answer, "NoWorkerAvailable", 4, "no live worker hosts env 'chess'", "echo")
+
+
+def test_alloc_with_no_worker_at_all(core: BrokerCore) -> None:
+    assert_error(alloc(core, 1), "NoWorkerAvailable", 1, "'echo'", "no worker is live")
+
+
+def test_alloc_beyond_capacity_reserves_nothing(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    assert_error(alloc(core, 17), "NoWorkerAvailable", 1, "17", "16 free")
+    assert core.status()["env_slots"] == {"used": 0, "free": 16}
+    assert alloc(core, 16).op is Op.REPLY
+
+
+# ---------------------------------------------------------------- forwarding and answers
+
+
+def test_forwarded_request_is_the_same_frames(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    frames = step(two_workers[1], [3, 4], request_id=9)
+    [output] = core.on_client(CLIENT, frames, 0.0)
+    assert isinstance(output, ToWorker)
+    assert output.identity == W2
+    assert output.frames[0] == CLIENT
+    assert len(output.frames) == len(frames) + 1
+    assert all(sent is original for sent, original in zip(output.frames[1:], frames, strict=True))
+
+
+def test_answer_goes_back_to_its_client_untouched(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    w1 = two_workers[0]
+    core.on_client(CLIENT, step(w1, [0, 1], request_id=1), 0.0)
+    core.on_client(CLIENT_B, step(w1, [2], request_id=1), 0.0)
+    assert core.status()["in_flight"] == 2
+    assert core.status()["clients"] == 2
+    answer = reply(CLIENT_B, 1, [2])
+    [output] = core.on_worker(W1, answer, 0.5)
+    assert isinstance(output, ToClient)
+    assert output.client == CLIENT_B
+    assert all(a is b for a, b in zip(output.frames, answer[1:], strict=True))
+    assert core.status()["in_flight"] == 1
+    assert core.status()["clients"] == 1
+
+
+def test_duplicate_and_late_answers_are_dropped(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    w1 = two_workers[0]
+    core.on_client(CLIENT, step(w1, [0], request_id=1), 0.0)
+    assert len(core.on_worker(W1, reply(CLIENT, 1, [0]), 0.1)) == 1
+    assert core.on_worker(W1, reply(CLIENT, 1, [0]), 0.2) == []
+    assert core.on_worker(W1, reply(CLIENT, 77, [0]), 0.2) == []
+
+
+def test_answer_from_the_wrong_worker_is_dropped(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    core.on_client(CLIENT, step(two_workers[0], [0], request_id=1), 0.0)
+    assert core.on_worker(W2, reply(CLIENT, 1, [0]), 0.1) == []
+    assert core.status()["in_flight"] == 1
+    assert len(core.on_worker(W1, reply(CLIENT, 1, [0]), 0.1)) == 1
+
+
+def test_duplicate_request_id_in_flight_is_refused(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    core.on_client(CLIENT, step(two_workers[0], [0], request_id=1), 0.0)
+    [output] = core.on_client(CLIENT, step(two_workers[1], [1], request_id=1), 0.0)
+    assert_error(to_client(output), "ProtocolError", 1, "already in flight")
+    # The same id from another client is a different request.
+    [output] = core.on_client(CLIENT_B, step(two_workers[1], [1], request_id=1), 0.0)
+    assert isinstance(output, ToWorker)
+
+
+def test_too_many_in_flight() -> None:
+    core = BrokerCore(BrokerConfig(max_in_flight_per_client=2))
+    w1 = register(core, W1)
+    for request_id in (1, 2):
+        assert isinstance(core.on_client(CLIENT, step(w1, [0], request_id), 0.0)[0], ToWorker)
+    [output] = core.on_client(CLIENT, step(w1, [0], 3), 0.0)
+    assert_error(to_client(output), "TooManyInFlight", 3, "limit 2")
+    assert isinstance(core.on_client(CLIENT_B, step(w1, [0], 3), 0.0)[0], ToWorker)
+    core.on_worker(W1, reply(CLIENT, 1, [0]), 0.1)
+    assert isinstance(core.on_client(CLIENT, step(w1, [0], 3), 0.1)[0], ToWorker)
+
+
+def test_request_to_a_worker_that_never_existed(core: BrokerCore) -> None:
+    [output] = core.on_client(CLIENT, step(9, [5, 6], request_id=2), 0.0)
+    answer = to_client(output)
+    assert_error(answer, "UnknownEnvId", 2, "no worker 9")
+    assert answer.env_ids is not None
+    assert answer.env_ids.tolist() == [5, 6]
+
+
+def test_steps_served_counts_env_steps(core: BrokerCore, two_workers: tuple[int, int]) -> None:
+    w1 = two_workers[0]
+    core.on_client(CLIENT, step(w1, [0, 1, 2], request_id=1), 0.0)
+    core.on_client(CLIENT, step(w1, [0, 1], request_id=2), 0.0)
+    core.on_client(CLIENT, request(Op.STATE, w1, [0], request_id=3), 0.0)
+    assert worker_status(core, w1)["steps_served"] == 5
+
+
+# ---------------------------------------------------------------- liveness
+
+
+def test_heartbeats_are_sent_every_interval(core: BrokerCore) -> None:
+    register(core, W1, now=10.0)
+    assert core.next_timeout(10.0) == pytest.approx(1.0)
+    assert core.on_tick(10.5) == []
+    [beat] = core.on_tick(11.0)
+    assert to_worker(beat, W1).op is Op.HEARTBEAT
+    assert core.on_tick(11.5) == []
+    assert core.next_timeout(11.5) == pytest.approx(0.5)
+    core.on_worker(W1, control(Op.HEARTBEAT), 11.6)
+    [beat] = core.on_tick(12.0)
+    assert to_worker(beat, W1).op is Op.HEARTBEAT
+
+
+def test_next_timeout_without_workers_is_one_interval(core: BrokerCore) -> None:
+    assert core.next_timeout(3.0) == pytest.approx(1.0)
+
+
+def test_silent_worker_dies_after_liveness_intervals_and_not_before(core: BrokerCore) -> None:
+    w1 = register(core, W1, now=0.0)
+    for now in (1.0, 2.0, 2.5):
+        assert not any(isinstance(o, WorkerDied) for o in core.on_tick(now))
+    assert core.next_timeout(2.5) == 0.0
+    outputs = core.on_tick(2.51)
+    [died] = [o for o in outputs if isinstance(o, WorkerDied)]
+    assert died.worker_id == w1
+    assert "silent" in died.reason
+    assert core.on_tick(10.0) == []
+
+
+def test_any_message_from_a_worker_keeps_it_alive(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    core.on_client(CLIENT, step(two_workers[0], [0], request_id=1), 0.0)
+    core.on_worker(W1, control(Op.HEARTBEAT), 2.0)
+    core.on_worker(W1, reply(CLIENT, 1, [0]), 4.0)
+    outputs = core.on_tick(6.0)
+    assert [o.worker_id for o in outputs if isinstance(o, WorkerDied)] == [two_workers[1]]
+    assert worker_status(core, two_workers[0])["state"] == "READY"
+
+
+def test_death_answers_each_request_in_flight_once_with_its_env_ids(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    w1, w2 = two_workers
+    core.on_client(CLIENT, step(w1, [0, 1], request_id=1), 0.0)
+    core.on_client(CLIENT, request(Op.RESET, w1, [2], request_id=2), 0.0)
+    core.on_client(CLIENT_B, step(w1, [3], request_id=1), 0.0)
+    core.on_client(CLIENT, step(w2, [4], request_id=3), 0.0)
+    core.on_worker(W2, control(Op.HEARTBEAT), 2.0)
+    outputs = core.on_tick(2.6)
+    errors = {
+        (o.client, m.request_id): m
+        for o in outputs
+        if isinstance(o, ToClient)
+        for m in [decode(o.frames)]
+    }
+    assert set(errors) == {(CLIENT, 1), (CLIENT, 2), (CLIENT_B, 1)}
+    for (_, request_id), message in errors.items():
+        assert_error(message, "WorkerLost", request_id, f"worker {w1}")
+    assert errors[CLIENT, 1].env_ids.tolist() == [0, 1]  # type: ignore[union-attr]
+    assert errors[CLIENT, 2].env_ids.tolist() == [2]  # type: ignore[union-attr]
+    assert errors[CLIENT_B, 1].env_ids.tolist() == [3]  # type: ignore[union-attr]
+    assert sum(isinstance(o, WorkerDied) for o in outputs) == 1
+    assert core.status()["in_flight"] == 1
+    # The dead worker's late answer is not forwarded: it is told to register again.
+    [output] = core.on_worker(W1, reply(CLIENT, 1, [0, 1]), 2.7)
+    assert to_worker(output, W1).op is Op.DISCONNECT
+    assert not [o for o in core.on_tick(3.0) if isinstance(o, ToClient)]
+
+
+def test_requests_for_envs_of_a_dead_worker_get_session_lost(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    w1 = two_workers[0]
+    assert counts(alloc(core, 4))[w1] == 2
+    core.on_worker(W1, control(Op.BYE), 1.0)
+    [output] = core.on_client(CLIENT, step(w1, [0, 2], request_id=8), 1.5)
+    answer = to_client(output)
+    assert_error(answer, "SessionLost", 8, f"worker {w1}", "left", "reset()")
+    assert answer.env_ids is not None
+    assert answer.env_ids.tolist() == [0, 2]
+    assert worker_status(core, w1)["state"] == "DEAD"
+    assert worker_status(core, w1)["free"] == 0
+
+
+def test_worker_exited_declares_it_dead_at_once(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    core.on_client(CLIENT, step(two_workers[0], [0], request_id=1), 0.0)
+    outputs = core.worker_exited("worker-1", 0.1)
+    assert_error(to_client(outputs[0]), "WorkerLost", 1)
+    assert outputs[1] == WorkerDied(two_workers[0], "worker-1", "its process exited")
+    assert core.worker_exited("worker-1", 0.2) == []
+    assert core.worker_exited("nobody", 0.2) == []
+
+
+def test_undeliverable_request_is_answered_with_worker_lost(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    [forwarded] = core.on_client(CLIENT, step(two_workers[0], [0, 1], request_id=4), 0.0)
+    assert isinstance(forwarded, ToWorker)
+    [output] = core.undeliverable(forwarded, 0.1)
+    answer = to_client(output)
+    assert_error(answer, "WorkerLost", 4, "unreachable")
+    assert answer.env_ids is not None
+    assert answer.env_ids.tolist() == [0, 1]
+    assert core.status()["in_flight"] == 0
+    assert core.on_worker(W1, reply(CLIENT, 4, [0, 1]), 0.2) == []
+    # A lost control message fails nothing: silence decides.
+    beat = core.on_tick(1.0)[0]
+    assert isinstance(beat, ToWorker)
+    assert core.undeliverable(beat, 1.0) == []
+
+
+# ---------------------------------------------------------------- re-placement and close
+
+
+def test_alloc_with_ids_moves_lost_envs_to_live_workers(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    w1, w2 = two_workers
+    lost = [env_id for env_id, worker in placed(alloc(core, 6)).items() if worker == w1]
+    core.on_worker(W1, control(Op.BYE), 1.0)
+    answer = alloc(core, len(lost), env_ids=lost, request_id=2)
+    assert placed(answer) == dict.fromkeys(lost, w2)
+    assert core.status()["env_slots"] == {"used": 6, "free": 2}
+    assert worker_status(core, w1)["state"] == "DEAD"
+    assert worker_status(core, w1)["used"] == 0
+
+
+def test_only_the_latest_dead_workers_without_envs_are_remembered(core: BrokerCore) -> None:
+    first = register(core, W1)
+    core.on_worker(W1, control(Op.BYE), 0.0)
+    for _ in range(DEAD_WORKERS_KEPT):
+        register(core, W1)
+        core.on_worker(W1, control(Op.BYE), 0.0)
+    assert len(core.status()["workers"]) == DEAD_WORKERS_KEPT
+    [output] = core.on_client(CLIENT, step(first, [0], request_id=3), 1.0)
+    assert_error(to_client(output), "UnknownEnvId", 3, f"worker {first} died and hosts none")
+    [output] = core.on_client(CLIENT, step(first + 1, [0], request_id=4), 1.0)
+    assert_error(to_client(output), "SessionLost", 4)
+
+
+def test_alloc_with_ids_refuses_live_and_unknown_ids(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    where = placed(alloc(core, 4))
+    live = next(iter(where))
+    assert_error(
+        alloc(core, 1, env_ids=[live], request_id=2),
+        "RemoteError",
+        2,
+        f"env id {live} is live on worker {where[live]}",
+    )
+    assert_error(alloc(core, 1, env_ids=[7], request_id=3), "RemoteError", 3, "unknown env id 7")
+    assert_error(alloc(core, 2, env_ids=[7], request_id=4), "ProtocolError", 4)
+    assert core.status()["env_slots"]["used"] == 4
+
+
+def test_alloc_with_ids_needs_room_on_a_live_worker(core: BrokerCore) -> None:
+    w1 = register(core, W1)
+    alloc(core, 3)
+    core.on_worker(W1, control(Op.BYE), 1.0)
+    assert_error(alloc(core, 3, env_ids=[0, 1, 2], request_id=2), "NoWorkerAvailable", 2)
+    w2 = register(core, W2, now=2.0)
+    assert placed(alloc(core, 3, env_ids=[0, 1, 2], request_id=3, now=2.0)) == {
+        0: w2,
+        1: w2,
+        2: w2,
+    }
+    assert w1 != w2
+
+
+def test_close_on_a_live_worker_frees_its_slots_as_it_forwards(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    w1 = two_workers[0]
+    on_w1 = [env_id for env_id, worker in placed(alloc(core, 8)).items() if worker == w1]
+    assert worker_status(core, w1)["used"] == 4
+    [output] = core.on_client(CLIENT, request(Op.CLOSE, w1, [*on_w1[:3], 999], 5), 0.0)
+    assert isinstance(output, ToWorker)
+    assert output.identity == W1
+    assert worker_status(core, w1)["used"] == 1
+    assert worker_status(core, w1)["free"] == 7
+    assert len(core.on_worker(W1, reply(CLIENT, 5, on_w1[:3]), 0.1)) == 1
+
+
+def test_close_on_a_dead_worker_answers_at_once(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    w1 = two_workers[0]
+    on_w1 = [env_id for env_id, worker in placed(alloc(core, 4)).items() if worker == w1]
+    core.on_worker(W1, control(Op.BYE), 1.0)
+    [output] = core.on_client(CLIENT, request(Op.CLOSE, w1, on_w1, 6), 1.0)
+    answer = to_client(output)
+    assert answer.op is Op.REPLY
+    assert answer.request_id == 6
+    assert answer.env_ids is not None
+    assert answer.env_ids.tolist() == on_w1
+    assert_error(alloc(core, 1, env_ids=on_w1[:1], request_id=7), "RemoteError", 7, "unknown")
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_garbage_from_a_client_gets_a_protocol_error(core: BrokerCore) -> None:
+    [output] = core.on_client(CLIENT, [b"\xc1garbage"], 0.0)
+    assert_error(to_client(output), "ProtocolError", 0, "not valid msgpack")
+    [output] = core.on_client(CLIENT, [], 0.0)
+    assert_error(to_client(output), "ProtocolError", 0, "empty")
+
+
+def test_wrong_version_and_unknown_op_are_refused_with_the_request_id(core: BrokerCore) -> None:
+    [output] = core.on_client(CLIENT, [pack({"v": 2, "op": int(Op.PING), "id": 5})], 0.0)
+    assert_error(to_client(output), "ProtocolError", 5, "version 2")
+    [output] = core.on_client(CLIENT, [pack({"v": 1, "op": 99, "id": 6})], 0.0)
+    assert_error(to_client(output), "ProtocolError", 6, "unknown op 99")
+
+
+def test_oversized_message_is_refused(core: BrokerCore) -> None:
+    small = BrokerCore(BrokerConfig(limits=Limits(max_header_bytes=512, max_message_bytes=1024)))
+    w1 = register(small, W1)
+    big = request(Op.STEP, w1, [0], 3, actions=[{"message": "x" * 2000}])
+    [output] = small.on_client(CLIENT, big, 0.0)
+    assert_error(to_client(output), "MessageTooLarge", 3, "over the limit")
+    assert small.status()["in_flight"] == 0
+
+
+def test_answer_ops_from_a_client_are_refused(core: BrokerCore) -> None:
+    [output] = core.on_client(CLIENT, encode(Message(Op.REPLY, 4)), 0.0)
+    assert_error(to_client(output), "ProtocolError", 4, "REPLY")
+    [output] = core.on_client(CLIENT, control(Op.HEARTBEAT)[1:], 0.0)
+    assert_error(to_client(output), "ProtocolError", 0, "HEARTBEAT")
+
+
+def test_malformed_frames_from_a_worker_get_an_error_on_the_control_route(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    [output] = core.on_worker(W1, [CONTROL, b"\xc1"], 0.0)
+    assert_error(to_worker(output, W1), "ProtocolError", 0)
+    [output] = core.on_worker(W1, [], 0.0)
+    assert_error(to_worker(output, W1), "ProtocolError", 0, "empty")
+    [output] = core.on_worker(W1, [CONTROL, *encode(Message(Op.PING))], 0.0)
+    assert_error(to_worker(output, W1), "ProtocolError", 0, "PING")
+    [output] = core.on_worker(W1, [CLIENT, *encode(Message(Op.PING, 1))], 0.0)
+    assert_error(to_worker(output, W1), "ProtocolError", 0, "PING")
+    huge = [CONTROL, *encode(Message(Op.HEARTBEAT)), b"x" * 2000]
+    [output] = BrokerCore(BrokerConfig(limits=Limits(512, 1024))).on_worker(W1, huge, 0.0)
+    assert_error(to_worker(output, W1), "MessageTooLarge", 0)
+    # An error on the control route is logged, never answered.
+    error = encode(Message(Op.ERROR, meta={"type": "ProtocolError", "message": "?"}))
+    assert core.on_worker(W1, [CONTROL, *error], 0.0) == []
+
+
+def test_malformed_answer_still_answers_its_request(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    core.on_client(CLIENT, step(two_workers[0], [0, 1], request_id=12), 0.0)
+    broken = pack({"v": 1, "op": int(Op.REPLY), "id": 12, "pl": [["rew", "m"]]})
+    outputs = core.on_worker(W1, [CLIENT, broken], 0.1)
+    answer = to_client(outputs[0])
+    assert_error(answer, "ProtocolError", 12, "malformed answer")
+    assert answer.env_ids is not None
+    assert answer.env_ids.tolist() == [0, 1]
+    assert_error(to_worker(outputs[1], W1), "ProtocolError", 0)
+    assert core.status()["in_flight"] == 0
+
+
+frame = st.one_of(
+    st.binary(max_size=64),
+    st.builds(
+        pack,
+        st.dictionaries(
+            st.sampled_from(["v", "op", "id", "w", "ids", "meta", "pl", "x"]),
+            st.one_of(st.integers(-2, 40), st.binary(max_size=16), st.text(max_size=4)),
+        ),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    client_frames=st.lists(frame, max_size=3),
+    worker_frames=st.lists(st.one_of(st.sampled_from([CONTROL, CLIENT]), frame), max_size=4),
+)
+def test_no_input_makes_the_core_raise(
+    client_frames: list[bytes], worker_frames: list[bytes]
+) -> None:
+    core = BrokerCore()
+    register(core, W1)
+    core.on_client(CLIENT, step(1, [0], request_id=1), 0.0)
+    for output in core.on_client(CLIENT, client_frames, 0.0):
+        assert isinstance(output, ToClient | ToWorker)
+    for identity in (W1, W2):
+        for output in core.on_worker(identity, worker_frames, 0.0):
+            assert isinstance(output, ToClient | ToWorker)
+
+
+# ---------------------------------------------------------------- broker requests
+
+
+def test_ping_and_status(core: BrokerCore, two_workers: tuple[int, int]) -> None:
+    [output] = core.on_client(CLIENT, encode(Message(Op.PING, 3)), 0.0)
+    pong = to_client(output)
+    assert (pong.op, pong.request_id) == (Op.REPLY, 3)
+    alloc(core, 3)
+    core.on_client(CLIENT, step(two_workers[0], [0, 2], request_id=2), 0.0)
+    [output] = core.on_client(CLIENT, encode(Message(Op.STATUS, 4)), 1.5)
+    status = to_client(output).meta["status"]
+    assert status["in_flight"] == 1
+    assert status["clients"] == 1
+    assert status["env_slots"] == {"used": 3, "free": 13}
+    first = status["workers"][0]
+    assert first == {
+        "id": two_workers[0],
+        "name": "worker-1",
+        "pid": 1000,
+        "state": "READY",
+        "envs": ["echo"],
+        "capacity": 8,
+        "used": 2,
+        "free": 6,
+        "steps_served": 2,
+        "last_seen_ago": 1.5,
+    }

@@ -1,0 +1,294 @@
+"""The client's pure parts: splitting by worker, joining answers, and the call flows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from echo_env import EchoAction, EchoObservation
+
+from openenv_zmq.client.batching import Placement, split_by_worker
+from openenv_zmq.client.flows import (
+    Flow,
+    GroupState,
+    alloc_flow,
+    completed_steps,
+    dump_actions,
+    reset_flow,
+    state_flow,
+    step_flow,
+    step_requests,
+)
+from openenv_zmq.errors import (
+    ActionValidationError,
+    AlreadyPendingCall,
+    BatchSizeMismatch,
+    ClosedError,
+    NoWorkerAvailable,
+    SessionLost,
+    UnknownEnvIds,
+    WorkerLost,
+)
+from openenv_zmq.protocol import Message, Op, decode, encode, error_message
+from openenv_zmq.types import State
+
+OBS_TYPES = {
+    "action": "echo_env.models:EchoAction",
+    "observation": "echo_env.models:EchoObservation",
+    "state": "openenv_zmq.types:State",
+}
+
+
+def wire(message: Message) -> Message:
+    """What the other side would read: the message through encode and decode."""
+    return decode(encode(message))
+
+
+def echo_reply(request: Message, errors: list[list[Any]] | None = None) -> Message:
+    """A worker's answer to a RESET/STEP: obs echo the action (or the ready message)."""
+    assert request.env_ids is not None
+    failed = {row[0] for row in errors or []}
+    ids = request.env_ids.tolist()
+    messages = (
+        [a["message"] for a in request.parts["actions"]]
+        if request.op is Op.STEP
+        else ["Echo environment ready!"] * len(ids)
+    )
+    obs = [
+        None if i in failed else {"echoed_message": m, "message_length": len(m)}
+        for i, m in zip(ids, messages, strict=True)
+    ]
+    rewards = np.array(
+        [0 if i in failed else len(m) * 0.1 for i, m in zip(ids, messages, strict=True)], "f4"
+    )
+    return Message(
+        Op.REPLY,
+        request_id=request.request_id,
+        env_ids=request.env_ids,
+        parts={
+            "obs": obs,
+            "rew": rewards,
+            "term": np.zeros(len(ids), bool),
+            "trunc": np.zeros(len(ids), bool),
+            "errors": errors or [],
+        },
+    )
+
+
+def group(ids: list[int], workers: list[int]) -> GroupState:
+    state = GroupState("echo", {}, Placement.of(np.array(ids), np.array(workers)))
+    state.learn_types(OBS_TYPES)
+    return state
+
+
+def run(flow: Flow[Any], answer: Any) -> Any:
+    """Drive a flow, answering each round with ``answer(requests)``."""
+    try:
+        requests = next(flow)
+        while True:
+            requests = flow.send([wire(a) for a in answer([wire(r) for r in requests])])
+    except StopIteration as stop:
+        return stop.value
+
+
+def test_split_by_worker_keeps_request_order_within_each_worker() -> None:
+    ids = np.array([10, 11, 12, 13, 14])
+    subs = split_by_worker(ids, np.array([2, 1, 2, 1, 2]))
+    assert [(s.worker, s.env_ids.tolist(), s.positions.tolist()) for s in subs] == [
+        (1, [11, 13], [1, 3]),
+        (2, [10, 12, 14], [0, 2, 4]),
+    ]
+
+
+def test_placement_locates_moves_and_refuses_strangers() -> None:
+    placement = Placement.of(np.array([5, 3, 9]), np.array([1, 0, 1]))
+    assert placement.locate(np.array([9, 3])).tolist() == [1, 0]
+    placement.move(np.array([9]), np.array([4]))
+    assert placement.locate(np.array([9, 5])).tolist() == [4, 1]
+    with pytest.raises(UnknownEnvIds, match=r"\[4, 100\]"):
+        placement.locate(np.array([3, 4, 100]))
+
+
+def test_step_answers_come_back_in_request_order_as_models() -> None:
+    state = group([0, 1, 2, 3], [7, 8, 7, 8])
+    order = np.array([3, 0, 2])
+    actions = [EchoAction(message=m) for m in ("ccc", "a", "bb")]
+    seen_workers: list[int] = []
+
+    def answer(requests: list[Message]) -> list[Message]:
+        seen_workers.extend(r.worker for r in requests if r.worker is not None)
+        return [echo_reply(r) for r in requests]
+
+    r = run(step_flow(state, actions, order), answer)
+    assert sorted(seen_workers) == [7, 8]
+    assert r.env_ids.tolist() == [3, 0, 2]
+    assert [o.echoed_message for o in r.observations] == ["ccc", "a", "bb"]
+    assert isinstance(r.observations[0], EchoObservation)
+    np.testing.assert_allclose(r.rewards, [0.3, 0.1, 0.2], rtol=1e-6)
+
+
+def test_per_env_errors_and_whole_worker_failures() -> None:
+    state = group([0, 1, 2, 3], [7, 8, 7, 8])
+
+    def answer(requests: list[Message]) -> list[Message]:
+        out = []
+        for r in requests:
+            if r.worker == 7:
+                out.append(echo_reply(r, [[2, "ActionValidationError", "bad", ""]]))
+            else:
+                out.append(error_message(r.request_id, "WorkerLost", "died", r.env_ids))
+        return out
+
+    r = run(step_flow(state, [{"message": "m"}] * 4, state.env_ids), answer)
+    assert isinstance(r.errors[2], ActionValidationError) and r.errors[2].env_id == 2
+    assert isinstance(r.errors[1], WorkerLost) and isinstance(r.errors[3], WorkerLost)
+    assert r.dones.tolist() == [False, True, True, True]
+    assert r.observations[0].echoed_message == "m" and r.observations[1] is None
+    assert state.lost == {1, 3}
+
+
+def test_reset_re_places_lost_envs_first_and_retries_newly_lost_ones() -> None:
+    state = group([0, 1, 2, 3], [7, 8, 7, 8])
+    state.lost = {1}
+    log: list[tuple[str, int | None, list[int]]] = []
+    worker_7_died: list[bool] = []
+
+    def answer(requests: list[Message]) -> list[Message]:
+        out = []
+        for r in requests:
+            ids = [] if r.env_ids is None else r.env_ids.tolist()
+            log.append((r.op.name, r.worker, ids))
+            if r.op is Op.ALLOC:
+                out.append(
+                    Message(
+                        Op.REPLY,
+                        r.request_id,
+                        env_ids=r.env_ids,
+                        parts={"workers": np.full(len(ids), 9, np.int64)},
+                    )
+                )
+            elif r.op is Op.CREATE:
+                out.append(
+                    Message(
+                        Op.REPLY,
+                        r.request_id,
+                        env_ids=r.env_ids,
+                        meta={"types": OBS_TYPES},
+                        parts={"errors": []},
+                    )
+                )
+            elif r.worker == 7 and not worker_7_died:
+                worker_7_died.append(True)
+                out.append(error_message(r.request_id, "SessionLost", "gone", r.env_ids))
+            else:
+                out.append(echo_reply(r))
+        return out
+
+    r = run(reset_flow(state, state.env_ids, 5, None), answer)
+    assert not r.errors
+    assert {o.echoed_message for o in r.observations} == {"Echo environment ready!"}
+    assert log[0] == ("ALLOC", None, [1]) and log[1] == ("CREATE", 9, [1])
+    assert ("ALLOC", None, [0, 2]) in log
+    assert state.placement.locate(np.array([0, 1, 2, 3])).tolist() == [9, 9, 9, 8]
+    assert not state.lost
+
+
+def test_reset_seeds_and_kwargs_are_spread_per_env() -> None:
+    state = group([0, 1, 2], [1, 2, 1])
+    sent: dict[int, tuple[Any, Any]] = {}
+
+    def answer(requests: list[Message]) -> list[Message]:
+        for r in requests:
+            assert r.env_ids is not None
+            for i, env_id in enumerate(r.env_ids.tolist()):
+                sent[env_id] = (r.parts["seeds"][i], r.parts["kwargs"][i])
+        return [echo_reply(r) for r in requests]
+
+    run(reset_flow(state, state.env_ids, 10, [{"a": 0}, {"a": 1}, {"a": 2}]), answer)
+    assert sent == {0: (10, {"a": 0}), 1: (11, {"a": 1}), 2: (12, {"a": 2})}
+    with pytest.raises(BatchSizeMismatch, match="2 seeds for 3 env ids"):
+        run(reset_flow(state, state.env_ids, [1, 2], None), answer)
+
+
+def test_alloc_creates_and_a_refusal_is_raised_typed() -> None:
+    def answer(requests: list[Message]) -> list[Message]:
+        r = requests[0]
+        if r.op is Op.ALLOC:
+            return [
+                Message(
+                    Op.REPLY,
+                    r.request_id,
+                    env_ids=np.arange(4),
+                    parts={"workers": np.array([1, 2, 1, 2])},
+                )
+            ]
+        return [
+            Message(
+                Op.REPLY,
+                q.request_id,
+                env_ids=q.env_ids,
+                meta={"types": OBS_TYPES},
+                parts={"errors": []},
+            )
+            for q in requests
+        ]
+
+    state = run(alloc_flow("echo", 4, {}), answer)
+    assert state.env_ids.tolist() == [0, 1, 2, 3]
+    assert state.observation_model is EchoObservation
+
+    def refuse(requests: list[Message]) -> list[Message]:
+        return [error_message(requests[0].request_id, "NoWorkerAvailable", "none host 'x'")]
+
+    with pytest.raises(NoWorkerAvailable, match="none host 'x'"):
+        run(alloc_flow("x", 1, {}), refuse)
+
+
+def test_state_flow_builds_models_and_raises_env_errors() -> None:
+    state = group([0, 1], [1, 2])
+
+    def answer(requests: list[Message]) -> list[Message]:
+        return [
+            Message(
+                Op.REPLY,
+                r.request_id,
+                env_ids=r.env_ids,
+                parts={"states": [{"episode_id": "e", "step_count": 3}], "errors": []},
+            )
+            for r in requests
+        ]
+
+    states = run(state_flow(state, state.env_ids), answer)
+    assert states == [State(episode_id="e", step_count=3)] * 2
+
+    def lost(requests: list[Message]) -> list[Message]:
+        return [error_message(r.request_id, "SessionLost", "gone", r.env_ids) for r in requests]
+
+    with pytest.raises(SessionLost):
+        run(state_flow(state, state.env_ids), lost)
+
+
+def test_send_guards_and_completed_steps_follow_completion_order() -> None:
+    state = group([0, 1, 2, 3], [1, 2, 1, 2])
+    subs, requests = step_requests(state, [{"message": "x"}] * 4, state.env_ids)
+    state.in_flight.update([0, 1, 2, 3])
+    with pytest.raises(AlreadyPendingCall):
+        step_requests(state, [{"message": "y"}], np.array([2]))
+    second = subs[1]
+    answer = wire(echo_reply(wire(requests[1])))
+    r = completed_steps(state, [(second, answer)])
+    assert r.env_ids.tolist() == second.env_ids.tolist()
+    assert state.in_flight == set(subs[0].env_ids.tolist())
+    state.closed = True
+    with pytest.raises(ClosedError):
+        step_requests(state, [{"message": "y"}], np.array([0]))
+
+
+def test_dump_actions_dumps_a_repeated_model_once() -> None:
+    action = EchoAction(message="hi")
+    rows = dump_actions([action] * 3 + [{"message": "raw"}], 4)
+    assert rows[0] is rows[1] is rows[2] and rows[0] == {"message": "hi", "metadata": {}}
+    assert rows[3] == {"message": "raw"}
+    with pytest.raises(BatchSizeMismatch):
+        dump_actions([action], 2)
