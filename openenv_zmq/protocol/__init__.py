@@ -10,7 +10,9 @@ Routing envelopes (added and removed by the sockets, not part of a message):
 Conversations (``ids`` = env ids, ``w`` = worker id, parts in brackets):
 
 - ``ALLOC {env, num_envs}`` -> broker: ``REPLY ids [workers: int64 worker id per env id]``
-  or ``ERROR {type: NoWorkerAvailable}``.
+  or ``ERROR {type: NoWorkerAvailable}``. ``ALLOC ids {env, num_envs}`` (``len(ids) == num_envs``,
+  each placed on a dead worker) re-places those ids on live workers, keeping the ids; a live or
+  unknown id gets ``ERROR {type: RemoteError}``.
 - ``STATUS`` -> broker: ``REPLY {status: {...}}``.  ``PING`` -> broker: ``REPLY``.
 - ``CREATE w ids {env, kwargs}`` -> worker: ``REPLY ids {types} [errors]`` where ``types`` names
   the env's ``action`` / ``observation`` / ``state`` classes as ``module:qualname``.

@@ -14,9 +14,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
+
+from openenv_zmq import BatchClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
@@ -63,27 +66,29 @@ def wait_until(predicate: object, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def read_line(process: subprocess.Popen[str], pattern: re.Pattern[str], timeout: float) -> str:
-    """Read the process's stdout until a line matches; return the first group."""
+def read_startup(process: subprocess.Popen[bytes], timeout: float) -> tuple[str, str]:
+    """Read the broker's stdout until it has printed both of its addresses."""
     assert process.stdout is not None
+    fd = process.stdout.fileno()
     selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
+    selector.register(fd, selectors.EVENT_READ)
     deadline = time.monotonic() + timeout
-    seen = []
+    output = b""
     try:
         while time.monotonic() < deadline:
+            text = output.decode(errors="replace")
+            front, back = READY_LINE.search(text), WORKERS_LINE.search(text)
+            if front and back:
+                return front.group(1), back.group(1)
             if not selector.select(max(0.0, deadline - time.monotonic())):
                 break
-            line = process.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 4096)
+            if not chunk:
                 break
-            seen.append(line)
-            match = pattern.search(line)
-            if match:
-                return match.group(1)
+            output += chunk
     finally:
         selector.close()
-    raise AssertionError(f"no line matching {pattern.pattern!r}; output was: {''.join(seen)!r}")
+    raise AssertionError(f"the broker did not print its addresses; output was: {output!r}")
 
 
 def cli(*args: str) -> list[str]:
@@ -94,7 +99,7 @@ def cli(*args: str) -> list[str]:
 class Broker:
     """A broker started with ``openenv-broker start`` in its own process."""
 
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
     frontend: str
     backend: str
     heartbeat: float
@@ -104,6 +109,13 @@ class Broker:
         pids = child_pids(self.process.pid)
         self.descendants |= pids
         return pids
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        with BatchClient(self.frontend, connect_timeout=START_TIMEOUT) as client:
+            return [w for w in client.status()["workers"] if w["state"] == "READY"]
+
+    def wait_for_workers(self, count: int) -> None:
+        wait_until(lambda: len(self.live_workers()) >= count, START_TIMEOUT, f"{count} workers")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         self.worker_pids()
@@ -141,18 +153,19 @@ class Processes:
         args += ["--heartbeat", str(heartbeat), *extra]
         for env in envs:
             args += ["--env", env]
-        process = subprocess.Popen(
-            cli(*args), cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, bufsize=1
-        )
+        process = subprocess.Popen(cli(*args), cwd=REPO_ROOT, stdout=subprocess.PIPE, bufsize=0)
         try:
-            frontend = read_line(process, READY_LINE, START_TIMEOUT)
-            backend = read_line(process, WORKERS_LINE, START_TIMEOUT)
+            frontend, backend = read_startup(process, START_TIMEOUT)
         except AssertionError:
             process.kill()
             process.wait()
+            assert process.stdout is not None
+            process.stdout.close()
             raise
         broker = Broker(process, frontend, backend, heartbeat)
         self.brokers.append(broker)
+        if workers:
+            broker.wait_for_workers(workers)
         return broker
 
     def worker(

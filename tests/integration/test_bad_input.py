@@ -27,7 +27,7 @@ def broker(procs: Processes) -> Broker:
 def good_client(broker: Broker) -> Iterator[dict[str, int]]:
     """A client stepping 64 envs in a loop for the whole test; yields its counters."""
     counts = {"batches": 0, "errors": 0}
-    stop = threading.Event()
+    stop, stepping = threading.Event(), threading.Event()
     failures: list[BaseException] = []
 
     def step_loop() -> None:
@@ -41,11 +41,13 @@ def good_client(broker: Broker) -> Iterator[dict[str, int]]:
                     r = envs.step([EchoAction(message="steady")] * 64)
                     counts["batches"] += 1
                     counts["errors"] += len(r.errors)
+                    stepping.set()
         except BaseException as exc:
             failures.append(exc)
 
     thread = threading.Thread(target=step_loop, name="good-client")
     thread.start()
+    assert stepping.wait(30), f"the good client never stepped: {failures}"
     yield counts
     stop.set()
     thread.join(30)
