@@ -50,7 +50,7 @@ from openenv_zmq.protocol import (
     decode_header,
     encode,
     error_message,
-    unpack,
+    readable_request_id,
 )
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class BrokerCore:
         try:
             request = decode_header(frames, self.config.limits)
         except ProtocolError as exc:
-            request_id = self._salvage_request_id(frames)
+            request_id = readable_request_id(frames, self.config.limits)
             log.info("refused a malformed request %d from %r: %s", request_id, client, exc)
             return [self._error(client, request_id, type(exc).__name__, str(exc))]
         op = request.op
@@ -415,7 +415,7 @@ class BrokerCore:
     ) -> list[Output]:
         """A worker answered a request with frames that do not decode: the request still gets
         exactly one answer, if its id can be read."""
-        key = (client, self._salvage_request_id(body))
+        key = (client, readable_request_id(body, self.config.limits))
         request = self._in_flight.get(key)
         if request is None or request.worker_id != worker.id:
             return []
@@ -542,17 +542,6 @@ class BrokerCore:
         env_ids: EnvIds | None = None,
     ) -> ToClient:
         return ToClient(client, encode(error_message(request_id, type_name, message, env_ids)))
-
-    def _salvage_request_id(self, frames: Sequence[Frame]) -> int:
-        """The request id of a message that failed to decode, if its header can be read; else 0."""
-        if not frames or memoryview(frames[0]).nbytes > self.config.limits.max_header_bytes:
-            return 0
-        try:
-            header = unpack(frames[0], "header")
-        except ProtocolError:
-            return 0
-        request_id = header.get("id", 0) if type(header) is dict else 0
-        return request_id if type(request_id) is int and 0 <= request_id < 2**64 else 0
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         """A msgpack-able snapshot: workers (dead ones while env ids are placed on them),

@@ -39,6 +39,7 @@ from openenv_zmq.client.transport import (
     no_default_group,
     unreachable,
 )
+from openenv_zmq.client.view import GroupView
 from openenv_zmq.errors import (
     ClientError,
     ClosedError,
@@ -122,24 +123,13 @@ class _AsyncConnection:
         self.socket.close(linger=0)
 
 
-class AsyncEnvGroup:
+class AsyncEnvGroup(GroupView):
     """``EnvGroup`` with ``await``; see ``openenv_zmq.client.sync.EnvGroup`` for the contract."""
 
     def __init__(self, connection: _AsyncConnection, state: GroupState) -> None:
+        super().__init__(state)
         self._connection = connection
-        self._state = state
         self._pending: dict[asyncio.Future[Message], SubBatch] = {}
-
-    @property
-    def env_ids(self) -> np.ndarray:
-        return self._state.env_ids.copy()
-
-    @property
-    def env(self) -> str:
-        return self._state.env
-
-    def __len__(self) -> int:
-        return len(self._state.env_ids)
 
     async def reset(
         self, seed: Seeds = None, env_ids: EnvIdsArg = None, kwargs: ResetKwargs = None
@@ -178,10 +168,6 @@ class AsyncEnvGroup:
 
     async def close(self) -> None:
         await self._connection.drive(close_flow(self._state), CLOSE_TIMEOUT)
-
-    @property
-    def closed(self) -> bool:
-        return self._state.closed
 
     async def __aenter__(self) -> AsyncEnvGroup:
         return self

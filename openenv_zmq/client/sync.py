@@ -34,6 +34,7 @@ from openenv_zmq.client.transport import (
     no_default_group,
     unreachable,
 )
+from openenv_zmq.client.view import GroupView
 from openenv_zmq.errors import (
     ClientError,
     ClosedError,
@@ -109,7 +110,7 @@ class _Connection:
         self.socket.close(linger=0)
 
 
-class EnvGroup:
+class EnvGroup(GroupView):
     """Env instances made together by ``BatchClient.make``; every call takes a batch.
 
     Calls are answered in the order of the env ids they name (all the group's by default).
@@ -118,20 +119,9 @@ class EnvGroup:
     """
 
     def __init__(self, connection: _Connection, state: GroupState) -> None:
+        super().__init__(state)
         self._connection = connection
-        self._state = state
         self._pending: dict[int, SubBatch] = {}
-
-    @property
-    def env_ids(self) -> np.ndarray:
-        return self._state.env_ids.copy()
-
-    @property
-    def env(self) -> str:
-        return self._state.env
-
-    def __len__(self) -> int:
-        return len(self._state.env_ids)
 
     def reset(
         self, seed: Seeds = None, env_ids: EnvIdsArg = None, kwargs: ResetKwargs = None
@@ -186,10 +176,6 @@ class EnvGroup:
     def close(self) -> None:
         """Close every env of the group and free its slots. Closing twice does nothing."""
         self._connection.drive(close_flow(self._state), CLOSE_TIMEOUT)
-
-    @property
-    def closed(self) -> bool:
-        return self._state.closed
 
     def __enter__(self) -> EnvGroup:
         return self

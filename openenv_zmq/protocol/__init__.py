@@ -42,6 +42,7 @@ from openenv_zmq.protocol.codec import (
     decode_header,
     encode,
     pack,
+    readable_request_id,
     unpack,
 )
 from openenv_zmq.protocol.ops import (
@@ -73,5 +74,6 @@ __all__ = [
     "encode",
     "error_message",
     "pack",
+    "readable_request_id",
     "unpack",
 ]

@@ -218,6 +218,21 @@ def _decode(
     return message, specs
 
 
+def readable_request_id(frames: Sequence[Frame], limits: Limits = DEFAULT_LIMITS) -> int:
+    """The request id of frames that failed to decode, if their header can be read at all; else 0.
+
+    Lets an error answer name the request it refuses, so the sender is not left waiting.
+    """
+    if not frames or _nbytes(frames[0]) > limits.max_header_bytes:
+        return 0
+    try:
+        header = unpack(frames[0], "header")
+    except ProtocolError:
+        return 0
+    request_id = header.get("id", 0) if type(header) is dict else 0
+    return request_id if type(request_id) is int and 0 <= request_id <= MAX_REQUEST_ID else 0
+
+
 def decode_header(frames: Sequence[Frame], limits: Limits = DEFAULT_LIMITS) -> Message:
     """Validate a whole message but decode only frame 0; ``parts`` of the result stay empty.
 

@@ -32,7 +32,7 @@ from openenv_zmq.protocol import (
     encode,
     error_message,
     pack,
-    unpack,
+    readable_request_id,
 )
 
 log = logging.getLogger(__name__)
@@ -184,18 +184,6 @@ def _per_env_part(request: Message, name: str, n: int) -> list[Any] | None:
     return value
 
 
-def _readable_request_id(frames: Sequence[Frame], limits: Limits) -> int:
-    """The request id of frames that failed to decode, if their header can be read at all."""
-    if not frames or memoryview(frames[0]).nbytes > limits.max_header_bytes:
-        return 0
-    try:
-        header = unpack(frames[0], "header")
-    except ProtocolError:
-        return 0
-    request_id = header.get("id", 0) if type(header) is dict else 0
-    return request_id if type(request_id) is int and 0 <= request_id < 2**64 else 0
-
-
 class WorkerCore:
     """The env slots of one worker and the answers to CREATE / RESET / STEP / STATE / CLOSE.
 
@@ -244,7 +232,7 @@ class WorkerCore:
         try:
             request = decode(frames, self._limits)
         except ProtocolError as exc:
-            request_id = _readable_request_id(frames, self._limits)
+            request_id = readable_request_id(frames, self._limits)
             return encode(error_message(request_id, type(exc).__name__, str(exc)))
         handler = self._handlers.get(request.op)
         if handler is None:

@@ -1,0 +1,31 @@
+"""What the sync and asyncio env groups share: reading a group needs no I/O."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from openenv_zmq.client.flows import GroupState
+
+
+class GroupView:
+    """Read-only facts about an env group."""
+
+    def __init__(self, state: GroupState) -> None:
+        self._state = state
+
+    @property
+    def env_ids(self) -> np.ndarray:
+        """The group's env ids, ascending (a copy)."""
+        return self._state.env_ids.copy()
+
+    @property
+    def env(self) -> str:
+        """The env name the group was made with."""
+        return self._state.env
+
+    @property
+    def closed(self) -> bool:
+        return self._state.closed
+
+    def __len__(self) -> int:
+        return len(self._state.env_ids)
