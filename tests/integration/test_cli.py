@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.conftest import REPO_ROOT, Processes, cli, wait_until
+from tests.integration.conftest import REPO_ROOT, Processes, alive, cli, wait_until
 
 COMMANDS = ["start", "worker", "status", "bench"]
 
@@ -99,3 +99,11 @@ def test_bench_against_a_running_broker_reports_json(procs: Processes) -> None:
     report = json.loads(done.stdout)
     assert report["num_envs"] == 32 and report["env_steps"] == 32 * report["batches"]
     assert report["env_steps_per_s"] > 0
+
+
+def test_workers_exit_when_their_broker_is_killed(procs: Processes) -> None:
+    broker = procs.broker(workers=2)
+    workers = broker.worker_pids()
+    assert len(workers) >= 2
+    assert broker.stop(signal.SIGKILL) == -signal.SIGKILL
+    wait_until(lambda: not any(alive(pid) for pid in workers), 10, "orphaned workers to exit")
