@@ -13,14 +13,18 @@ import importlib
 import inspect
 import typing
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel
 
 from openenv_zmq.errors import EnvNotFound
+from openenv_zmq.spaces import Space
 from openenv_zmq.types import Action, Observation, State
 
 ENTRY_POINT_GROUP = "openenv_zmq.envs"
@@ -59,6 +63,44 @@ class Environment(ABC, Generic[ActT, ObsT, StateT]):
 
     def close(self) -> None:
         """Release what the env holds; called when its slot is closed."""
+
+
+class VectorEnvironment(ABC):
+    """``num_envs`` instances owned by one object and stepped together with numpy.
+
+    Gymnasium's ``VectorEnv`` idea, with EnvPool's index addressing: every call names the
+    instances it concerns by ``indices`` (positions ``0 .. num_envs - 1``, no repeats), because a
+    batch may be any subset (``send`` / ``recv``, ragged steps). Observations and actions are
+    arrays of ``observation_space`` / ``action_space`` (class or instance attributes), one row per
+    index. The worker handles autoreset; a vector env only resets when told to.
+    """
+
+    observation_space: Space
+    action_space: Space
+
+    def __init__(self, num_envs: int) -> None:
+        self.num_envs = num_envs
+
+    @abstractmethod
+    def reset(self, indices: npt.NDArray[np.intp], seeds: Sequence[int | None]) -> npt.NDArray[Any]:
+        """Start new episodes at ``indices`` (``seeds[i]`` for ``indices[i]``, ``None`` to keep
+        the generator going); return their first observations, shape ``(len(indices), *obs)``."""
+
+    @abstractmethod
+    def step(
+        self, indices: npt.NDArray[np.intp], actions: npt.NDArray[Any]
+    ) -> tuple[
+        npt.NDArray[Any], npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.bool_]
+    ]:
+        """Apply ``actions[i]`` at ``indices[i]``; return observations, rewards (float32),
+        terminated and truncated (bool), one row per index."""
+
+    @abstractmethod
+    def state(self, indices: npt.NDArray[np.intp]) -> list[dict[str, Any]]:
+        """One OpenEnv-style state dict (``episode_id``, ``step_count``, ...) per index."""
+
+    def close(self) -> None:  # noqa: B027 (an optional hook, not abstract)
+        """Release what the instances hold."""
 
 
 @dataclass(frozen=True)

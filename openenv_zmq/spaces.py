@@ -1,0 +1,71 @@
+"""Array spaces in Gymnasium's style, without depending on Gymnasium.
+
+An env that speaks arrays declares ``observation_space`` and ``action_space``; batches of its
+observations and actions then travel as one numpy array each (raw buffers on the wire).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class Box:
+    """Real or integer arrays of a fixed shape, bounded elementwise by ``low`` and ``high``."""
+
+    low: float | npt.NDArray[Any]
+    high: float | npt.NDArray[Any]
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+    def __init__(
+        self,
+        low: float | npt.ArrayLike,
+        high: float | npt.ArrayLike,
+        shape: tuple[int, ...] | None = None,
+        dtype: npt.DTypeLike = np.float32,
+    ) -> None:
+        kind = np.dtype(dtype)
+        low_a, high_a = np.asarray(low, dtype=kind), np.asarray(high, dtype=kind)
+        shape = tuple(shape) if shape is not None else np.broadcast(low_a, high_a).shape
+        object.__setattr__(self, "low", np.broadcast_to(low_a, shape).copy())
+        object.__setattr__(self, "high", np.broadcast_to(high_a, shape).copy())
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "dtype", kind)
+
+    def contains_batch(self, values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+        """Per row of ``values``, whether it lies in the box."""
+        axes = tuple(range(1, values.ndim))
+        inside = (values >= self.low) & (values <= self.high)
+        return np.asarray(inside.all(axis=axes) if axes else inside, dtype=np.bool_)
+
+
+@dataclass(frozen=True)
+class Discrete:
+    """Integers ``start .. start + n - 1``; a batch is an ``int64`` array of shape ``(batch,)``."""
+
+    n: int
+    start: int = 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return ()
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(np.int64)
+
+    def contains_batch(self, values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+        return np.asarray((values >= self.start) & (values < self.start + self.n), dtype=np.bool_)
+
+
+Space = Box | Discrete
+
+
+def batch_shape(space: Space, n: int) -> tuple[int, ...]:
+    """The shape of ``n`` stacked values of ``space``."""
+    return (n, *space.shape)
