@@ -148,10 +148,14 @@ def registered_envs() -> dict[str, str]:
 
 @cache
 def resolve_env(name: str) -> type:
-    """The env class for a registered name or a ``module:Class`` spec.
+    """The env class for a registered name, a ``module:Class`` spec or ``gym:<Gymnasium id>``.
 
     Raises :class:`EnvNotFound` naming the registered envs when nothing matches.
     """
+    if name.startswith("gym:"):
+        from openenv_zmq.adapters.gymnasium import gymnasium_env
+
+        return gymnasium_env(name)
     if ":" in name:
         cls = import_object(name)
     else:

@@ -15,6 +15,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client.batching import SubBatch
 from openenv_zmq.client.flows import (
     Flow,
@@ -188,6 +189,7 @@ class AsyncBatchClient:
         env: str | None = None,
         num_envs: int = 1,
         *,
+        autoreset: AutoresetMode | str = AutoresetMode.DISABLED,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         limits: Limits = DEFAULT_LIMITS,
@@ -196,7 +198,7 @@ class AsyncBatchClient:
         self.address = address
         self._connection = _AsyncConnection(address, timeout, limits)
         self._connect_timeout = connect_timeout
-        self._default_spec = (env, num_envs, env_kwargs)
+        self._default_spec = (env, num_envs, AutoresetMode(autoreset), env_kwargs)
         self._groups: list[AsyncEnvGroup] = []
         self._default: AsyncEnvGroup | None = None
         self._connected = False
@@ -212,16 +214,26 @@ class AsyncBatchClient:
         except RequestTimeout:
             raise unreachable(self.address, self._connect_timeout) from None
         self._connected = True
-        env, num_envs, kwargs = self._default_spec
+        env, num_envs, autoreset, kwargs = self._default_spec
         if env is not None:
-            self._default = await self.make(env, num_envs, **kwargs)
+            self._default = await self.make(env, num_envs, autoreset=autoreset, **kwargs)
         return self
 
-    async def make(self, env: str, num_envs: int = 1, **kwargs: Any) -> AsyncEnvGroup:
+    async def make(
+        self,
+        env: str,
+        num_envs: int = 1,
+        *,
+        autoreset: AutoresetMode | str = AutoresetMode.DISABLED,
+        **kwargs: Any,
+    ) -> AsyncEnvGroup:
+        """See ``BatchClient.make``."""
         self._check_open()
         if num_envs < 1:
             raise ClientError(f"num_envs must be at least 1, got {num_envs}")
-        state = await self._connection.drive(alloc_flow(env, num_envs, kwargs))
+        state = await self._connection.drive(
+            alloc_flow(env, num_envs, kwargs, AutoresetMode(autoreset))
+        )
         group = AsyncEnvGroup(self._connection, state)
         self._groups.append(group)
         return group

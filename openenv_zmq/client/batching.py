@@ -73,8 +73,13 @@ def split_by_worker(env_ids: EnvIds, workers: npt.NDArray[np.int64]) -> list[Sub
     ]
 
 
-def take(values: Sequence[Any], positions: Positions) -> list[Any]:
-    """``values`` at ``positions``, as a list."""
+def take(values: Any, positions: Positions) -> Any:
+    """``values`` at ``positions``: an array stays an array (itself when nothing moves)."""
+    if isinstance(values, np.ndarray):
+        in_place = len(positions) == len(values) and bool(
+            (positions == np.arange(len(values))).all()
+        )
+        return values if in_place else values[positions]
     return [values[i] for i in positions.tolist()]
 
 
@@ -83,11 +88,13 @@ class SubResult:
     """One worker's answer to a reset or step sub-batch."""
 
     env_ids: EnvIds
-    observations: list[Any]
+    observations: Any
+    """A list of models (structured envs) or one array (array envs)."""
     rewards: npt.NDArray[np.float32]
     terminated: npt.NDArray[np.bool_]
     truncated: npt.NDArray[np.bool_]
     errors: dict[int, EnvError] = field(default_factory=dict)
+    final_observations: Any = None
 
 
 def raise_if_error(message: Message) -> None:
@@ -128,8 +135,40 @@ def build_models(rows: list[Any], model: type[BaseModel] | None) -> list[Any]:
     return [None if row is None else validate(row) for row in rows]
 
 
+@dataclass(frozen=True)
+class ArrayLayout:
+    """Observations of an array env: one ``dtype`` row of ``shape`` per env."""
+
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+
+    @classmethod
+    def from_wire(cls, spec: dict[str, Any]) -> ArrayLayout:
+        return cls(np.dtype(spec["dtype"]), tuple(spec["shape"]))
+
+    def blank(self, n: int) -> npt.NDArray[Any]:
+        return np.zeros((n, *self.shape), self.dtype)
+
+
+def blank_rows(layout: ArrayLayout | None, n: int) -> Any:
+    """``n`` empty observation rows: zeros for an array env, ``None`` for a structured one."""
+    return [None] * n if layout is None else layout.blank(n)
+
+
+def place_rows(out: Any, positions: Positions, rows: Any) -> None:
+    """Write ``rows`` into ``out`` (an array or a list) at ``positions``."""
+    if isinstance(out, np.ndarray):
+        out[positions] = rows
+        return
+    for position, row in zip(positions.tolist(), rows, strict=True):
+        out[position] = row
+
+
 def sub_result(
-    message: Message, sub: SubBatch, observation_model: type[BaseModel] | None
+    message: Message,
+    sub: SubBatch,
+    observation_model: type[BaseModel] | None,
+    layout: ArrayLayout | None = None,
 ) -> SubResult:
     """Read a worker's answer to a reset/step sub-batch."""
     raise_if_error(message)
@@ -138,7 +177,7 @@ def sub_result(
     if message.op is Op.ERROR:
         return SubResult(
             sub.env_ids,
-            [None] * n,
+            blank_rows(layout, n),
             np.zeros(n, np.float32),
             np.zeros(n, bool),
             np.zeros(n, bool),
@@ -147,20 +186,31 @@ def sub_result(
     parts = message.parts
     if message.env_ids is None or not np.array_equal(message.env_ids, sub.env_ids):
         raise ProtocolError("answer names other env ids than its request")
+    final = parts.get("final_obs")
+    if isinstance(final, list):
+        final = build_models(final, observation_model)
     return SubResult(
         sub.env_ids,
-        build_models(parts["obs"], observation_model),
+        parts["obs"]
+        if isinstance(parts["obs"], np.ndarray)
+        else build_models(parts["obs"], observation_model),
         parts["rew"],
         parts["term"],
         parts["trunc"],
         errors,
+        final,
     )
 
 
-def assemble(env_ids: EnvIds, pieces: Sequence[tuple[Positions, SubResult]]) -> BatchResult:
+def assemble(
+    env_ids: EnvIds,
+    pieces: Sequence[tuple[Positions, SubResult]],
+    layout: ArrayLayout | None = None,
+) -> BatchResult:
     """Join sub-results into one BatchResult; row ``positions[i]`` is the sub-result's row i."""
     n = len(env_ids)
-    observations: list[Any] = [None] * n
+    observations = blank_rows(layout, n)
+    final = None
     rewards = np.zeros(n, np.float32)
     terminated = np.zeros(n, np.bool_)
     truncated = np.zeros(n, np.bool_)
@@ -169,9 +219,12 @@ def assemble(env_ids: EnvIds, pieces: Sequence[tuple[Positions, SubResult]]) -> 
         rewards[positions] = part.rewards
         terminated[positions] = part.terminated
         truncated[positions] = part.truncated
-        for position, observation in zip(positions.tolist(), part.observations, strict=True):
-            observations[position] = observation
+        place_rows(observations, positions, part.observations)
+        if part.final_observations is not None:
+            if final is None:
+                final = blank_rows(layout, n)
+            place_rows(final, positions, part.final_observations)
         errors.update(part.errors)
     return BatchResult(
-        np.asarray(env_ids, np.int64), observations, rewards, terminated, truncated, errors
+        np.asarray(env_ids, np.int64), observations, rewards, terminated, truncated, errors, final
     )

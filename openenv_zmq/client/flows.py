@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel
 
+from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client.batching import (
+    ArrayLayout,
     Placement,
     Positions,
     SubBatch,
@@ -63,8 +65,12 @@ class GroupState:
     env: str
     kwargs: dict[str, Any]
     placement: Placement
+    autoreset: AutoresetMode = AutoresetMode.DISABLED
     observation_model: type[BaseModel] | None = None
     state_model: type[BaseModel] | None = None
+    observation_layout: ArrayLayout | None = None
+    """Set for array envs: observations come back as one array."""
+    action_layout: ArrayLayout | None = None
     lost: set[int] = field(default_factory=set)
     in_flight: set[int] = field(default_factory=set)
     closed: bool = False
@@ -73,7 +79,14 @@ class GroupState:
     def env_ids(self) -> EnvIds:
         return self.placement.env_ids
 
-    def learn_types(self, types: Mapping[str, str]) -> None:
+    def learn_types(self, meta: Mapping[str, Any]) -> None:
+        """Read what a CREATE answer says about the env's models and array spaces."""
+        spaces = meta.get("spaces", {})
+        if "observation" in spaces:
+            self.observation_layout = ArrayLayout.from_wire(spaces["observation"])
+        if "action" in spaces:
+            self.action_layout = ArrayLayout.from_wire(spaces["action"])
+        types = meta.get("types", {})
         if self.observation_model is None:
             self.observation_model = _import_model(types.get("observation"))
         if self.state_model is None:
@@ -101,15 +114,19 @@ class GroupState:
                     self.lost.add(env_id)
 
 
-def per_env(name: str, values: Sequence[Any], expected: int) -> list[Any]:
+def per_env(name: str, values: Sequence[Any] | np.ndarray, expected: int) -> list[Any]:
     """Check that a per-env argument has one entry per env id."""
     if len(values) != expected:
         raise BatchSizeMismatch(f"{len(values)} {name} for {expected} env ids")
     return list(values)
 
 
-def dump_actions(actions: Sequence[Any], expected: int) -> list[Any]:
-    """Actions as plain dicts; the same model object repeated is dumped once."""
+def dump_actions(actions: Any, expected: int, layout: ArrayLayout | None = None) -> Any:
+    """Actions as one array for an array env, else plain dicts (a repeated model dumped once)."""
+    if layout is not None or isinstance(actions, np.ndarray):
+        array = np.asarray(actions, dtype=None if layout is None else layout.dtype)
+        per_env("actions", array, expected)
+        return array
     per_env("actions", actions, expected)
     dumped: dict[int, Any] = {}
     out = []
@@ -124,12 +141,15 @@ def dump_actions(actions: Sequence[Any], expected: int) -> list[Any]:
     return out
 
 
-def alloc_flow(env: str, num_envs: int, kwargs: dict[str, Any]) -> Flow[GroupState]:
+def alloc_flow(
+    env: str, num_envs: int, kwargs: dict[str, Any], autoreset: AutoresetMode
+) -> Flow[GroupState]:
     """Reserve ``num_envs`` slots at the broker, then create the envs on their workers."""
     [answer] = yield [Message(Op.ALLOC, meta={"env": env, "num_envs": num_envs})]
     raise_if_error(answer)
     assert answer.env_ids is not None
-    state = GroupState(env, kwargs, Placement.of(answer.env_ids, answer.parts["workers"]))
+    placement = Placement.of(answer.env_ids, answer.parts["workers"])
+    state = GroupState(env, kwargs, placement, autoreset)
     try:
         yield from create_flow(state, state.env_ids)
     except BaseException:
@@ -140,7 +160,7 @@ def alloc_flow(env: str, num_envs: int, kwargs: dict[str, Any]) -> Flow[GroupSta
 
 def create_flow(state: GroupState, env_ids: EnvIds) -> Flow[None]:
     """Create ``env_ids`` on the workers they are placed on; raise the first env's error."""
-    meta: dict[str, Any] = {"env": state.env}
+    meta: dict[str, Any] = {"env": state.env, "autoreset": state.autoreset.value}
     if state.kwargs:
         meta["kwargs"] = state.kwargs
     subs = state.plan(env_ids)
@@ -150,8 +170,7 @@ def create_flow(state: GroupState, env_ids: EnvIds) -> Flow[None]:
     failures = {}
     for answer in answers:
         raise_if_error(answer)
-        if "types" in answer.meta:
-            state.learn_types(answer.meta["types"])
+        state.learn_types(answer.meta)
         failures.update(env_errors(answer))
     if failures:
         raise failures[min(failures)]
@@ -233,14 +252,14 @@ def reset_flow(
             for env_id in lost_now.tolist():
                 piece.errors.pop(env_id, None)
         pieces += [(positions[p], r) for p, r in retried]
-    return assemble(env_ids, pieces)
+    return assemble(env_ids, pieces, state.observation_layout)
 
 
 def _read_answers(
     state: GroupState, subs: Sequence[SubBatch], answers: Sequence[Message]
 ) -> list[tuple[Positions, SubResult]]:
     pieces = [
-        (sub.positions, sub_result(answer, sub, state.observation_model))
+        (sub.positions, sub_result(answer, sub, state.observation_model, state.observation_layout))
         for sub, answer in zip(subs, answers, strict=True)
     ]
     state.note_lost(pieces)
@@ -252,7 +271,7 @@ def step_requests(
 ) -> tuple[list[SubBatch], list[Message]]:
     """The STEP sub-batches for ``actions`` on ``env_ids``; refuses env ids still in flight."""
     state.check_open()
-    rows = dump_actions(actions, len(env_ids))
+    rows = dump_actions(actions, len(env_ids), state.action_layout)
     if state.in_flight and not state.in_flight.isdisjoint(env_ids.tolist()):
         busy = sorted(state.in_flight.intersection(env_ids.tolist()))[:10]
         raise AlreadyPendingCall(f"env ids still in flight from send(): {busy}; recv() them first")
@@ -271,7 +290,7 @@ def step_requests(
 def step_flow(state: GroupState, actions: Sequence[Any], env_ids: EnvIds) -> Flow[BatchResult]:
     subs, requests = step_requests(state, actions, env_ids)
     answers = yield requests
-    return assemble(env_ids, _read_answers(state, subs, answers))
+    return assemble(env_ids, _read_answers(state, subs, answers), state.observation_layout)
 
 
 def completed_steps(state: GroupState, done: Sequence[tuple[SubBatch, Message]]) -> BatchResult:
@@ -285,7 +304,7 @@ def completed_steps(state: GroupState, done: Sequence[tuple[SubBatch, Message]])
     for sub, _ in done:
         state.in_flight.difference_update(sub.env_ids.tolist())
     env_ids = np.concatenate([sub.env_ids for sub, _ in done]) if done else np.empty(0, np.int64)
-    return assemble(env_ids, pieces)
+    return assemble(env_ids, pieces, state.observation_layout)
 
 
 def state_flow(state: GroupState, env_ids: EnvIds) -> Flow[list[Any]]:

@@ -15,17 +15,20 @@ from openenv_zmq.errors import EnvError
 class BatchResult:
     """One answer per env id, in the order the env ids were asked for.
 
-    ``observations[i]`` is the env's Observation model (a dict when the model class cannot be
-    imported here), or ``None`` where the env failed. A failed env has its error in
-    ``errors[env_id]`` and ``dones[i]`` set; the rest of the batch is unaffected.
+    ``observations`` is one array (rows of zeros where an env failed) for an array env, else a
+    list of the env's Observation models (dicts when the model class cannot be imported here) with
+    ``None`` where an env failed. A failed env has its error in ``errors[env_id]`` and
+    ``dones[i]`` set; the rest of the batch is unaffected. ``final_observations`` is set in
+    ``same_step`` autoreset mode: the last observation of each episode that ended in this step.
     """
 
     env_ids: npt.NDArray[np.int64]
-    observations: list[Any]
+    observations: Any
     rewards: npt.NDArray[np.float32]
     terminated: npt.NDArray[np.bool_]
     truncated: npt.NDArray[np.bool_]
     errors: dict[int, EnvError] = field(default_factory=dict)
+    final_observations: Any = None
 
     @property
     def dones(self) -> npt.NDArray[np.bool_]:

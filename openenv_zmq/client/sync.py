@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 import zmq
 
+from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client.batching import SubBatch
 from openenv_zmq.client.flows import (
     Flow,
@@ -199,6 +200,7 @@ class BatchClient:
         env: str | None = None,
         num_envs: int = 1,
         *,
+        autoreset: AutoresetMode | str = AutoresetMode.DISABLED,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         limits: Limits = DEFAULT_LIMITS,
@@ -212,7 +214,7 @@ class BatchClient:
         try:
             self._connection.exchange([Message(Op.PING)], connect_timeout)
             if env is not None:
-                self._default = self.make(env, num_envs, **env_kwargs)
+                self._default = self.make(env, num_envs, autoreset=autoreset, **env_kwargs)
         except RequestTimeout:
             self._connection.close()
             raise unreachable(address, connect_timeout) from None
@@ -220,7 +222,14 @@ class BatchClient:
             self.close()
             raise
 
-    def make(self, env: str, num_envs: int = 1, **kwargs: Any) -> EnvGroup:
+    def make(
+        self,
+        env: str,
+        num_envs: int = 1,
+        *,
+        autoreset: AutoresetMode | str = AutoresetMode.DISABLED,
+        **kwargs: Any,
+    ) -> EnvGroup:
         """Place ``num_envs`` instances of ``env`` on workers and create them.
 
         ``kwargs`` go to every instance's constructor. Raises :class:`NoWorkerAvailable` when
@@ -229,9 +238,8 @@ class BatchClient:
         self._check_open()
         if num_envs < 1:
             raise ClientError(f"num_envs must be at least 1, got {num_envs}")
-        group = EnvGroup(
-            self._connection, self._connection.drive(alloc_flow(env, num_envs, kwargs))
-        )
+        state = self._connection.drive(alloc_flow(env, num_envs, kwargs, AutoresetMode(autoreset)))
+        group = EnvGroup(self._connection, state)
         self._groups.append(group)
         return group
 

@@ -14,11 +14,13 @@ Conversations (``ids`` = env ids, ``w`` = worker id, parts in brackets):
   each placed on a dead worker) re-places those ids on live workers, keeping the ids; a live or
   unknown id gets ``ERROR {type: RemoteError}``.
 - ``STATUS`` -> broker: ``REPLY {status: {...}}``.  ``PING`` -> broker: ``REPLY``.
-- ``CREATE w ids {env, kwargs}`` -> worker: ``REPLY ids {types} [errors]`` where ``types`` names
-  the env's ``action`` / ``observation`` / ``state`` classes as ``module:qualname``.
+- ``CREATE w ids {env, kwargs, autoreset}`` -> worker: ``REPLY ids {types, spaces?} [errors]``
+  where ``types`` names the env's ``action`` / ``observation`` / ``state`` classes as
+  ``module:qualname``, and ``spaces`` (array envs) gives ``{action, observation}: {dtype, shape}``.
 - ``RESET w ids [seeds?: list[int|None], kwargs?: list[dict]]``,
   ``STEP w ids [actions: list[dict] | array]`` -> worker:
-  ``REPLY ids [obs: list[dict|None] | array, rew: f4[n], term: b1[n], trunc: b1[n], errors]``.
+  ``REPLY ids [obs: list[dict|None] | array, rew: f4[n], term: b1[n], trunc: b1[n], errors]``,
+  plus ``final_obs`` (same layout as ``obs``) when the env autoresets in ``same_step`` mode.
 - ``STATE w ids`` -> worker: ``REPLY ids [states: list[dict|None], errors]``.
 - ``CLOSE w ids`` -> worker: ``REPLY ids [errors]``. The broker frees the slots as it forwards.
 - ``errors`` is always a list of ``[env_id, type name, message, traceback]``; an env in it has

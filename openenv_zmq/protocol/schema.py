@@ -9,7 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.protocol.ops import Op
+
+AUTORESET_MODES = frozenset(mode.value for mode in AutoresetMode)
 
 Check = Callable[[Any], bool]
 
@@ -32,6 +35,10 @@ def _is_number(v: Any) -> bool:
 
 def _is_str_map(v: Any) -> bool:
     return type(v) is dict and all(type(k) is str for k in v)
+
+
+def _is_autoreset(v: Any) -> bool:
+    return v in AUTORESET_MODES
 
 
 def _is_str_list(v: Any) -> bool:
@@ -57,15 +64,25 @@ SCHEMAS: dict[Op, OpSchema] = {
     Op.CREATE: OpSchema(
         needs_worker=True,
         needs_env_ids=True,
-        meta={"env": (_is_str, True), "kwargs": (_is_str_map, False)},
+        meta={
+            "env": (_is_str, True),
+            "kwargs": (_is_str_map, False),
+            "autoreset": (_is_autoreset, False),
+        },
     ),
     Op.RESET: OpSchema(needs_worker=True, needs_env_ids=True, parts=frozenset({"seeds", "kwargs"})),
     Op.STEP: OpSchema(needs_worker=True, needs_env_ids=True, parts=frozenset({"actions"})),
     Op.STATE: OpSchema(needs_worker=True, needs_env_ids=True),
     Op.CLOSE: OpSchema(needs_worker=True, needs_env_ids=True),
     Op.REPLY: OpSchema(
-        meta={"types": (_is_str_map, False), "status": (_is_str_map, False)},
-        parts=frozenset({"obs", "rew", "term", "trunc", "errors", "states", "workers"}),
+        meta={
+            "types": (_is_str_map, False),
+            "spaces": (_is_str_map, False),
+            "status": (_is_str_map, False),
+        },
+        parts=frozenset(
+            {"obs", "final_obs", "rew", "term", "trunc", "errors", "states", "workers"}
+        ),
     ),
     Op.ERROR: OpSchema(
         meta={

@@ -19,7 +19,8 @@ from typing import Any, cast
 import numpy as np
 from pydantic import ValidationError
 
-from openenv_zmq.env import EnvTypes, env_types, resolve_env
+from openenv_zmq.autoreset import AutoresetMode
+from openenv_zmq.env import EnvTypes, VectorEnvironment, env_types, resolve_env, type_path
 from openenv_zmq.errors import EnvNotFound, OpenEnvZmqError, ProtocolError
 from openenv_zmq.protocol import (
     DEFAULT_LIMITS,
@@ -34,6 +35,8 @@ from openenv_zmq.protocol import (
     pack,
     readable_request_id,
 )
+from openenv_zmq.types import State
+from openenv_zmq.worker.vector import VectorTable, space_meta
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +60,13 @@ class _Kind:
     types: EnvTypes
     reset_params: frozenset[str] | None
     """Keyword arguments ``reset`` accepts; ``None`` when it takes ``**kwargs`` (all pass)."""
+    vector: bool
 
     @classmethod
     def of(cls, env_cls: type) -> _Kind:
+        types = env_types(env_cls)
+        if issubclass(env_cls, VectorEnvironment):
+            return cls(env_cls, types, None, vector=True)
         reset = cast(Any, env_cls).reset  # resolve_env checked that it exists
         params = list(inspect.signature(reset).parameters.values())[1:]  # drop self
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
@@ -71,13 +78,14 @@ class _Kind:
                 if p.kind
                 in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
             )
-        return cls(env_cls, env_types(env_cls), accepted)
+        return cls(env_cls, types, accepted, vector=False)
 
 
 @dataclass(slots=True)
 class _Slot:
     env: Any
     kind: _Kind
+    autoreset: AutoresetMode
     status: SlotStatus = SlotStatus.NEEDS_RESET
 
     def transition(self, op: Op, done: bool | None) -> None:
@@ -111,11 +119,12 @@ class _Rows:
     everything about it has been computed, so a failure half-way leaves it zeroed.
     """
 
-    def __init__(self, env_ids: list[int], part: str) -> None:
+    def __init__(self, env_ids: list[int], part: str, final: bool = False) -> None:
         n = len(env_ids)
         self.env_ids = env_ids
         self.part = part
         self.values: list[Any] = [None] * n
+        self.final: list[Any] | None = [None] * n if final else None
         self.rewards = np.zeros(n, dtype=np.float32)
         self.terminated = np.zeros(n, dtype=np.bool_)
         self.errors: list[ErrorRow] = []
@@ -141,6 +150,8 @@ class _Rows:
             parts["rew"] = self.rewards
             parts["term"] = self.terminated
             parts["trunc"] = np.zeros(len(self.values), dtype=np.bool_)
+        if self.final is not None:
+            parts["final_obs"] = self.final
         parts["errors"] = self.errors
         return Message(Op.REPLY, request.request_id, env_ids=request.env_ids, parts=parts)
 
@@ -160,6 +171,14 @@ class _Rows:
                 self.clear(i)
                 self.errors.append([self.env_ids[i], "EnvExecutionError", str(exc), ""])
         return encode(self.message(request))
+
+
+def request_ids(request: Message) -> EnvIds:
+    """The env ids of a worker op as an array (the codec guarantees they are there)."""
+    ids = request.env_ids
+    if ids is None:
+        raise ProtocolError(f"{request.op.name} needs env ids")
+    return ids
 
 
 def _env_ids(request: Message) -> list[int]:
@@ -202,6 +221,7 @@ class WorkerCore:
         self._capacity = capacity
         self._limits = limits
         self._slots: dict[int, _Slot] = {}
+        self._vector = VectorTable()
         self._handlers: dict[Op, Callable[[Message], list[Frame]]] = {
             Op.CREATE: self._create,
             Op.RESET: self._reset,
@@ -216,7 +236,7 @@ class WorkerCore:
 
     @property
     def slots_used(self) -> int:
-        return len(self._slots)
+        return len(self._slots) + len(self._vector)
 
     def status(self, env_id: int) -> SlotStatus | None:
         """Where env ``env_id`` is in its episode; ``None`` if this worker does not host it."""
@@ -262,7 +282,7 @@ class WorkerCore:
     def drop_all(self) -> None:
         """Close and forget every env instance. An env whose ``close()`` raises is forgotten too."""
         slots, self._slots = self._slots, {}
-        failed = 0
+        failed = self._vector.drop_all()
         for slot in slots.values():
             try:
                 slot.close()
@@ -277,30 +297,58 @@ class WorkerCore:
         if kind is None:
             raise EnvNotFound(f"this worker hosts {', '.join(self._kinds)}; not {name!r}")
         kwargs: dict[str, Any] = request.meta.get("kwargs", {})
+        autoreset = AutoresetMode(request.meta.get("autoreset", AutoresetMode.DISABLED))
+        env_ids = _env_ids(request)
+        meta: dict[str, Any] = {"types": kind.types.to_wire()}
         errors: list[ErrorRow] = []
-        for env_id in _env_ids(request):
-            if env_id in self._slots:
-                errors.append([env_id, "EnvExecutionError", f"env id {env_id} already exists", ""])
-                continue
-            if len(self._slots) >= self._capacity:
-                message = f"worker is full (capacity {self._capacity})"
-                errors.append([env_id, "EnvExecutionError", message, ""])
-                continue
+        taken = [i for i in env_ids if i in self._slots] + [
+            int(i) for i in request_ids(request)[self._vector.owns(request_ids(request))]
+        ]
+        if taken or self.slots_used + len(env_ids) > self._capacity:
+            reason = (
+                f"env id(s) {taken[:10]} already exist"
+                if taken
+                else f"worker is full (capacity {self._capacity}, {self.slots_used} used)"
+            )
+            errors = [[env_id, "EnvExecutionError", reason, ""] for env_id in env_ids]
+        elif kind.vector:
             try:
-                env = kind.cls(**kwargs)
+                host = self._vector.create(kind.cls, name, request_ids(request), kwargs, autoreset)
             except Exception as exc:
-                errors.append(_exception_row(env_id, exc))
-                continue
-            self._slots[env_id] = _Slot(env, kind)
+                errors = [_exception_row(env_id, exc) for env_id in env_ids]
+            else:
+                meta["types"] = {"state": type_path(State)}
+                meta["spaces"] = {
+                    "action": space_meta(host.env.action_space),
+                    "observation": space_meta(host.env.observation_space),
+                }
+        else:
+            for env_id in env_ids:
+                try:
+                    self._slots[env_id] = _Slot(kind.cls(**kwargs), kind, autoreset)
+                except Exception as exc:
+                    errors.append(_exception_row(env_id, exc))
         return encode(
             Message(
                 Op.REPLY,
                 request.request_id,
                 env_ids=request.env_ids,
-                meta={"types": kind.types.to_wire()},
+                meta=meta,
                 parts={"errors": errors},
             )
         )
+
+    def _vector_request(self, request: Message) -> bool:
+        """Whether the request addresses vector-hosted envs (it may not mix the two kinds)."""
+        owned = self._vector.owns(request_ids(request))
+        if not owned.any():
+            return False
+        if not owned.all() and any(i in self._slots for i in _env_ids(request)):
+            raise ProtocolError(f"{request.op.name} mixes array and structured envs")
+        return True
+
+    def _vector_reply(self, request: Message, parts: dict[str, Any]) -> list[Frame]:
+        return encode(Message(Op.REPLY, request.request_id, env_ids=request.env_ids, parts=parts))
 
     def _reset(self, request: Message) -> list[Frame]:
         env_ids = _env_ids(request)
@@ -313,6 +361,11 @@ class WorkerCore:
             type(kw) is dict and all(type(k) is str for k in kw) for kw in kwargs
         ):
             raise ProtocolError("RESET kwargs must each be a map with string keys")
+        if self._vector_request(request):
+            ids = request_ids(request)
+            space = self._vector.observation_space(ids)
+            assert space is not None
+            return self._vector_reply(request, self._vector.reset(ids, seeds, space).parts())
         rows = _Rows(env_ids, "obs")
         for i, env_id in enumerate(env_ids):
             slot = self._slots.get(env_id)
@@ -324,24 +377,48 @@ class WorkerCore:
                 call.update(kwargs[i])
             if seeds is not None:
                 call["seed"] = seeds[i]
-            accepted = slot.kind.reset_params
-            if accepted is not None:
-                # OpenEnv drops the reset arguments an env's signature does not take
-                call = {k: v for k, v in call.items() if k in accepted}
-            try:
-                done: bool | None = rows.put_observation(i, slot.env.reset(**call))
-            except Exception as exc:
-                rows.errors.append(_exception_row(env_id, exc))
-                done = None
-            slot.transition(Op.RESET, done)
+            self._reset_slot(env_id, slot, call, rows, i)
         return rows.encode(request)
 
+    def _reset_slot(
+        self, env_id: int, slot: _Slot, call: dict[str, Any], rows: _Rows, i: int
+    ) -> None:
+        accepted = slot.kind.reset_params
+        if accepted is not None:
+            # OpenEnv drops the reset arguments an env's signature does not take
+            call = {k: v for k, v in call.items() if k in accepted}
+        try:
+            done: bool | None = rows.put_observation(i, slot.env.reset(**call))
+        except Exception as exc:
+            rows.errors.append(_exception_row(env_id, exc))
+            done = None
+        slot.transition(Op.RESET, done)
+
     def _step(self, request: Message) -> list[Frame]:
-        env_ids = _env_ids(request)
-        actions = _per_env_part(request, "actions", len(env_ids))
+        actions = request.parts.get("actions")
         if actions is None:
             raise ProtocolError("STEP needs an 'actions' part")
-        rows = _Rows(env_ids, "obs")
+        if not isinstance(actions, list | np.ndarray):
+            raise ProtocolError("STEP actions must be a list or an array, one per env id")
+        if len(actions) != len(request_ids(request)):
+            raise ProtocolError(
+                f"STEP has {len(actions)} actions for {len(request_ids(request))} env id(s);"
+                " they must match"
+            )
+        if self._vector_request(request):
+            ids = request_ids(request)
+            space = self._vector.observation_space(ids)
+            assert space is not None
+            return self._vector_reply(request, self._vector.step(ids, actions, space).parts())
+        if not isinstance(actions, list):
+            raise ProtocolError("STEP actions for structured envs must be a list of maps")
+        env_ids = _env_ids(request)
+        same_step = any(
+            s.autoreset is AutoresetMode.SAME_STEP
+            for s in map(self._slots.get, env_ids)
+            if s is not None
+        )
+        rows = _Rows(env_ids, "obs", final=same_step)
         for i, env_id in enumerate(env_ids):
             slot = self._slots.get(env_id)
             if slot is None:
@@ -349,6 +426,10 @@ class WorkerCore:
                 continue
             if slot.status is SlotStatus.NEEDS_RESET:
                 rows.errors.append([env_id, "NeedsReset", "call reset() before step()", ""])
+                continue
+            if slot.status is SlotStatus.DONE and slot.autoreset is AutoresetMode.NEXT_STEP:
+                self._reset_slot(env_id, slot, {"seed": None}, rows, i)
+                rows.rewards[i] = 0.0  # Gymnasium's next_step: the resetting step earns nothing
                 continue
             try:
                 action = slot.kind.types.action.model_validate(actions[i])
@@ -364,9 +445,17 @@ class WorkerCore:
                 rows.errors.append(_exception_row(env_id, exc))
                 done = None
             slot.transition(Op.STEP, done)
+            if done and slot.autoreset is AutoresetMode.SAME_STEP:
+                assert rows.final is not None
+                final, reward = rows.values[i], rows.rewards[i]
+                self._reset_slot(env_id, slot, {"seed": None}, rows, i)
+                rows.final[i], rows.rewards[i], rows.terminated[i] = final, reward, True
         return rows.encode(request)
 
     def _state(self, request: Message) -> list[Frame]:
+        if self._vector_request(request):
+            states, errors = self._vector.state(request_ids(request))
+            return self._vector_reply(request, {"states": states, "errors": errors})
         env_ids = _env_ids(request)
         rows = _Rows(env_ids, "states")
         for i, env_id in enumerate(env_ids):
@@ -381,7 +470,10 @@ class WorkerCore:
         return rows.encode(request)
 
     def _close(self, request: Message) -> list[Frame]:
-        errors: list[ErrorRow] = []
+        if self._vector_request(request):
+            errors = self._vector.close(request_ids(request))
+            return self._vector_reply(request, {"errors": errors})
+        errors = []
         for env_id in _env_ids(request):
             slot = self._slots.pop(env_id, None)
             if slot is None:

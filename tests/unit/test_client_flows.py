@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from echo_env import EchoAction, EchoObservation
 
+from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client.batching import Placement, split_by_worker
 from openenv_zmq.client.flows import (
     Flow,
@@ -78,7 +79,7 @@ def echo_reply(request: Message, errors: list[list[Any]] | None = None) -> Messa
 
 def group(ids: list[int], workers: list[int]) -> GroupState:
     state = GroupState("echo", {}, Placement.of(np.array(ids), np.array(workers)))
-    state.learn_types(OBS_TYPES)
+    state.learn_types({"types": OBS_TYPES})
     return state
 
 
@@ -234,7 +235,7 @@ def test_alloc_creates_and_a_refusal_is_raised_typed() -> None:
             for q in requests
         ]
 
-    state = run(alloc_flow("echo", 4, {}), answer)
+    state = run(alloc_flow("echo", 4, {}, AutoresetMode.DISABLED), answer)
     assert state.env_ids.tolist() == [0, 1, 2, 3]
     assert state.observation_model is EchoObservation
 
@@ -242,7 +243,7 @@ def test_alloc_creates_and_a_refusal_is_raised_typed() -> None:
         return [error_message(requests[0].request_id, "NoWorkerAvailable", "none host 'x'")]
 
     with pytest.raises(NoWorkerAvailable, match="none host 'x'"):
-        run(alloc_flow("x", 1, {}), refuse)
+        run(alloc_flow("x", 1, {}, AutoresetMode.DISABLED), refuse)
 
 
 def test_state_flow_builds_models_and_raises_env_errors() -> None:

@@ -241,17 +241,18 @@ def test_create_passes_kwargs_and_reports_constructor_errors(core: WorkerCore) -
     assert core.slots_used == 1
 
 
-def test_create_existing_id_and_capacity_are_per_env_errors() -> None:
+def test_create_is_all_or_nothing_on_existing_ids_and_capacity() -> None:
     core = WorkerCore(["echo"], capacity=2)
     assert create(core, "echo", [0]).parts["errors"] == []
-    reply = create(core, "echo", [0, 1, 2])
-    rows = errors_by_id(reply)
-    assert set(rows) == {0, 2}
-    assert rows[0][1] == "EnvExecutionError"
-    assert "already exists" in rows[0][2]
-    assert rows[2][1:3] == ["EnvExecutionError", "worker is full (capacity 2)"]
-    assert core.slots_used == 2
+    rows = errors_by_id(create(core, "echo", [0, 1]))
+    assert set(rows) == {0, 1}
+    assert rows[1][1] == "EnvExecutionError"
+    assert "[0] already exist" in rows[1][2]
+    rows = errors_by_id(create(core, "echo", [1, 2]))
+    assert rows[2][1:3] == ["EnvExecutionError", "worker is full (capacity 2, 1 used)"]
+    assert core.slots_used == 1
     assert core.capacity == 2
+    assert create(core, "echo", [1]).parts["errors"] == []
     call(core, Op.CLOSE, [1])
     assert create(core, "echo", [2]).parts["errors"] == []
 

@@ -1,0 +1,1 @@
+"""Adapters that host other projects' envs as openenv-zmq envs."""
