@@ -18,6 +18,7 @@ import zmq.asyncio
 from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client.batching import SubBatch
 from openenv_zmq.client.flows import (
+    Actions,
     Flow,
     GroupState,
     ResetKwargs,
@@ -138,11 +139,11 @@ class AsyncEnvGroup(GroupView):
         state = self._state
         return await self._connection.drive(reset_flow(state, state.resolve(env_ids), seed, kwargs))
 
-    async def step(self, actions: Sequence[Any], env_ids: EnvIdsArg = None) -> BatchResult:
+    async def step(self, actions: Actions, env_ids: EnvIdsArg = None) -> BatchResult:
         state = self._state
         return await self._connection.drive(step_flow(state, actions, state.resolve(env_ids)))
 
-    async def send(self, actions: Sequence[Any], env_ids: EnvIdsArg = None) -> None:
+    async def send(self, actions: Actions, env_ids: EnvIdsArg = None) -> None:
         state = self._state
         ids = state.resolve(env_ids)
         subs, requests = step_requests(state, actions, ids)
@@ -255,10 +256,10 @@ class AsyncBatchClient:
     ) -> BatchResult:
         return await self.envs.reset(seed, env_ids, kwargs)
 
-    async def step(self, actions: Sequence[Any], env_ids: EnvIdsArg = None) -> BatchResult:
+    async def step(self, actions: Actions, env_ids: EnvIdsArg = None) -> BatchResult:
         return await self.envs.step(actions, env_ids)
 
-    async def send(self, actions: Sequence[Any], env_ids: EnvIdsArg = None) -> None:
+    async def send(self, actions: Actions, env_ids: EnvIdsArg = None) -> None:
         await self.envs.send(actions, env_ids)
 
     async def recv(self, timeout: float | None = None) -> BatchResult:

@@ -44,6 +44,8 @@ from openenv_zmq.protocol import EnvIds, Message, Op
 T = TypeVar("T")
 Flow = Generator[list[Message], list[Message], T]
 Seeds = int | Sequence[int | None] | None
+Actions = Sequence[Any] | np.ndarray
+"""One action per env: models or dicts for structured envs, an array (or numbers) for array envs."""
 ResetKwargs = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 
 
@@ -267,7 +269,7 @@ def _read_answers(
 
 
 def step_requests(
-    state: GroupState, actions: Sequence[Any], env_ids: EnvIds
+    state: GroupState, actions: Actions, env_ids: EnvIds
 ) -> tuple[list[SubBatch], list[Message]]:
     """The STEP sub-batches for ``actions`` on ``env_ids``; refuses env ids still in flight."""
     state.check_open()
@@ -287,7 +289,7 @@ def step_requests(
     ]
 
 
-def step_flow(state: GroupState, actions: Sequence[Any], env_ids: EnvIds) -> Flow[BatchResult]:
+def step_flow(state: GroupState, actions: Actions, env_ids: EnvIds) -> Flow[BatchResult]:
     subs, requests = step_requests(state, actions, env_ids)
     answers = yield requests
     return assemble(env_ids, _read_answers(state, subs, answers), state.observation_layout)

@@ -13,6 +13,7 @@ import zmq
 from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client.batching import SubBatch
 from openenv_zmq.client.flows import (
+    Actions,
     Flow,
     GroupState,
     ResetKwargs,
@@ -137,7 +138,7 @@ class EnvGroup(GroupView):
         state = self._state
         return self._connection.drive(reset_flow(state, state.resolve(env_ids), seed, kwargs))
 
-    def step(self, actions: Sequence[Any], env_ids: EnvIdsArg = None) -> BatchResult:
+    def step(self, actions: Actions, env_ids: EnvIdsArg = None) -> BatchResult:
         """Step ``env_ids`` (all by default) with one action each, in the same order.
 
         Raises :class:`BatchSizeMismatch`, :class:`UnknownEnvIds`, :class:`ClosedError`,
@@ -146,7 +147,7 @@ class EnvGroup(GroupView):
         state = self._state
         return self._connection.drive(step_flow(state, actions, state.resolve(env_ids)))
 
-    def send(self, actions: Sequence[Any], env_ids: EnvIdsArg = None) -> None:
+    def send(self, actions: Actions, env_ids: EnvIdsArg = None) -> None:
         """Start stepping ``env_ids`` and return at once; collect the answers with ``recv()``."""
         state = self._state
         ids = state.resolve(env_ids)
@@ -262,10 +263,10 @@ class BatchClient:
     ) -> BatchResult:
         return self.envs.reset(seed, env_ids, kwargs)
 
-    def step(self, actions: Sequence[Any], env_ids: EnvIdsArg = None) -> BatchResult:
+    def step(self, actions: Actions, env_ids: EnvIdsArg = None) -> BatchResult:
         return self.envs.step(actions, env_ids)
 
-    def send(self, actions: Sequence[Any], env_ids: EnvIdsArg = None) -> None:
+    def send(self, actions: Actions, env_ids: EnvIdsArg = None) -> None:
         self.envs.send(actions, env_ids)
 
     def recv(self, timeout: float | None = None) -> BatchResult:

@@ -682,3 +682,33 @@ def test_link_needs_ready_and_positive_timings() -> None:
         BrokerLink(Message(Op.HEARTBEAT), 1.0, 2.5, 0.0)
     with pytest.raises(ValueError, match="positive"):
         BrokerLink(READY, 0.0, 2.5, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        # (left, reward, done) over three steps of a horizon-2 countdown
+        ("disabled", [(1, 1.0, False), (0, 1.0, True), (-1, 1.0, True)]),
+        ("next_step", [(1, 1.0, False), (0, 1.0, True), (2, 0.0, False)]),
+        ("same_step", [(1, 1.0, False), (2, 1.0, True), (1, 1.0, False)]),
+    ],
+)
+def test_structured_envs_autoreset_like_gymnasium(
+    core: WorkerCore, mode: str, expected: list[tuple[int, float, bool]]
+) -> None:
+    reply = call(core, Op.CREATE, [0], meta={"env": COUNTDOWN, "autoreset": mode})
+    assert reply.parts["errors"] == []
+    call(core, Op.RESET, [0])
+    seen, finals = [], []
+    for _ in range(3):
+        step = call(core, Op.STEP, [0], parts={"actions": [{}]})
+        obs = step.parts["obs"][0]
+        seen.append((obs["left"], float(step.parts["rew"][0]), bool(step.parts["term"][0])))
+        finals.append(step.parts.get("final_obs", [None])[0])
+    assert seen == expected
+    if mode == "same_step":
+        assert finals[1] is not None
+        assert finals[1]["left"] == 0
+        assert finals[1]["done"] is True
+    else:
+        assert finals == [None, None, None]
