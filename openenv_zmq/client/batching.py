@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel
 
+from openenv_zmq.batch_models import validate_many
 from openenv_zmq.client.results import BatchResult
 from openenv_zmq.errors import (
     EnvError,
@@ -131,8 +132,12 @@ def build_models(rows: list[Any], model: type[BaseModel] | None) -> list[Any]:
     """Turn decoded dicts back into the env's models (``None`` rows stay ``None``)."""
     if model is None:
         return rows
-    validate = model.model_validate
-    return [None if row is None else validate(row) for row in rows]
+    present = [row for row in rows if row is not None]
+    batch = validate_many(model, present)
+    if batch is None:  # let the failing row raise its own ValidationError
+        batch = [model.model_validate(row) for row in present]
+    built = iter(batch)
+    return [None if row is None else next(built) for row in rows]
 
 
 @dataclass(frozen=True)

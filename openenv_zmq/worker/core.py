@@ -17,9 +17,10 @@ from enum import Enum
 from typing import Any, cast
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from openenv_zmq.autoreset import AutoresetMode
+from openenv_zmq.batch_models import dump_many, validate_many
 from openenv_zmq.env import EnvTypes, VectorEnvironment, env_types, resolve_env, type_path
 from openenv_zmq.errors import EnvNotFound, OpenEnvZmqError, ProtocolError
 from openenv_zmq.protocol import (
@@ -130,11 +131,10 @@ class _Rows:
         self.errors: list[ErrorRow] = []
 
     def put_observation(self, i: int, obs: Any) -> bool:
-        """Fill row ``i`` from an observation model; returns its ``done``."""
-        value = obs.model_dump()
+        """Fill row ``i`` from an observation model (dumped at encode); returns its ``done``."""
         reward = 0.0 if obs.reward is None else float(obs.reward)
         done = bool(obs.done)
-        self.values[i] = value
+        self.values[i] = obs
         self.rewards[i] = reward
         self.terminated[i] = done
         return done
@@ -155,7 +155,28 @@ class _Rows:
         parts["errors"] = self.errors
         return Message(Op.REPLY, request.request_id, env_ids=request.env_ids, parts=parts)
 
+    def _dump(self, models: list[Any]) -> list[Any]:
+        """Every model row as a dict, in one pydantic call; a model that cannot be dumped fails
+        its env alone (found row by row, on this rare path only)."""
+        present = [m for m in models if m is not None]
+        dumped = dump_many(BaseModel, present)
+        if dumped is not None:
+            rows = iter(dumped)
+            return [None if m is None else next(rows) for m in models]
+        out: list[Any] = []
+        for i, model in enumerate(models):
+            try:
+                out.append(None if model is None else model.model_dump())
+            except Exception as exc:
+                out.append(None)
+                self.clear(i)
+                self.errors.append(_exception_row(self.env_ids[i], exc))
+        return out
+
     def encode(self, request: Message) -> list[Frame]:
+        self.values = self._dump(self.values)
+        if self.final is not None:
+            self.final = self._dump(self.final)
         try:
             return encode(self.message(request))
         except ProtocolError:
@@ -419,25 +440,21 @@ class WorkerCore:
             if s is not None
         )
         rows = _Rows(env_ids, "obs", final=same_step)
+        ready: list[tuple[int, int, _Slot]] = []
         for i, env_id in enumerate(env_ids):
             slot = self._slots.get(env_id)
             if slot is None:
                 rows.errors.append(_unknown(env_id))
-                continue
-            if slot.status is SlotStatus.NEEDS_RESET:
+            elif slot.status is SlotStatus.NEEDS_RESET:
                 rows.errors.append([env_id, "NeedsReset", "call reset() before step()", ""])
-                continue
-            if slot.status is SlotStatus.DONE and slot.autoreset is AutoresetMode.NEXT_STEP:
+            elif slot.status is SlotStatus.DONE and slot.autoreset is AutoresetMode.NEXT_STEP:
                 self._reset_slot(env_id, slot, {"seed": None}, rows, i)
                 rows.rewards[i] = 0.0  # Gymnasium's next_step: the resetting step earns nothing
-                continue
-            try:
-                action = slot.kind.types.action.model_validate(actions[i])
-            except ValidationError as exc:
-                rows.errors.append([env_id, "ActionValidationError", str(exc), ""])
-                continue
-            except Exception as exc:  # a validator of the env's own that raised something else
-                rows.errors.append(_exception_row(env_id, exc))
+            else:
+                ready.append((i, env_id, slot))
+        parsed = _validated_actions(ready, actions, rows)
+        for (i, env_id, slot), action in zip(ready, parsed, strict=True):
+            if action is None:
                 continue
             try:
                 done: bool | None = rows.put_observation(i, slot.env.step(action))
@@ -464,7 +481,7 @@ class WorkerCore:
                 rows.errors.append(_unknown(env_id))
                 continue
             try:
-                rows.values[i] = slot.env.state.model_dump()
+                rows.values[i] = slot.env.state
             except Exception as exc:
                 rows.errors.append(_exception_row(env_id, exc))
         return rows.encode(request)
@@ -486,6 +503,32 @@ class WorkerCore:
         return encode(
             Message(Op.REPLY, request.request_id, env_ids=request.env_ids, parts={"errors": errors})
         )
+
+
+def _validated_actions(
+    ready: list[tuple[int, int, _Slot]], actions: list[Any], rows: _Rows
+) -> list[Any]:
+    """Each ready env's action as its env's model, ``None`` where it failed (error recorded).
+
+    Validates all actions of one model in one pydantic call; only a batch with a bad action
+    pays for validating row by row to find it.
+    """
+    models = {slot.kind.types.action for _, _, slot in ready}
+    if len(models) == 1:
+        batch = validate_many(models.pop(), [actions[i] for i, _, _ in ready])
+        if batch is not None:
+            return list(batch)
+    parsed: list[Any] = []
+    for i, env_id, slot in ready:
+        try:
+            parsed.append(slot.kind.types.action.model_validate(actions[i]))
+        except ValidationError as exc:
+            rows.errors.append([env_id, "ActionValidationError", str(exc), ""])
+            parsed.append(None)
+        except Exception as exc:  # a validator of the env's own that raised something else
+            rows.errors.append(_exception_row(env_id, exc))
+            parsed.append(None)
+    return parsed
 
 
 def _unknown(env_id: int) -> ErrorRow:
