@@ -116,11 +116,10 @@ class GroupState:
                     self.lost.add(env_id)
 
 
-def per_env(name: str, values: Sequence[Any] | np.ndarray, expected: int) -> list[Any]:
+def per_env(name: str, values: Sequence[Any] | np.ndarray, expected: int) -> None:
     """Check that a per-env argument has one entry per env id."""
     if len(values) != expected:
         raise BatchSizeMismatch(f"{len(values)} {name} for {expected} env ids")
-    return list(values)
 
 
 def dump_actions(actions: Any, expected: int, layout: ArrayLayout | None = None) -> Any:
@@ -196,7 +195,8 @@ def _reset_seeds(seed: Seeds, n: int) -> list[int | None]:
     if isinstance(seed, int | np.integer):
         # Gymnasium's vector convention: env i of the call gets seed + i.
         return [int(seed) + i for i in range(n)]
-    return [None if s is None else int(s) for s in per_env("seeds", seed, n)]
+    per_env("seeds", seed, n)
+    return [None if s is None else int(s) for s in seed]
 
 
 def _reset_kwargs(kwargs: ResetKwargs, n: int) -> list[dict[str, Any]] | None:
@@ -204,7 +204,8 @@ def _reset_kwargs(kwargs: ResetKwargs, n: int) -> list[dict[str, Any]] | None:
         return None
     if isinstance(kwargs, Mapping):
         return [dict(kwargs)] * n
-    return [dict(k) for k in per_env("kwargs", kwargs, n)]
+    per_env("kwargs", kwargs, n)
+    return [dict(k) for k in kwargs]
 
 
 def _reset_requests(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 import zmq
 
 from openenv_zmq.errors import BrokerUnreachable, ClientError
+from openenv_zmq.zmq_options import SocketT, copy_small_frames
 
 DEFAULT_TIMEOUT = 60.0
 """Seconds a request may wait for its answer (OpenEnv's message timeout)."""
@@ -16,14 +15,12 @@ CLOSE_TIMEOUT = 5.0
 """Closing must not hang on a dead broker: its slots are gone with it anyway."""
 HIGH_WATER_MARK = 100_000
 
-SocketT = TypeVar("SocketT", bound=zmq.Socket)  # type: ignore[type-arg]
-
 
 def configure_dealer(socket: SocketT) -> SocketT:
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
     socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
-    return socket
+    return copy_small_frames(socket)
 
 
 def unreachable(address: str, timeout: float) -> BrokerUnreachable:

@@ -27,6 +27,7 @@ import zmq
 from openenv_zmq.errors import ProtocolError
 from openenv_zmq.protocol import Frame, Message, Op, decode, encode
 from openenv_zmq.worker.core import BrokerLink, LinkOutput, WorkerCore, WorkerLifecycle
+from openenv_zmq.zmq_options import copy_small_frames
 
 __all__ = ["WorkerLifecycle", "run_worker"]
 
@@ -81,6 +82,7 @@ def run_worker(
         stepping_end.setsockopt(zmq.SNDHWM, 0)
         stepping_end.setsockopt(zmq.RCVHWM, 0)
         stepping_end.setsockopt(zmq.LINGER, 0)
+        copy_small_frames(stepping_end)
         address = f"inproc://worker-{secrets.token_hex(8)}"
         stepping_end.bind(address)
         # A fresh identity per process: the broker must not mistake a restarted worker of the

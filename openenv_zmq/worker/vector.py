@@ -106,16 +106,25 @@ class VectorTable:
         self._host_of = np.concatenate(hosts)[order]
         self._index_of = np.concatenate(indices)[order]
 
+    def _positions(self, env_ids: EnvIds) -> tuple[npt.NDArray[np.bool_], Rows]:
+        """Which of ``env_ids`` are hosted here, and where each sits in the sorted table."""
+        size = len(self._ids)
+        if not size:
+            return np.zeros(len(env_ids), np.bool_), np.zeros(len(env_ids), np.intp)
+        if self._ids[-1] - self._ids[0] + 1 == size:
+            # The usual case, one run of consecutive ids: arithmetic instead of a search.
+            at = env_ids - self._ids[0]
+            found = (at >= 0) & (at < size)
+            return found, np.where(found, at, 0)
+        at = np.minimum(np.searchsorted(self._ids, env_ids), size - 1)
+        return np.asarray(self._ids[at] == env_ids), at
+
     def owns(self, env_ids: EnvIds) -> npt.NDArray[np.bool_]:
         """Which of ``env_ids`` are hosted here."""
-        if not len(self._ids):
-            return np.zeros(len(env_ids), np.bool_)
-        at = np.minimum(np.searchsorted(self._ids, env_ids), len(self._ids) - 1)
-        return np.asarray(self._ids[at] == env_ids)
+        return self._positions(env_ids)[0]
 
     def _locate(self, env_ids: EnvIds) -> tuple[npt.NDArray[np.bool_], Rows, Rows]:
-        found = self.owns(env_ids)
-        at = np.minimum(np.searchsorted(self._ids, env_ids), max(len(self._ids) - 1, 0))
+        found, at = self._positions(env_ids)
         return found, self._host_of[at], self._index_of[at]
 
     def _by_host(
@@ -125,6 +134,8 @@ class VectorTable:
         found, hosts, indices = self._locate(env_ids)
         if not found.all():
             errors += error_rows(env_ids, np.flatnonzero(~found), *UNKNOWN)
+        if len(self._hosts) == 1 and found.all():
+            return [(self._hosts[0], np.arange(len(env_ids)), indices)]
         groups = []
         for number in np.unique(hosts[found]).tolist():
             rows = np.flatnonzero(found & (hosts == number))

@@ -192,3 +192,12 @@ def test_capacity_counts_vector_slots(core: WorkerCore) -> None:
     reply = create(core, list(range(100, 105)))
     assert set(errors(reply)) == set(range(100, 105))
     assert "worker is full" in reply.parts["errors"][0][2]
+
+
+def test_env_ids_with_gaps_are_located_by_search(core: WorkerCore) -> None:
+    create(core, [1, 2])
+    create(core, [7])
+    call(core, Op.RESET, [7, 2, 1], parts={"seeds": [7, 2, 1]})
+    reply = step(core, [7, 4, 1], [1, 1, 2])
+    assert errors(reply) == {4: "UnknownEnvId"}
+    assert reply.parts["obs"].tolist() == [[1, 7], [0, 0], [2, 1]]
