@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 HIGH_WATER_MARK = 100_000
 MAX_POLL_SECONDS = 0.1
 """Upper bound on one wait, so that :meth:`BrokerServer.stop` and dead workers are seen quickly."""
+PROVIDER_POLL_SECONDS = 0.05
+"""How often the provider is asked which worker processes ended."""
 DRAIN_BATCH = 256
 """Messages taken from one socket per wakeup before the other socket gets its turn."""
 _UNSENDABLE = (errno.EHOSTUNREACH, errno.EAGAIN)
@@ -162,6 +164,7 @@ class BrokerServer:
         poller = zmq.Poller()
         poller.register(frontend, zmq.POLLIN)
         poller.register(backend, zmq.POLLIN)
+        next_provider_poll = 0.0
         while not self._stopping:
             timeout = min(core.next_timeout(time.monotonic()), MAX_POLL_SECONDS)
             ready = dict(poller.poll(math.ceil(timeout * 1000)))
@@ -172,10 +175,13 @@ class BrokerServer:
                 for peer, frames in self._drain(backend):
                     self._deliver(core.on_worker(peer, frames, time.monotonic()))
             now = time.monotonic()
-            if self.provider is not None:
+            if self.provider is not None and now >= next_provider_poll:
+                # Process checks are system calls: not once per message on the hot path.
+                next_provider_poll = now + PROVIDER_POLL_SECONDS
                 for name in self.provider.poll():
                     self._deliver(core.worker_exited(name, now))
-            self._deliver(core.on_tick(now))
+            if core.next_timeout(now) <= 0:
+                self._deliver(core.on_tick(now))
 
     @staticmethod
     def _drain(socket: zmq.Socket[bytes]) -> Iterator[tuple[bytes, list[Frame]]]:

@@ -657,6 +657,17 @@ class BrokerLink:
             return LinkOutput(send=(self._ready,))
         return LinkOutput(send=(Message(Op.HEARTBEAT),))
 
+    def keepalive(self, now: float) -> Message | None:
+        """The heartbeat due at ``now`` while a batch steps and nobody reads the socket.
+
+        Broker silence is not judged here: the broker's own heartbeats wait unread until the
+        batch is done, and :meth:`on_tick` judges after they have been read.
+        """
+        if self.state is not WorkerLifecycle.READY or now < self._next_send:
+            return None
+        self._next_send = now + self.interval
+        return Message(Op.HEARTBEAT)
+
     def _register_again(self, now: float) -> LinkOutput:
         if self.state is WorkerLifecycle.READY:
             self._to(WorkerLifecycle.STARTING)
