@@ -19,7 +19,8 @@ class BatchResult:
     list of the env's Observation models (dicts when the model class cannot be imported here) with
     ``None`` where an env failed. A failed env has its error in ``errors[env_id]`` and
     ``dones[i]`` set; the rest of the batch is unaffected. ``final_observations`` is set in
-    ``same_step`` autoreset mode: the last observation of each episode that ended in this step.
+    ``same_step`` autoreset mode when an episode ended in this step: the last observation of
+    each such episode at its row (other rows hold ``None`` or zeros); otherwise it is ``None``.
     """
 
     env_ids: npt.NDArray[np.int64]

@@ -20,7 +20,8 @@ Conversations (``ids`` = env ids, ``w`` = worker id, parts in brackets):
 - ``RESET w ids [seeds?: list[int|None], kwargs?: list[dict]]``,
   ``STEP w ids [actions: list[dict] | array]`` -> worker:
   ``REPLY ids [obs: list[dict|None] | array, rew: f4[n], term: b1[n], trunc: b1[n], errors]``,
-  plus ``final_obs`` (same layout as ``obs``) when the env autoresets in ``same_step`` mode.
+  plus ``final_obs`` (same layout as ``obs``) when an episode ended and was reset in the same
+  step (``same_step`` autoreset mode).
 - ``STATE w ids`` -> worker: ``REPLY ids [states: list[dict|None], errors]``.
 - ``CLOSE w ids`` -> worker: ``REPLY ids [errors]``. The broker frees the slots as it forwards.
 - ``errors`` is always a list of ``[env_id, type name, message, traceback]``; an env in it has

@@ -50,11 +50,12 @@ class VectorHost:
 class Reply:
     """The rows of a RESET / STEP answer for ``n`` env ids, filled host by host."""
 
-    def __init__(self, env_ids: EnvIds, observation_space: Space, final: bool) -> None:
+    def __init__(self, env_ids: EnvIds, observation_space: Space) -> None:
         n = len(env_ids)
         self.env_ids = env_ids
         self.obs = np.zeros(batch_shape(observation_space, n), observation_space.dtype)
-        self.final_obs = np.zeros_like(self.obs) if final else None
+        self.final_obs: npt.NDArray[Any] | None = None
+        """Final observations of episodes that ended and were reset in this same step."""
         self.rewards = np.zeros(n, np.float32)
         self.terminated = np.zeros(n, np.bool_)
         self.truncated = np.zeros(n, np.bool_)
@@ -166,7 +167,7 @@ class VectorTable:
         return host
 
     def reset(self, env_ids: EnvIds, seeds: list[Any] | None, space: Space) -> Reply:
-        reply = Reply(env_ids, space, final=False)
+        reply = Reply(env_ids, space)
         for host, rows, indices in self._by_host(env_ids, reply.errors):
             host_seeds = [None] * len(rows) if seeds is None else [seeds[r] for r in rows.tolist()]
             try:
@@ -179,8 +180,7 @@ class VectorTable:
         return reply
 
     def step(self, env_ids: EnvIds, actions: Any, space: Space) -> Reply:
-        final = any(h.autoreset is AutoresetMode.SAME_STEP for h in self._hosts)
-        reply = Reply(env_ids, space, final)
+        reply = Reply(env_ids, space)
         for host, rows, indices in self._by_host(env_ids, reply.errors):
             chosen = _actions(actions, rows, host.env.action_space, reply)
             if chosen is None:
@@ -212,7 +212,8 @@ class VectorTable:
         ended = np.asarray(terminated) | np.asarray(truncated)
         host.status[indices] = np.where(ended, DONE, RUNNING)
         if host.autoreset is AutoresetMode.SAME_STEP and ended.any():
-            assert reply.final_obs is not None
+            if reply.final_obs is None:
+                reply.final_obs = np.zeros_like(reply.obs)
             reply.final_obs[rows[ended]] = obs[ended]
             reply.obs[rows[ended]] = host.env.reset(indices[ended], [None] * int(ended.sum()))
             host.status[indices[ended]] = RUNNING
