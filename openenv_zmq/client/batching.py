@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -84,20 +84,6 @@ def take(values: Any, positions: Positions) -> Any:
     return [values[i] for i in positions.tolist()]
 
 
-@dataclass
-class SubResult:
-    """One worker's answer to a reset or step sub-batch."""
-
-    env_ids: EnvIds
-    observations: Any
-    """A list of models (structured envs) or one array (array envs)."""
-    rewards: npt.NDArray[np.float32]
-    terminated: npt.NDArray[np.bool_]
-    truncated: npt.NDArray[np.bool_]
-    errors: dict[int, EnvError] = field(default_factory=dict)
-    final_observations: Any = None
-
-
 def raise_if_error(message: Message) -> None:
     """Raise the typed error of a whole-request ``ERROR`` that is not a per-env failure."""
     if message.op is Op.ERROR and (
@@ -174,13 +160,13 @@ def sub_result(
     sub: SubBatch,
     observation_model: type[BaseModel] | None,
     layout: ArrayLayout | None = None,
-) -> SubResult:
-    """Read a worker's answer to a reset/step sub-batch."""
+) -> BatchResult:
+    """Read a worker's answer to a reset/step sub-batch, as the sub-batch's BatchResult."""
     raise_if_error(message)
     n = len(sub.env_ids)
     errors = env_errors(message)
     if message.op is Op.ERROR:
-        return SubResult(
+        return BatchResult(
             sub.env_ids,
             blank_rows(layout, n),
             np.zeros(n, np.float32),
@@ -194,7 +180,7 @@ def sub_result(
     final = parts.get("final_obs")
     if isinstance(final, list):
         final = build_models(final, observation_model)
-    return SubResult(
+    return BatchResult(
         sub.env_ids,
         parts["obs"]
         if isinstance(parts["obs"], np.ndarray)
@@ -209,7 +195,7 @@ def sub_result(
 
 def assemble(
     env_ids: EnvIds,
-    pieces: Sequence[tuple[Positions, SubResult]],
+    pieces: Sequence[tuple[Positions, BatchResult]],
     layout: ArrayLayout | None = None,
 ) -> BatchResult:
     """Join sub-results into one BatchResult; row ``positions[i]`` is the sub-result's row i."""

@@ -20,7 +20,6 @@ from openenv_zmq.client.batching import (
     Placement,
     Positions,
     SubBatch,
-    SubResult,
     assemble,
     build_models,
     env_errors,
@@ -109,7 +108,7 @@ class GroupState:
     def plan(self, env_ids: EnvIds) -> list[SubBatch]:
         return split_by_worker(env_ids, self.placement.locate(env_ids))
 
-    def note_lost(self, pieces: Sequence[tuple[Positions, SubResult]]) -> None:
+    def note_lost(self, pieces: Sequence[tuple[Positions, BatchResult]]) -> None:
         for _, piece in pieces:
             for env_id, error in piece.errors.items():
                 if isinstance(error, WorkerLost | SessionLost):
@@ -260,7 +259,7 @@ def reset_flow(
 
 def _read_answers(
     state: GroupState, subs: Sequence[SubBatch], answers: Sequence[Message]
-) -> list[tuple[Positions, SubResult]]:
+) -> list[tuple[Positions, BatchResult]]:
     pieces = [
         (sub.positions, sub_result(answer, sub, state.observation_model, state.observation_layout))
         for sub, answer in zip(subs, answers, strict=True)
