@@ -1,18 +1,24 @@
 """openenv-zmq: step thousands of OpenEnv environments in batches over ZeroMQ."""
 
+from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client import AsyncBatchClient, AsyncEnvGroup, BatchClient, BatchResult, EnvGroup
-from openenv_zmq.env import Environment
+from openenv_zmq.env import Environment, VectorEnvironment
+from openenv_zmq.spaces import Box, Discrete
 from openenv_zmq.types import Action, Observation, State, StepResult
 
 __all__ = [
     "Action",
     "AsyncBatchClient",
     "AsyncEnvGroup",
+    "AutoresetMode",
     "BatchClient",
     "BatchResult",
+    "Box",
+    "Discrete",
     "EnvGroup",
     "Environment",
     "Observation",
     "State",
     "StepResult",
+    "VectorEnvironment",
 ]
