@@ -1,0 +1,37 @@
+"""An OpenEnv-compatible WebSocket server whose sessions are env slots stepped in batches.
+
+OpenEnv's own clients (``EnvClient``, ``GenericEnvClient``) connect to ``/ws`` unchanged; each
+connection owns one env instance of a shared group on the broker.
+"""
+
+from openenv_zmq.gateway.app import create_gateway_app
+from openenv_zmq.gateway.frames import (
+    Close,
+    Command,
+    ErrorCode,
+    ErrorReply,
+    Reset,
+    StateRequest,
+    Step,
+    error_frame,
+    observation_frame,
+    parse_frame,
+    state_frame,
+)
+from openenv_zmq.gateway.sessions import SessionPool
+
+__all__ = [
+    "Close",
+    "Command",
+    "ErrorCode",
+    "ErrorReply",
+    "Reset",
+    "SessionPool",
+    "StateRequest",
+    "Step",
+    "create_gateway_app",
+    "error_frame",
+    "observation_frame",
+    "parse_frame",
+    "state_frame",
+]

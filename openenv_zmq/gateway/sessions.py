@@ -1,0 +1,178 @@
+"""Many WebSocket sessions over one env group: each session owns one env id (its slot).
+
+Steps (and resets) that sessions send within a short window go to the broker as ONE batched
+call on the slots concerned, so many sessions cost few batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Self, TypeVar
+
+import numpy as np
+from pydantic import BaseModel
+
+from openenv_zmq.client.aio import AsyncBatchClient, AsyncEnvGroup
+from openenv_zmq.client.results import BatchResult
+from openenv_zmq.env import env_types, resolve_env
+from openenv_zmq.errors import EnvNotFound
+
+DEFAULT_WINDOW = 0.001
+"""Seconds a batch waits for other sessions' requests before it is sent."""
+
+P = TypeVar("P")
+
+
+@dataclass
+class _Pending(Generic[P]):
+    slot: int
+    payload: P
+    answer: asyncio.Future[Any]
+
+
+class _Batcher(Generic[P]):
+    """Gathers per-slot requests for ``window`` seconds, then sends them as one call."""
+
+    def __init__(
+        self, send: Callable[[list[int], list[P]], Awaitable[BatchResult]], window: float
+    ) -> None:
+        self._send = send
+        self._window = window
+        self._queue: list[_Pending[P]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, slot: int, payload: P) -> Any:
+        """The slot's observation; raises the slot's ``EnvError`` or the whole call's error."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        self._queue.append(_Pending(slot, payload, answer))
+        if len(self._queue) == 1:
+            task = loop.create_task(self._flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await answer
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(self._window)
+        batch, self._queue = self._queue, []
+        try:
+            result = await self._send([p.slot for p in batch], [p.payload for p in batch])
+        except Exception as exc:
+            for pending in batch:
+                if not pending.answer.done():
+                    pending.answer.set_exception(exc)
+            return
+        for i, pending in enumerate(batch):
+            if pending.answer.done():  # the session went away while the batch was in flight
+                continue
+            error = result.errors.get(pending.slot)
+            if error is not None:
+                pending.answer.set_exception(error)
+            else:
+                pending.answer.set_result(result.observations[i])
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class SessionPool:
+    """``max_sessions`` env slots of one env group, handed out to sessions one each.
+
+    Call order: ``acquire()`` a slot (``None`` when all are taken), then any number of
+    ``reset`` / ``step`` / ``state`` on it, one at a time, then ``release()``. A slot whose
+    session has not reset it yet is reset (without a seed) before its first step or state, so
+    no session sees another's episode.
+
+    ``reset`` and ``step`` return the env's Observation (a model, or a dict when this process
+    cannot import the model); ``state`` returns its State. A failing env raises its ``EnvError``
+    (``ActionValidationError`` for a bad action); a failed call raises the client's error
+    (``RequestTimeout``, ``RemoteError``, ...).
+    """
+
+    def __init__(
+        self,
+        group: AsyncEnvGroup,
+        action_model: type[BaseModel] | None = None,
+        window: float = DEFAULT_WINDOW,
+    ) -> None:
+        self.group = group
+        self.action_model = action_model
+        self.max_sessions = len(group)
+        self._free: list[int] = group.env_ids.tolist()[::-1]
+        self._ready: set[int] = set()
+        self._steps: _Batcher[dict[str, Any]] = _Batcher(self._send_steps, window)
+        self._resets: _Batcher[tuple[int | None, dict[str, Any]]] = _Batcher(
+            self._send_resets, window
+        )
+
+    @classmethod
+    async def open(
+        cls,
+        client: AsyncBatchClient,
+        env: str,
+        max_sessions: int,
+        window: float = DEFAULT_WINDOW,
+    ) -> Self:
+        """Make ``max_sessions`` instances of ``env`` on ``client``'s broker."""
+        group = await client.make(env, num_envs=max_sessions)
+        try:
+            # Validating here gives OpenEnv's pydantic error list; the worker validates otherwise.
+            action_model: type[BaseModel] | None = env_types(resolve_env(env)).action
+        except EnvNotFound:
+            action_model = None
+        return cls(group, action_model, window)
+
+    @property
+    def active_sessions(self) -> int:
+        return self.max_sessions - len(self._free)
+
+    def acquire(self) -> int | None:
+        """A free slot (env id) for a new session, or ``None`` when every slot is taken."""
+        return self._free.pop() if self._free else None
+
+    def release(self, slot: int) -> None:
+        """Give the slot back; its episode is not continued by the next session."""
+        self._ready.discard(slot)
+        self._free.append(slot)
+
+    async def reset(
+        self, slot: int, seed: int | None = None, kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        observation = await self._resets.submit(slot, (seed, kwargs or {}))
+        self._ready.add(slot)
+        return observation
+
+    async def step(self, slot: int, action: dict[str, Any]) -> Any:
+        await self._ensure_reset(slot)
+        return await self._steps.submit(slot, action)
+
+    async def state(self, slot: int) -> Any:
+        await self._ensure_reset(slot)
+        [state] = await self.group.state(env_ids=[slot])
+        return state
+
+    async def close(self) -> None:
+        """Stop pending batches and close the env group."""
+        await self._steps.close()
+        await self._resets.close()
+        await self.group.close()
+
+    async def _ensure_reset(self, slot: int) -> None:
+        if slot not in self._ready:
+            await self.reset(slot)
+
+    async def _send_steps(self, slots: list[int], actions: list[dict[str, Any]]) -> BatchResult:
+        return await self.group.step(actions, env_ids=np.asarray(slots, np.int64))
+
+    async def _send_resets(
+        self, slots: list[int], calls: Sequence[tuple[int | None, dict[str, Any]]]
+    ) -> BatchResult:
+        return await self.group.reset(
+            seed=[seed for seed, _ in calls],
+            env_ids=np.asarray(slots, np.int64),
+            kwargs=[kwargs for _, kwargs in calls],
+        )

@@ -1,0 +1,191 @@
+"""The gateway against a real broker, driven by OpenEnv's own client and by raw websockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+import websockets
+from openenv.core.generic_client import GenericEnvClient  # type: ignore[import-untyped]
+
+from openenv_zmq import AsyncBatchClient, BatchResult
+from openenv_zmq.errors import ActionValidationError
+from openenv_zmq.gateway import SessionPool, create_gateway_app
+from tests.integration.conftest import Processes, wait_until
+
+MAX_SESSIONS = 8
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def gateway(procs: Processes) -> Iterator[str]:
+    """The gateway app served by uvicorn in a thread; yields its ws:// base URL."""
+    broker = procs.broker(workers=1, envs=("echo",))
+    app = create_gateway_app(broker.frontend, "echo", max_sessions=MAX_SESSIONS)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), 30, "the gateway to start")
+        assert server.started, "the gateway failed to start"
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        assert not thread.is_alive(), "the gateway did not stop"
+
+
+async def one_session(url: str, message: str) -> tuple[Any, Any, Any]:
+    async with GenericEnvClient(base_url=url) as client:
+        reset = await client.reset()
+        step = await client.step({"message": message})
+        state = await client.state()
+        return reset, step, state
+
+
+def test_openenv_client_reset_step_state(gateway: str) -> None:
+    reset, step, state = asyncio.run(one_session(gateway, "Hello"))
+    assert reset.observation == {"echoed_message": "Echo environment ready!", "message_length": 0}
+    assert reset.reward == 0.0 and reset.done is False
+    assert step.observation == {"echoed_message": "Hello", "message_length": 5}
+    assert step.reward == pytest.approx(0.5) and step.done is False
+    assert state["step_count"] == 1
+
+
+def test_invalid_action_keeps_the_session(gateway: str) -> None:
+    async def run() -> None:
+        async with GenericEnvClient(base_url=gateway) as client:
+            await client.reset()
+            with pytest.raises(RuntimeError, match="VALIDATION_ERROR"):
+                await client.step({"msg": "wrong field"})
+            step = await client.step({"message": "ok"})
+            assert step.observation["echoed_message"] == "ok"
+            assert (await client.state())["step_count"] == 1
+
+    asyncio.run(run())
+
+
+def test_concurrent_sessions_are_kept_apart(gateway: str) -> None:
+    async def run() -> list[tuple[Any, Any, Any]]:
+        return await asyncio.gather(*(one_session(gateway, "m" * (i + 1)) for i in range(8)))
+
+    for i, (_, step, state) in enumerate(asyncio.run(run())):
+        assert step.observation == {"echoed_message": "m" * (i + 1), "message_length": i + 1}
+        assert step.reward == pytest.approx(0.1 * (i + 1))
+        assert state["step_count"] == 1
+
+
+def test_capacity_reached_then_freed(gateway: str) -> None:
+    async def run() -> None:
+        clients = [GenericEnvClient(base_url=gateway) for _ in range(MAX_SESSIONS - 1)]
+        for client in clients:
+            await client.connect()
+            await client.reset()
+        dropped = await websockets.connect(f"{gateway}/ws")
+        await dropped.send('{"type":"reset"}')
+        await asyncio.wait_for(dropped.recv(), 10)
+        async with websockets.connect(f"{gateway}/ws") as extra:
+            refusal = json.loads(await asyncio.wait_for(extra.recv(), 10))
+            assert refusal["data"]["code"] == "CAPACITY_REACHED"
+            assert refusal["data"]["max_sessions"] == MAX_SESSIONS
+            assert refusal["data"]["active_sessions"] == MAX_SESSIONS
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(extra.recv(), 10)
+        # a dropped connection (no close frame) frees its slot
+        dropped.transport.abort()
+        await asyncio.wait_for(dropped.wait_closed(), 10)
+        assert await first_reply(f"{gateway}/ws", '{"type":"state"}', within=5.0) == "state"
+        for client in clients:
+            await client.close()
+
+    asyncio.run(run())
+
+
+async def first_reply(url: str, frame: str, within: float) -> str:
+    """The type of the first reply a new session gets to ``frame``, retried while refused."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        async with websockets.connect(url) as ws:
+            await ws.send(frame)
+            reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if reply["type"] != "error" or asyncio.get_running_loop().time() > deadline:
+            kind: str = reply["type"]
+            return kind
+        await asyncio.sleep(0.01)
+
+
+def test_bad_frames_keep_the_session_open(gateway: str) -> None:
+    async def run() -> None:
+        async with websockets.connect(f"{gateway}/ws") as ws:
+
+            async def ask(frame: str) -> dict[str, Any]:
+                await ws.send(frame)
+                reply: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                return reply
+
+            assert (await ask("not json"))["data"]["code"] == "INVALID_JSON"
+            assert (await ask('{"type":"dance"}'))["data"]["code"] == "UNKNOWN_TYPE"
+            assert (await ask('{"type":"step"}'))["data"]["code"] == "VALIDATION_ERROR"
+            reset = await ask('{"type":"reset","data":{"seed":1}}')
+            assert reset["data"]["observation"]["echoed_message"] == "Echo environment ready!"
+            # pipelining: three requests sent at once are answered in order
+            for message in ("a", "bb", "ccc"):
+                await ws.send(json.dumps({"type": "step", "data": {"message": message}}))
+            replies = [json.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(3)]
+            assert [r["data"]["observation"]["message_length"] for r in replies] == [1, 2, 3]
+            await ws.send('{"type":"close"}')
+            with pytest.raises(websockets.ConnectionClosedOK):
+                await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_code == 1000
+
+    asyncio.run(run())
+
+
+class CountingPool(SessionPool):
+    """Records the size of every batched step call it sends."""
+
+    batches: list[int]
+
+    async def _send_steps(self, slots: list[int], actions: list[dict[str, Any]]) -> BatchResult:
+        self.batches.append(len(slots))
+        return await super()._send_steps(slots, actions)
+
+
+def test_many_sessions_few_batches(procs: Processes) -> None:
+    broker = procs.broker(workers=1, envs=("echo",))
+
+    async def run() -> None:
+        async with AsyncBatchClient(broker.frontend) as client:
+            pool = await CountingPool.open(client, "echo", max_sessions=16)
+            pool.batches = []
+            slots = [s for s in (pool.acquire() for _ in range(16)) if s is not None]
+            assert len(slots) == 16 and pool.acquire() is None
+            await asyncio.gather(*(pool.reset(s, seed=1) for s in slots))
+            observations = await asyncio.gather(
+                *(pool.step(s, {"message": "x" * i}) for i, s in enumerate(slots))
+            )
+            assert [o.message_length for o in observations] == list(range(16))
+            assert sum(pool.batches) == 16 and len(pool.batches) <= 2
+            with pytest.raises(ActionValidationError):
+                await pool.step(slots[0], {"message": 5})
+            pool.release(slots[0])
+            assert pool.acquire() == slots[0]
+            # a reused slot starts a fresh episode for its new session
+            assert (await pool.state(slots[0])).step_count == 0
+            await pool.close()
+
+    asyncio.run(run())

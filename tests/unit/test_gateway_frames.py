@@ -1,0 +1,154 @@
+"""OpenEnv's /ws frames: parsing client frames and encoding replies, with no sockets."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from echo_env import EchoAction, EchoObservation
+
+from openenv_zmq.gateway.frames import (
+    Close,
+    ErrorCode,
+    ErrorReply,
+    Reset,
+    StateRequest,
+    Step,
+    error_frame,
+    observation_frame,
+    parse_frame,
+    state_frame,
+)
+from openenv_zmq.types import State
+
+
+def error_of(text: str, action_model: Any = None) -> ErrorReply:
+    reply = parse_frame(text, action_model)
+    assert isinstance(reply, ErrorReply), reply
+    return reply
+
+
+def test_commands_parse() -> None:
+    assert parse_frame('{"type":"reset"}') == Reset()
+    assert parse_frame('{"type":"reset","data":{"seed":3,"episode_id":"e"}}') == Reset(
+        3, {"episode_id": "e"}
+    )
+    assert parse_frame('{"type":"step","data":{"message":"hi"}}', EchoAction) == Step(
+        {"message": "hi"}
+    )
+    assert parse_frame('{"type":"state"}') == StateRequest()
+    assert parse_frame('{"type":"close"}') == Close()
+
+
+@pytest.mark.parametrize("text", ["not json", "", "{", '{"type":"reset"'])
+def test_non_json_is_invalid_json(text: str) -> None:
+    reply = error_of(text)
+    assert reply.code is ErrorCode.INVALID_JSON
+    assert reply.message.startswith("Invalid JSON: ")
+
+
+@pytest.mark.parametrize("text", ['{"type":"dance"}', "{}", '{"type":5}', '{"type":["step"]}'])
+def test_unknown_type(text: str) -> None:
+    reply = error_of(text)
+    assert reply.code is ErrorCode.UNKNOWN_TYPE
+    assert reply.message.startswith("Unknown message type: ")
+
+
+def test_unknown_type_message_names_the_type() -> None:
+    assert error_of('{"type":"mcp","data":{}}').message == "Unknown message type: mcp"
+
+
+@pytest.mark.parametrize(
+    ("text", "error_type"),
+    [
+        ("[1, 2]", "dict_type"),
+        ('"step"', "dict_type"),
+        ('{"type":"step"}', "missing"),
+        ('{"type":"step","data":null}', "dict_type"),
+        ('{"type":"state","data":{}}', "extra_forbidden"),
+        ('{"type":"close","extra":1}', "extra_forbidden"),
+        ('{"type":"reset","data":{},"id":7}', "extra_forbidden"),
+        ('{"type":"reset","data":[]}', "dict_type"),
+        ('{"type":"reset","data":{"seed":"x"}}', "int_parsing"),
+        ('{"type":"reset","data":{"seed":18446744073709551616}}', "less_than"),
+    ],
+)
+def test_invalid_frames_are_validation_errors(text: str, error_type: str) -> None:
+    reply = error_of(text)
+    assert reply.code is ErrorCode.VALIDATION_ERROR
+    assert reply.message == "Invalid message"
+    assert error_type in [e["type"] for e in reply.extra["errors"]]
+
+
+def test_invalid_action_carries_pydantic_errors() -> None:
+    reply = error_of('{"type":"step","data":{"msg":"hi"}}', EchoAction)
+    assert reply.code is ErrorCode.VALIDATION_ERROR
+    kinds = {(e["type"], tuple(e["loc"])) for e in reply.extra["errors"]}
+    assert kinds == {("missing", ("message",)), ("extra_forbidden", ("msg",))}
+    frame = json.loads(reply.frame())
+    assert frame["type"] == "error"
+    assert frame["data"]["code"] == "VALIDATION_ERROR"
+
+
+def test_without_action_model_any_object_is_an_action() -> None:
+    assert parse_frame('{"type":"step","data":{"anything":1}}') == Step({"anything": 1})
+
+
+def test_parse_never_raises_on_garbage() -> None:
+    samples = ["null", "1", "true", '{"type":null}', '{"type":"step","data":{"message":1}}']
+    samples += ['{"type":"reset","data":{"seed":1.5}}', "NaN", "\x00", '{"type":"state"}' * 2]
+    for text in samples:
+        for cut in range(len(text) + 1):
+            parse_frame(text[:cut], EchoAction)
+
+
+def test_observation_frame_matches_openenv() -> None:
+    obs = EchoObservation(echoed_message="Hello", message_length=5, reward=0.5, metadata={"a": 1})
+    assert observation_frame(obs) == (
+        '{"type":"observation","data":{"observation":{"echoed_message":"Hello",'
+        '"message_length":5},"reward":0.5,"done":false}}'
+    )
+    as_dict = {"echoed_message": "é", "message_length": 1, "reward": None, "done": True}
+    assert json.loads(observation_frame(as_dict))["data"] == {
+        "observation": {"echoed_message": "é", "message_length": 1},
+        "reward": None,
+        "done": True,
+    }
+    assert "é" in observation_frame(as_dict)
+
+
+def test_state_frame_keeps_extras() -> None:
+    state = State(episode_id="e1", step_count=2, last_exit_code=0)
+    assert state_frame(state) == (
+        '{"type":"state","data":{"episode_id":"e1","step_count":2,"last_exit_code":0}}'
+    )
+
+
+def test_error_frame_shape() -> None:
+    frame = error_frame(ErrorCode.CAPACITY_REACHED, "full", active_sessions=2, max_sessions=2)
+    assert json.loads(frame) == {
+        "type": "error",
+        "data": {
+            "message": "full",
+            "code": "CAPACITY_REACHED",
+            "active_sessions": 2,
+            "max_sessions": 2,
+        },
+    }
+
+
+def test_frames_equal_openenv_own_encoding() -> None:
+    from openenv.core.env_server.serialization import (  # type: ignore[import-untyped]
+        serialize_observation,
+    )
+    from openenv.core.env_server.types import (  # type: ignore[import-untyped]
+        WSObservationResponse,
+        WSStateResponse,
+    )
+
+    obs = EchoObservation(echoed_message="Hi", message_length=2, reward=0.2)
+    openenv_obs = WSObservationResponse(data=serialize_observation(obs))
+    assert observation_frame(obs) == openenv_obs.model_dump_json()
+    state = State(episode_id="e", step_count=1)
+    assert state_frame(state) == WSStateResponse(data=state.model_dump()).model_dump_json()
