@@ -3,6 +3,7 @@
 from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client import AsyncBatchClient, AsyncEnvGroup, BatchClient, BatchResult, EnvGroup
 from openenv_zmq.env import Environment, VectorEnvironment
+from openenv_zmq.envclient import EnvClient, EnvServerError, SyncEnvClient
 from openenv_zmq.spaces import Box, Discrete
 from openenv_zmq.types import Action, Observation, State, StepResult
 
@@ -15,10 +16,13 @@ __all__ = [
     "BatchResult",
     "Box",
     "Discrete",
+    "EnvClient",
     "EnvGroup",
+    "EnvServerError",
     "Environment",
     "Observation",
     "State",
     "StepResult",
+    "SyncEnvClient",
     "VectorEnvironment",
 ]
