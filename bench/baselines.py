@@ -30,7 +30,7 @@ from cartpole_env.vector import CartPoleVectorEnv
 from echo_env import EchoAction
 from echo_env.server.echo_environment import EchoEnvironment
 
-from broker.bench import embedded_cluster, wait_for_workers
+from broker.bench import embedded_cluster
 from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client.sync import BatchClient
 from openenv_zmq.env import resolve_env
@@ -292,7 +292,7 @@ def runtime(
         _cluster_address(address, env, workers, num_envs) as broker,
         BatchClient(broker, connect_timeout=CLUSTER_START_TIMEOUT, timeout=STEP_TIMEOUT) as client,
     ):
-        wait_for_workers(client, env, workers, CLUSTER_START_TIMEOUT)
+        client.wait_for_workers(workers, env, CLUSTER_START_TIMEOUT)
         with client.make(env, num_envs, autoreset=autoreset) as group:
             group.reset(seed=0)
 
@@ -321,7 +321,7 @@ def runtime_latency_batch1(
         _cluster_address(address, "echo", workers, 1) as broker,
         BatchClient(broker, connect_timeout=CLUSTER_START_TIMEOUT, timeout=STEP_TIMEOUT) as client,
     ):
-        wait_for_workers(client, "echo", workers, CLUSTER_START_TIMEOUT)
+        client.wait_for_workers(workers, "echo", CLUSTER_START_TIMEOUT)
         with client.make("echo", 1) as group:
             group.reset(seed=0)
             actions = echo_actions(1)

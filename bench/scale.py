@@ -18,7 +18,7 @@ from echo_env import EchoAction
 from rich.console import Console
 from rich.table import Table
 
-from broker.bench import embedded_cluster, live_hosts, wait_for_workers
+from broker.bench import embedded_cluster
 from openenv_zmq import BatchClient
 
 T = TypeVar("T")
@@ -50,8 +50,7 @@ def run(num_envs: int, workers: int) -> int:
         embedded_cluster(workers, ["echo"], capacity) as address,
         BatchClient(address, timeout=600) as client,
     ):
-        wait_for_workers(client, "echo", workers, 60)
-        pids = [w["pid"] for w in live_hosts(client, "echo")]
+        pids = [w["pid"] for w in client.wait_for_workers(workers, "echo", 60)]
         broker = parent_pid(pids[0])
         before = {pid: rss_bytes(pid) for pid in pids}
         envs, make_s = timed(lambda: client.make("echo", num_envs))

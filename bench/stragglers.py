@@ -20,7 +20,7 @@ from echo_env.server.echo_environment import EchoEnvironment
 from rich.console import Console
 from rich.table import Table
 
-from broker.bench import embedded_cluster, wait_for_workers
+from broker.bench import embedded_cluster
 from openenv_zmq import BatchClient, EnvGroup
 
 SLEEPY = "bench.stragglers:SleepyEchoEnv"
@@ -66,7 +66,7 @@ def run(num_envs: int, workers: int, duration: float) -> None:
         embedded_cluster(workers, [SLEEPY], num_envs) as address,
         BatchClient(address) as client,
     ):
-        wait_for_workers(client, SLEEPY, workers, 60)
+        client.wait_for_workers(workers, SLEEPY, 60)
         envs = client.make(SLEEPY, num_envs)
         envs.reset()
         locked = lockstep(envs, duration)

@@ -18,7 +18,7 @@ from bench.baselines import (
     cartpole_actions,
     echo_actions,
 )
-from broker.bench import embedded_cluster, wait_for_workers
+from broker.bench import embedded_cluster
 from openenv_zmq.client.sync import BatchClient
 
 WARMUP_STEPS = 3
@@ -79,7 +79,7 @@ def test_step_throughput(
     with BatchClient(
         address, connect_timeout=CLUSTER_START_TIMEOUT, timeout=STEP_TIMEOUT
     ) as client:
-        wait_for_workers(client, env, workers, CLUSTER_START_TIMEOUT)
+        client.wait_for_workers(workers, env, CLUSTER_START_TIMEOUT)
         with client.make(env, num_envs, autoreset="next_step") as group:
             group.reset(seed=0)
             for _ in range(WARMUP_STEPS):

@@ -68,25 +68,6 @@ def embedded_cluster(workers: int, envs: Sequence[str], capacity: int) -> Iterat
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def live_hosts(client: BatchClient, env: str) -> list[dict[str, Any]]:
-    """The broker's live workers that host ``env``."""
-    return [w for w in client.status()["workers"] if w["state"] == "READY" and env in w["envs"]]
-
-
-def wait_for_workers(client: BatchClient, env: str, count: int, timeout: float) -> None:
-    """Block until ``count`` live workers host ``env``; raises TimeoutError naming what is there."""
-    deadline = time.monotonic() + timeout
-    while True:
-        live = live_hosts(client, env)
-        if len(live) >= count:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"{len(live)} of {count} workers hosting {env!r} joined within {timeout:g} s"
-            )
-        time.sleep(0.05)
-
-
 def run_bench(
     address: str,
     env: str,
@@ -102,8 +83,7 @@ def run_bench(
     elapsed seconds after every measured batch (for a progress bar).
     """
     with BatchClient(address, connect_timeout=CLUSTER_START_TIMEOUT) as client:
-        wait_for_workers(client, env, min_workers, CLUSTER_START_TIMEOUT)
-        hosts = live_hosts(client, env)
+        hosts = client.wait_for_workers(min_workers, env, CLUSTER_START_TIMEOUT)
         group = client.make(env, num_envs)
         group.reset(seed=0)
         actions = [action] * num_envs

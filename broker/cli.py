@@ -73,6 +73,12 @@ def main(log_level: str) -> None:
 @_capacity_option
 @_heartbeat_option
 @click.option(
+    "--gateway-port",
+    type=int,
+    default=None,
+    help="Also serve OpenEnv's protocol for the first --env on this port (127.0.0.1).",
+)
+@click.option(
     "--max-message-mb",
     default=DEFAULT_LIMITS.max_message_bytes / 2**20,
     show_default=True,
@@ -85,6 +91,7 @@ def start(
     envs: tuple[str, ...],
     capacity: int,
     heartbeat: float,
+    gateway_port: int | None,
     max_message_mb: float,
 ) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM."""
@@ -99,6 +106,7 @@ def start(
         envs=envs,
         capacity=capacity,
         config=BrokerConfig(heartbeat_interval=heartbeat, limits=limits),
+        gateway_port=gateway_port,
     )
 
     def ready(server: BrokerServer) -> None:
@@ -106,6 +114,8 @@ def start(
         click.echo(f"workers join at {server.backend_address}")
         if workers:
             click.echo(f"starting {workers} local worker(s) hosting {', '.join(envs)}")
+        if gateway_port is not None:
+            click.echo(f"gateway for {envs[0]!r} on http://127.0.0.1:{gateway_port}")
         sys.stdout.flush()
 
     serve(spec, on_ready=ready)
@@ -135,6 +145,26 @@ def worker(
         heartbeat_interval=heartbeat,
         liveness=BrokerConfig().liveness,
     )
+
+
+@main.command()
+@click.option("--connect", default=DEFAULT_FRONTEND, show_default=True, help="Broker address.")
+@click.option("--env", default="echo", show_default=True, help="Env every session gets.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--port", default=8000, show_default=True, help="Port to serve on.")
+@click.option(
+    "--max-sessions",
+    default=64,
+    show_default=True,
+    help="Concurrent sessions; one more is refused with CAPACITY_REACHED.",
+)
+def gateway(connect: str, env: str, host: str, port: int, max_sessions: int) -> None:
+    """Serve OpenEnv's WebSocket/HTTP protocol for an env hosted by a broker."""
+    from openenv_zmq.gateway.server import run_gateway
+
+    click.echo(f"gateway for {env!r} on http://{host}:{port} (broker {connect})")
+    sys.stdout.flush()
+    run_gateway(connect, env, port, host=host, max_sessions=max_sessions)
 
 
 @main.command()

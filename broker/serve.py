@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from broker.core import BrokerConfig
 from broker.loop import BrokerServer
 from openenv_zmq.providers.local import LocalProvider
+
+GATEWAY_STOP_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,8 @@ class ClusterSpec:
     envs: Sequence[str] = ("echo",)
     capacity: int = 4096
     config: BrokerConfig = field(default_factory=BrokerConfig)
+    gateway_port: int | None = None
+    """Serve OpenEnv's protocol for ``envs[0]`` on this port, in a process of its own."""
 
 
 def serve(
@@ -61,6 +67,27 @@ def serve(
             server.stop()
 
         threading.Thread(target=stop_when_set, name="stop-watch", daemon=True).start()
-    if on_ready is not None:
-        on_ready(server)
-    server.run()
+    gateway = _start_gateway(spec, server.frontend_address) if spec.gateway_port else None
+    try:
+        if on_ready is not None:
+            on_ready(server)
+        server.run()
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.join(GATEWAY_STOP_SECONDS)
+            if gateway.is_alive():
+                gateway.kill()
+                gateway.join()
+
+
+def _start_gateway(spec: ClusterSpec, frontend: str) -> BaseProcess:
+    from openenv_zmq.gateway.server import run_gateway
+
+    process = multiprocessing.get_context("spawn").Process(
+        target=run_gateway,
+        args=(frontend, spec.envs[0], spec.gateway_port),
+        name="openenv-gateway",
+    )
+    process.start()
+    return process

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -37,8 +38,11 @@ from openenv_zmq.client.transport import (
     CLOSE_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
+    WORKER_POLL_SECONDS,
     configure_dealer,
+    live_workers,
     no_default_group,
+    too_few_workers,
     unreachable,
 )
 from openenv_zmq.client.view import GroupView
@@ -244,6 +248,23 @@ class AsyncBatchClient:
         [answer] = await self._connection.exchange([Message(Op.STATUS)])
         status: dict[str, Any] = answer.meta["status"]
         return status
+
+    async def workers(self, env: str | None = None) -> list[dict[str, Any]]:
+        """See ``BatchClient.workers``."""
+        return live_workers(await self.status(), env)
+
+    async def wait_for_workers(
+        self, count: int = 1, env: str | None = None, timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
+        """See ``BatchClient.wait_for_workers``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            live = await self.workers(env)
+            if len(live) >= count:
+                return live
+            if time.monotonic() > deadline:
+                raise too_few_workers(len(live), count, env, timeout)
+            await asyncio.sleep(WORKER_POLL_SECONDS)
 
     @property
     def envs(self) -> AsyncEnvGroup:

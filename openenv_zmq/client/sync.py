@@ -32,8 +32,11 @@ from openenv_zmq.client.transport import (
     CLOSE_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
+    WORKER_POLL_SECONDS,
     configure_dealer,
+    live_workers,
     no_default_group,
+    too_few_workers,
     unreachable,
 )
 from openenv_zmq.client.view import GroupView
@@ -250,6 +253,26 @@ class BatchClient:
         [answer] = self._connection.exchange([Message(Op.STATUS)])
         status: dict[str, Any] = answer.meta["status"]
         return status
+
+    def workers(self, env: str | None = None) -> list[dict[str, Any]]:
+        """The broker's live workers (those hosting ``env`` when given), as in ``status()``."""
+        return live_workers(self.status(), env)
+
+    def wait_for_workers(
+        self, count: int = 1, env: str | None = None, timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
+        """Block until ``count`` live workers (hosting ``env``) have joined; returns them.
+
+        Raises :class:`NoWorkerAvailable` naming how many joined when ``timeout`` runs out.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            live = self.workers(env)
+            if len(live) >= count:
+                return live
+            if time.monotonic() > deadline:
+                raise too_few_workers(len(live), count, env, timeout)
+            time.sleep(WORKER_POLL_SECONDS)
 
     @property
     def envs(self) -> EnvGroup:

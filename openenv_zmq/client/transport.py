@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import zmq
 
-from openenv_zmq.errors import BrokerUnreachable, ClientError
+from openenv_zmq.errors import BrokerUnreachable, ClientError, NoWorkerAvailable
 from openenv_zmq.zmq_options import SocketT, copy_small_frames
 
 DEFAULT_TIMEOUT = 60.0
@@ -21,6 +23,21 @@ def configure_dealer(socket: SocketT) -> SocketT:
     socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
     socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
     return copy_small_frames(socket)
+
+
+WORKER_POLL_SECONDS = 0.05
+
+
+def live_workers(status: dict[str, Any], env: str | None) -> list[dict[str, Any]]:
+    """The live workers of a ``status()`` answer, those hosting ``env`` when given."""
+    return [
+        w for w in status["workers"] if w["state"] == "READY" and (env is None or env in w["envs"])
+    ]
+
+
+def too_few_workers(joined: int, count: int, env: str | None, timeout: float) -> NoWorkerAvailable:
+    hosting = f" hosting {env!r}" if env is not None else ""
+    return NoWorkerAvailable(f"{joined} of {count} workers{hosting} joined within {timeout:g} s")
 
 
 def unreachable(address: str, timeout: float) -> BrokerUnreachable:

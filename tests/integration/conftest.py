@@ -112,10 +112,11 @@ class Broker:
 
     def live_workers(self) -> list[dict[str, Any]]:
         with BatchClient(self.frontend, connect_timeout=START_TIMEOUT) as client:
-            return [w for w in client.status()["workers"] if w["state"] == "READY"]
+            return client.workers()
 
     def wait_for_workers(self, count: int) -> None:
-        wait_until(lambda: len(self.live_workers()) >= count, START_TIMEOUT, f"{count} workers")
+        with BatchClient(self.frontend, connect_timeout=START_TIMEOUT) as client:
+            client.wait_for_workers(count, timeout=START_TIMEOUT)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         self.worker_pids()

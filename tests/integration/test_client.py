@@ -199,3 +199,13 @@ def test_unreachable_broker_raises_after_the_connect_timeout() -> None:
                 pass
 
     asyncio.run(main())
+
+
+def test_wait_for_workers_lists_live_hosts_or_says_how_many_joined(procs: Processes) -> None:
+    broker = procs.broker(workers=2)
+    with BatchClient(broker.frontend) as client:
+        hosts = client.wait_for_workers(2, env="echo", timeout=10)
+        assert sorted(w["name"] for w in hosts) == ["local-0", "local-1"]
+        assert client.workers(env="nope") == []
+        with pytest.raises(NoWorkerAvailable, match="0 of 1 workers hosting 'nope' joined"):
+            client.wait_for_workers(1, env="nope", timeout=0.2)

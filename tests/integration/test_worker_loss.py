@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Any
 
 import numpy as np
 from echo_env import EchoAction
@@ -17,16 +16,12 @@ from tests.integration.conftest import Processes, wait_until
 SLOW = "tests.integration.fixture_envs:SlowEchoEnv"
 
 
-def live_workers(client: BatchClient) -> list[dict[str, Any]]:
-    return [w for w in client.status()["workers"] if w["state"] == "READY"]
-
-
 def kill_mid_step_and_check(client: BatchClient, heartbeat: float) -> None:
     """Kill -9 the worker of half the envs while both halves are being stepped."""
-    wait_until(lambda: len(live_workers(client)) == 2, 30, "two workers")
+    wait_until(lambda: len(client.workers()) == 2, 30, "two workers")
     envs = client.make(SLOW, num_envs=16, delay=0.1)  # 8 envs a worker: 0.8 s a sub-batch
     envs.reset()
-    victim = live_workers(client)[0]
+    victim = client.workers()[0]
     envs.send([EchoAction(message="hi")] * 16)
     time.sleep(0.2)
     killed_at = time.monotonic()
@@ -57,7 +52,7 @@ def kill_mid_step_and_check(client: BatchClient, heartbeat: float) -> None:
     assert not r.errors, r.errors
     assert {o.echoed_message for o in r.observations} == {"back"}
     assert np.isin(survivors, envs.env_ids).all()
-    hosts = {w["id"] for w in live_workers(client)}
+    hosts = {w["id"] for w in client.workers()}
     assert victim["id"] not in hosts
 
 
@@ -65,8 +60,8 @@ def test_killed_local_worker_is_answered_replaced_and_its_envs_re_placed(procs: 
     broker = procs.broker(workers=2, envs=("echo", SLOW), heartbeat=0.5)
     with BatchClient(broker.frontend) as client:
         kill_mid_step_and_check(client, broker.heartbeat)
-        wait_until(lambda: len(live_workers(client)) == 2, 30, "the replacement worker")
-        names = [w["name"] for w in live_workers(client)]
+        wait_until(lambda: len(client.workers()) == 2, 30, "the replacement worker")
+        names = [w["name"] for w in client.workers()]
         assert any("." in name for name in names), names  # local-0.1: the second generation
 
 

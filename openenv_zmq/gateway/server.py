@@ -1,0 +1,24 @@
+"""Serve the gateway with uvicorn (``openenv-broker gateway``, ``start --gateway-port``)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from openenv_zmq.gateway.app import create_gateway_app
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+def run_gateway(
+    connect: str,
+    env: str,
+    port: int,
+    host: str = DEFAULT_HOST,
+    max_sessions: int = 64,
+) -> None:
+    """Serve OpenEnv's HTTP/WebSocket protocol for ``env`` on ``host:port`` until SIGINT/SIGTERM.
+
+    Every session is one env slot of the broker at ``connect``.
+    """
+    app = create_gateway_app(connect, env, max_sessions=max_sessions)
+    uvicorn.run(app, host=host, port=port, log_level="warning", ws_max_size=100 * 2**20)
