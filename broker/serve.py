@@ -53,9 +53,23 @@ def serve(
     )
     server = BrokerServer(spec.frontend, spec.backend, spec.config, provider)
     server.bind()
+    gateway = _start_gateway(spec, server.frontend_address) if spec.gateway_port else None
+    stopping = threading.Event()
+
+    def shut_down() -> None:
+        # The gateway goes first, while the broker still routes its last requests (it closes
+        # its env group on the way out); then the broker stops its workers and itself.
+        if gateway is not None:
+            _stop_process(gateway)
+        server.stop()
+
+    def begin_shutdown() -> None:
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=shut_down, name="shutdown", daemon=True).start()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        server.stop()
+        begin_shutdown()
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, on_signal)
@@ -64,21 +78,25 @@ def serve(
 
         def stop_when_set() -> None:
             stop.wait()
-            server.stop()
+            begin_shutdown()
 
         threading.Thread(target=stop_when_set, name="stop-watch", daemon=True).start()
-    gateway = _start_gateway(spec, server.frontend_address) if spec.gateway_port else None
     try:
         if on_ready is not None:
             on_ready(server)
         server.run()
     finally:
         if gateway is not None:
-            gateway.terminate()
-            gateway.join(GATEWAY_STOP_SECONDS)
-            if gateway.is_alive():
-                gateway.kill()
-                gateway.join()
+            _stop_process(gateway)
+
+
+def _stop_process(process: BaseProcess) -> None:
+    if process.is_alive():
+        process.terminate()
+    process.join(GATEWAY_STOP_SECONDS)
+    if process.is_alive():
+        process.kill()
+        process.join()
 
 
 def _start_gateway(spec: ClusterSpec, frontend: str) -> BaseProcess:

@@ -107,3 +107,31 @@ def test_workers_exit_when_their_broker_is_killed(procs: Processes) -> None:
     assert len(workers) >= 2
     assert broker.stop(signal.SIGKILL) == -signal.SIGKILL
     wait_until(lambda: not any(alive(pid) for pid in workers), 10, "orphaned workers to exit")
+
+
+def test_start_serves_a_gateway_that_openenv_clients_use(procs: Processes) -> None:
+    import asyncio
+    import socket
+
+    from openenv.core.generic_client import GenericEnvClient  # type: ignore[import-untyped]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    broker = procs.broker(workers=2, extra=("--gateway-port", str(port)))
+
+    async def session() -> tuple[object, object]:
+        async with GenericEnvClient(base_url=f"http://127.0.0.1:{port}") as client:
+            reset = await client.reset()
+            step = await client.step({"message": "Hello"})
+            return reset.observation, (step.observation, step.reward)
+
+    def gateway_up() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(gateway_up, 60, "the gateway to listen")
+    reset, step = asyncio.run(session())
+    assert reset == {"echoed_message": "Echo environment ready!", "message_length": 0}
+    assert step == ({"echoed_message": "Hello", "message_length": 5}, 0.5)
+    assert broker.stop() == 0
