@@ -33,7 +33,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
-from openenv_zmq.errors import ProtocolError, RemoteError, RequestTimeout, TransportError
+from openenv_zmq.errors import EnvServerError, ProtocolError, RequestTimeout, TransportError
 from openenv_zmq.types import StepResult
 
 if TYPE_CHECKING:
@@ -50,15 +50,6 @@ LOOP_THREAD_NAME = "openenv-zmq-envclient"
 """Name of the thread running a :class:`SyncEnvClient`'s event loop."""
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _LOOP_STOP_TIMEOUT_S = 5.0
-
-
-class EnvServerError(RemoteError):
-    """An ``{"type":"error"}`` frame from the server; ``data`` is the whole frame's ``data``."""
-
-    def __init__(self, code: str, message: str, data: dict[str, Any]) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.data = data
 
 
 def ws_endpoint(base_url: str) -> str:

@@ -16,7 +16,8 @@ OpenEnvZmqError
 │   └── RequestTimeout          a sent request got no reply within its timeout
 ├── RemoteError                 a whole request refused by the broker or a worker
 │   ├── NoWorkerAvailable       no live worker hosts the env kind, or all are full
-│   └── TooManyInFlight         the client exceeded its in-flight limit at the broker
+│   ├── TooManyInFlight         the client exceeded its in-flight limit at the broker
+│   └── EnvServerError          an error frame from an OpenEnv server (``.code``, ``.data``)
 └── EnvError                    one env instance failed; travels per env in ``BatchResult.errors``
     ├── EnvExecutionError       the env's own code raised
     ├── ActionValidationError   the action failed the env's pydantic model
@@ -31,6 +32,8 @@ Errors cross the wire as ``(type name, message, traceback)`` and are rebuilt her
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class OpenEnvZmqError(Exception):
@@ -99,6 +102,15 @@ class NoWorkerAvailable(RemoteError):
 
 class TooManyInFlight(RemoteError):
     """The client has more requests in flight at the broker than its limit allows."""
+
+
+class EnvServerError(RemoteError):
+    """An ``{"type":"error"}`` frame from an OpenEnv server; ``data`` is the frame's ``data``."""
+
+    def __init__(self, code: str, message: str, data: dict[str, Any]) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.data = data
 
 
 class EnvError(OpenEnvZmqError):

@@ -24,8 +24,8 @@ from openenv.core.env_server import (  # type: ignore[import-untyped]
 )
 from websockets.asyncio.server import ServerConnection, serve
 
-from openenv_zmq.envclient import LOOP_THREAD_NAME, EnvServerError, ws_endpoint
-from openenv_zmq.errors import RemoteError, RequestTimeout, TransportError
+from openenv_zmq.envclient import LOOP_THREAD_NAME, ws_endpoint
+from openenv_zmq.errors import EnvServerError, RemoteError, RequestTimeout, TransportError
 
 SLOW_S = 0.5
 
