@@ -1,13 +1,16 @@
-"""The FastAPI app: OpenEnv's ``/ws`` and ``/health`` over a :class:`SessionPool`.
+"""The FastAPI app: OpenEnv's ``/ws``, ``/health`` and HTTP routes over a :class:`SessionPool`.
 
-The route is a thin pump: frames are parsed by :mod:`frames`, envs are stepped by the pool.
-Each connection is served one frame at a time, so pipelined requests are answered in order.
+The ``/ws`` route is a thin pump: frames are parsed by :mod:`frames`, envs are stepped by the
+pool. Each connection is served one frame at a time, so pipelined requests are answered in order.
+The HTTP routes live in :mod:`openenv_zmq.gateway.http`.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
@@ -25,7 +28,10 @@ from openenv_zmq.gateway.frames import (
     parse_frame,
     state_frame,
 )
+from openenv_zmq.gateway.http import http_router
 from openenv_zmq.gateway.sessions import SessionPool
+
+IDLE_CLOSE_CODE = 1000
 
 
 async def answer(pool: SessionPool, slot: int, command: Reset | Step | StateRequest) -> str:
@@ -43,8 +49,14 @@ async def answer(pool: SessionPool, slot: int, command: Reset | Step | StateRequ
         return error_frame(ErrorCode.EXECUTION_ERROR, str(exc))
 
 
-async def serve_session(websocket: WebSocket, pool: SessionPool) -> None:
-    """One OpenEnv session: a slot for the connection's lifetime, freed as soon as it ends."""
+async def serve_session(
+    websocket: WebSocket, pool: SessionPool, idle_timeout_s: float | None = None
+) -> None:
+    """One OpenEnv session: a slot for the connection's lifetime, freed as soon as it ends.
+
+    A session that sends no frame for ``idle_timeout_s`` seconds is closed (code 1000, reason
+    given) and its slot freed; the time spent answering a frame does not count as idle.
+    """
     await websocket.accept()
     slot = pool.acquire()
     if slot is None:
@@ -60,7 +72,14 @@ async def serve_session(websocket: WebSocket, pool: SessionPool) -> None:
         return
     try:
         while True:
-            message = await websocket.receive()
+            try:
+                message = await asyncio.wait_for(websocket.receive(), idle_timeout_s)
+            except TimeoutError:
+                # OpenEnv's reaper frees the env but leaves the socket open; closing it tells
+                # the client at once instead of at its next request.
+                reason = f"session idle for more than {idle_timeout_s:g} s"
+                await websocket.close(IDLE_CLOSE_CODE, reason)
+                return
             if message["type"] == "websocket.disconnect":
                 return
             text = message.get("text")
@@ -83,12 +102,22 @@ async def serve_session(websocket: WebSocket, pool: SessionPool) -> None:
         pool.release(slot)
 
 
-def create_gateway_app(broker_address: str, env: str, max_sessions: int = 64) -> FastAPI:
+def create_gateway_app(
+    broker_address: str,
+    env: str,
+    max_sessions: int = 64,
+    idle_timeout_s: float | None = None,
+) -> FastAPI:
     """An OpenEnv-compatible server for ``env``: one session per ``/ws`` connection, up to
     ``max_sessions`` at once, stepped in batches on the broker at ``broker_address``.
 
-    The broker must be reachable at startup (else ``BrokerUnreachable`` fails the lifespan).
+    ``/ws`` sessions idle for ``idle_timeout_s`` seconds are closed (``None``: never). The
+    stateless HTTP ``/reset``, ``/step`` and ``/state`` borrow a slot per request from the
+    same ``max_sessions``. The broker must be reachable at startup (else
+    ``BrokerUnreachable`` fails the lifespan). Raises ``ValueError`` for a timeout <= 0.
     """
+    if idle_timeout_s is not None and idle_timeout_s <= 0:
+        raise ValueError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -100,7 +129,10 @@ def create_gateway_app(broker_address: str, env: str, max_sessions: int = 64) ->
             finally:
                 await pool.close()
 
-    app = FastAPI(title=f"openenv-zmq gateway: {env}", lifespan=lifespan)
+    app = FastAPI(
+        title=f"openenv-zmq gateway: {env}", version=version("openenv-zmq"), lifespan=lifespan
+    )
+    app.include_router(http_router(env))
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -108,6 +140,6 @@ def create_gateway_app(broker_address: str, env: str, max_sessions: int = 64) ->
 
     @app.websocket("/ws")
     async def websocket_endpoint(websocket: WebSocket) -> None:
-        await serve_session(websocket, app.state.pool)
+        await serve_session(websocket, app.state.pool, idle_timeout_s)
 
     return app

@@ -1,7 +1,7 @@
 """Many WebSocket sessions over one env group: each session owns one env id (its slot).
 
-Steps (and resets) that sessions send within a short window go to the broker as ONE batched
-call on the slots concerned, so many sessions cost few batches.
+Steps (and resets) that sessions send while the previous call is in flight go to the broker as
+ONE batched call on the slots concerned, so many sessions cost few batches.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ from openenv_zmq.client.results import BatchResult
 from openenv_zmq.env import env_types, resolve_env
 from openenv_zmq.errors import EnvNotFound
 
-DEFAULT_WINDOW = 0.001
-"""Seconds a batch waits for other sessions' requests before it is sent."""
-
 P = TypeVar("P")
 
 
@@ -33,30 +30,36 @@ class _Pending(Generic[P]):
 
 
 class _Batcher(Generic[P]):
-    """Gathers per-slot requests for ``window`` seconds, then sends them as one call."""
+    """Sends per-slot requests as few calls as possible, without ever holding one back.
 
-    def __init__(
-        self, send: Callable[[list[int], list[P]], Awaitable[BatchResult]], window: float
-    ) -> None:
+    An idle batcher sends a request on the next turn of the event loop (with whatever else
+    arrived in that turn); while a call is in flight, new requests gather and go out together
+    as soon as it returns. No fixed waiting window: a lone session pays no batching delay.
+    """
+
+    def __init__(self, send: Callable[[list[int], list[P]], Awaitable[BatchResult]]) -> None:
         self._send = send
-        self._window = window
         self._queue: list[_Pending[P]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._flusher: asyncio.Task[None] | None = None
 
     async def submit(self, slot: int, payload: P) -> Any:
         """The slot's observation; raises the slot's ``EnvError`` or the whole call's error."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Any] = loop.create_future()
         self._queue.append(_Pending(slot, payload, answer))
-        if len(self._queue) == 1:
-            task = loop.create_task(self._flush())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
         return await answer
 
     async def _flush(self) -> None:
-        await asyncio.sleep(self._window)
-        batch, self._queue = self._queue, []
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._send_batch(batch)
+        finally:
+            self._flusher = None
+
+    async def _send_batch(self, batch: list[_Pending[P]]) -> None:
         try:
             result = await self._send([p.slot for p in batch], [p.payload for p in batch])
         except Exception as exc:
@@ -74,9 +77,9 @@ class _Batcher(Generic[P]):
                 pending.answer.set_result(result.observations[i])
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
 
 
 class SessionPool:
@@ -97,17 +100,14 @@ class SessionPool:
         self,
         group: AsyncEnvGroup,
         action_model: type[BaseModel] | None = None,
-        window: float = DEFAULT_WINDOW,
     ) -> None:
         self.group = group
         self.action_model = action_model
         self.max_sessions = len(group)
         self._free: list[int] = group.env_ids.tolist()[::-1]
         self._ready: set[int] = set()
-        self._steps: _Batcher[dict[str, Any]] = _Batcher(self._send_steps, window)
-        self._resets: _Batcher[tuple[int | None, dict[str, Any]]] = _Batcher(
-            self._send_resets, window
-        )
+        self._steps: _Batcher[dict[str, Any]] = _Batcher(self._send_steps)
+        self._resets: _Batcher[tuple[int | None, dict[str, Any]]] = _Batcher(self._send_resets)
 
     @classmethod
     async def open(
@@ -115,7 +115,6 @@ class SessionPool:
         client: AsyncBatchClient,
         env: str,
         max_sessions: int,
-        window: float = DEFAULT_WINDOW,
     ) -> Self:
         """Make ``max_sessions`` instances of ``env`` on ``client``'s broker."""
         group = await client.make(env, num_envs=max_sessions)
@@ -124,7 +123,7 @@ class SessionPool:
             action_model: type[BaseModel] | None = env_types(resolve_env(env)).action
         except EnvNotFound:
             action_model = None
-        return cls(group, action_model, window)
+        return cls(group, action_model)
 
     @property
     def active_sessions(self) -> int:

@@ -1,0 +1,228 @@
+"""``python -m bench.gateway [--sessions 64] [--duration 5]``: the gateway against OpenEnv's server.
+
+Run from the repository root. Measures, in one run and with the same client (openenv-core's
+``GenericEnvClient``), OpenEnv's own server for an echo env and this runtime's gateway (uvicorn
+serving :func:`create_gateway_app` in a spawned process, in front of an embedded broker with two
+local echo workers): steps/s with ``--sessions`` concurrent sessions, and the median step round
+trip of a single session. Prints both with the ratios and the targets; the two servers run one
+after the other, never at once, so that neither takes cores from the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import queue
+import socket
+import statistics
+import sys
+import time
+import urllib.request
+from collections.abc import Coroutine, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from openenv.core.generic_client import GenericEnvClient  # type: ignore[import-untyped]
+from rich.console import Console
+from rich.table import Table
+
+from bench.baselines import CLUSTER_START_TIMEOUT, WARMUP, cluster
+from bench.openenv_server import (
+    MESSAGE_TIMEOUT,
+    SERVER_START_TIMEOUT,
+    SERVER_STOP_TIMEOUT,
+    STEP_DATA,
+    openenv_echo_server,
+    step_sessions,
+)
+from openenv_zmq.client.sync import BatchClient
+from openenv_zmq.gateway.app import create_gateway_app
+
+ENV = "echo"
+WORKERS = 2
+DEFAULT_SESSIONS = 64
+DEFAULT_DURATION = 5.0
+MAX_LATENCY_STEPS = 1_000_000
+"""Count bound on the single-session loop (far above what ``duration`` allows)."""
+MEASURE_GRACE = 60.0
+"""Seconds a measurement may overrun warm-up plus duration (connecting, a slow last step)."""
+THROUGHPUT_GOAL = 2.0
+LATENCY_GOAL = 1.5
+
+
+def _serve_gateway(port_queue: multiprocessing.Queue[int], broker: str, sessions: int) -> None:
+    """Serve the gateway for ``ENV`` on a free 127.0.0.1 port (put on ``port_queue``) until
+    SIGTERM."""
+    app = create_gateway_app(broker, ENV, max_sessions=sessions)
+    listener = socket.create_server(("127.0.0.1", 0), backlog=max(128, sessions))
+    port_queue.put(listener.getsockname()[1])
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+@contextlib.contextmanager
+def gateway_server(broker: str, sessions: int) -> Iterator[str]:
+    """A spawned uvicorn process serving the gateway for up to ``sessions`` sessions of ``ENV``
+    on ``broker``; yields its base URL once its lifespan has started (``/health`` answers).
+    Stopped with SIGTERM on exit, which closes its env group while the broker still runs."""
+    context = multiprocessing.get_context("spawn")
+    port_queue: multiprocessing.Queue[int] = context.Queue()
+    process = context.Process(
+        target=_serve_gateway, args=(port_queue, broker, sessions), name="gateway", daemon=True
+    )
+    process.start()
+    try:
+        try:
+            port = port_queue.get(timeout=SERVER_START_TIMEOUT)
+        except queue.Empty:
+            raise TimeoutError(
+                f"the gateway did not start within {SERVER_START_TIMEOUT:g} s"
+            ) from None
+        base_url = f"http://127.0.0.1:{port}"
+        # The socket listens before the lifespan has made the env group: this request is held
+        # until it has, and fails at once if the lifespan failed (the process exits).
+        with urllib.request.urlopen(f"{base_url}/health", timeout=SERVER_START_TIMEOUT):
+            pass
+        yield base_url
+    finally:
+        process.terminate()
+        process.join(SERVER_STOP_TIMEOUT)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        process.close()
+        port_queue.close()
+
+
+async def session_step_p50(base_url: str, warmup: float, duration: float) -> float:
+    """Median seconds of one ``step`` of a single session (its only request in flight), measured
+    for ``duration`` seconds after ``warmup``."""
+    client = GenericEnvClient(base_url=base_url, message_timeout_s=MESSAGE_TIMEOUT)
+    try:
+        await client.connect()
+        await client.reset()
+        start = time.perf_counter() + warmup
+        end = start + duration
+        latencies: list[float] = []
+        for _ in range(MAX_LATENCY_STEPS):
+            sent = time.perf_counter()
+            await client.step(STEP_DATA)
+            received = time.perf_counter()
+            if sent >= start:
+                latencies.append(received - sent)
+            if received >= end:
+                break
+        return statistics.median(latencies)
+    finally:
+        await client.close()
+
+
+@dataclass(frozen=True)
+class ServerResult:
+    steps_per_s: float
+    step_p50: float
+    """Seconds."""
+
+
+def _bounded(coroutine: Coroutine[Any, Any, float], warmup: float, duration: float) -> float:
+    return asyncio.run(asyncio.wait_for(coroutine, warmup + duration + MEASURE_GRACE))
+
+
+def measure(base_url: str, sessions: int, duration: float) -> ServerResult:
+    """The single-session p50 first, then the rate of ``sessions`` concurrent sessions."""
+    step_p50 = _bounded(session_step_p50(base_url, WARMUP, duration), WARMUP, duration)
+    rate = _bounded(step_sessions(base_url, sessions, WARMUP, duration), WARMUP, duration)
+    return ServerResult(rate, step_p50)
+
+
+def measure_openenv(sessions: int, duration: float) -> ServerResult:
+    # One slot more than the sessions: the latency session may still be releasing its slot
+    # when the concurrent sessions connect.
+    with openenv_echo_server(sessions + 1) as base_url:
+        return measure(base_url, sessions, duration)
+
+
+def measure_gateway(sessions: int, duration: float) -> ServerResult:
+    with cluster(ENV, WORKERS, sessions + 1) as broker:
+        with BatchClient(broker, connect_timeout=CLUSTER_START_TIMEOUT) as client:
+            client.wait_for_workers(WORKERS, ENV, CLUSTER_START_TIMEOUT)
+        with gateway_server(broker, sessions + 1) as base_url:
+            return measure(base_url, sessions, duration)
+
+
+def results_table(openenv: ServerResult, gateway: ServerResult, sessions: int) -> Table:
+    table = Table(title=f"OpenEnv /ws, echo env, GenericEnvClient ({os.cpu_count()} cores)")
+    for column in ("measure", "OpenEnv server", "gateway", "gateway ÷ OpenEnv", "goal", "status"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    rows = (
+        (
+            f"steps/s, {sessions} sessions",
+            f"{openenv.steps_per_s:,.0f}",
+            f"{gateway.steps_per_s:,.0f}",
+            gateway.steps_per_s / openenv.steps_per_s,
+            THROUGHPUT_GOAL,
+            False,
+        ),
+        (
+            "step p50, 1 session",
+            f"{openenv.step_p50 * 1e3:.3f} ms",
+            f"{gateway.step_p50 * 1e3:.3f} ms",
+            gateway.step_p50 / openenv.step_p50,
+            LATENCY_GOAL,
+            True,
+        ),
+    )
+    for name, openenv_value, gateway_value, ratio, goal, at_most in rows:
+        met = ratio <= goal if at_most else ratio >= goal
+        status = "[green]met[/]" if met else "[red]not met[/]"
+        goal_text = f"{'<=' if at_most else '>='} {goal:g}x"
+        table.add_row(name, openenv_value, gateway_value, f"{ratio:,.2f}x", goal_text, status)
+    return table
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gateway",
+        description="Compare the gateway with OpenEnv's own server, both serving an echo env.",
+    )
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        default=DEFAULT_SESSIONS,
+        help=f"concurrent sessions for the rate (default {DEFAULT_SESSIONS})",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=DEFAULT_DURATION,
+        help=f"seconds per measurement (default {DEFAULT_DURATION:g})",
+    )
+    args = parser.parse_args(argv)
+    if not 1 <= args.sessions <= 1024:
+        parser.error("--sessions must be between 1 and 1024")
+    if not 0 < args.duration <= 600:
+        parser.error("--duration must be in (0, 600]")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure both servers and print the table. Returns 0: targets not met are results."""
+    args = parse_args(argv)
+    console = Console()
+    if not console.is_terminal:
+        # piped to a file or a log: rich would assume 80 columns and wrap every row
+        console = Console(width=120)
+    console.print(f"OpenEnv's server: {args.sessions} sessions, {args.duration:g} s per measure")
+    openenv = measure_openenv(args.sessions, args.duration)
+    console.print(f"the gateway ({WORKERS} workers): {args.sessions} sessions")
+    gateway = measure_gateway(args.sessions, args.duration)
+    console.print(results_table(openenv, gateway, args.sessions))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""OpenEnv's HTTP routes: metadata, schemas, stateless reset/step/state, and ``/mcp``.
+
+As in OpenEnv, ``/reset``, ``/step`` and ``/state`` keep no episode between requests: each one
+borrows a free env slot from the :class:`SessionPool` (the ``/ws`` sessions' pool), starts a
+fresh episode on it and gives it back. Request and response models mirror openenv-core's, so
+bad bodies get FastAPI's 422 and ``/openapi.json`` documents them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from openenv_zmq.env import EnvTypes, env_types, resolve_env
+from openenv_zmq.errors import ActionValidationError, EnvNotFound, OpenEnvZmqError
+from openenv_zmq.gateway.frames import observation_frame, state_frame, validation_error
+from openenv_zmq.gateway.sessions import SessionPool
+
+MAX_SEED = 2**63 - 1
+"""The worker refuses a whole RESET batch over one out-of-range seed, so it is refused here."""
+
+
+class ResetRequest(BaseModel):
+    """``POST /reset``: keys other than ``seed`` are passed to the env's ``reset`` as kwargs."""
+
+    model_config = ConfigDict(extra="allow")
+
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    episode_id: str | None = Field(default=None, max_length=255)
+
+
+class StepRequest(BaseModel):
+    """``POST /step``. ``timeout_s``, ``request_id`` and extra keys are validated as OpenEnv
+    does but not passed on: a batched step carries only the action."""
+
+    model_config = ConfigDict(extra="allow")
+
+    action: dict[str, Any]
+    timeout_s: float | None = Field(default=None, gt=0)
+    request_id: str | None = Field(default=None, max_length=255)
+
+
+class StepResponse(BaseModel):
+    """The reply to ``/reset`` and ``/step``: the observation minus reward, done and metadata."""
+
+    observation: dict[str, Any]
+    reward: float | None = None
+    done: bool = False
+
+
+class EnvironmentMetadata(BaseModel):
+    """OpenEnv's ``EnvironmentMetadata``, with its defaults."""
+
+    name: str
+    description: str
+    readme_content: str | None = None
+    version: str | None = None
+    author: str | None = None
+    documentation_url: str | None = None
+
+
+class SchemaResponse(BaseModel):
+    """The JSON schemas of the env's Action, Observation and State models."""
+
+    action: dict[str, Any]
+    observation: dict[str, Any]
+    state: dict[str, Any]
+
+
+def environment_metadata(env: str) -> EnvironmentMetadata:
+    """``env``'s metadata: its name, and the first line of its class docstring when this
+    process can import the class (OpenEnv's ``"<Class> environment"`` otherwise)."""
+    try:
+        cls = resolve_env(env)
+    except EnvNotFound:
+        return EnvironmentMetadata(name=env, description=f"{env} environment")
+    doc = (cls.__doc__ or "").strip()
+    description = doc.splitlines()[0] if doc else f"{cls.__name__} environment"
+    return EnvironmentMetadata(name=env, description=description)
+
+
+def environment_types(env: str) -> EnvTypes:
+    """``env``'s models; a 503 when only the workers can import the env."""
+    try:
+        return env_types(resolve_env(env))
+    except EnvNotFound as exc:
+        raise HTTPException(
+            503, f"the schemas of {env!r} are unknown: the gateway cannot import it ({exc})"
+        ) from exc
+
+
+def _frame_data(frame: str) -> dict[str, Any]:
+    # The /ws frame encoders define the reply shapes; HTTP sends the same data unwrapped.
+    data: dict[str, Any] = json.loads(frame)["data"]
+    return data
+
+
+@asynccontextmanager
+async def borrowed_slot(pool: SessionPool) -> AsyncIterator[int]:
+    """A free slot for one request, given back after it; env failures become HTTP errors:
+    422 for an action the worker refused, 503 when every slot is taken, 500 otherwise."""
+    slot = pool.acquire()
+    if slot is None:
+        detail = f"Server at capacity ({pool.max_sessions} sessions)"
+        raise HTTPException(503, detail)
+    try:
+        yield slot
+    except ActionValidationError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    except OpenEnvZmqError as exc:
+        raise HTTPException(500, {"type": type(exc).__name__, "message": str(exc)}) from exc
+    finally:
+        pool.release(slot)
+
+
+JsonRpcId = str | int | None
+
+
+class JsonRpcRequest(BaseModel):
+    """A JSON-RPC 2.0 request, as OpenEnv's ``JsonRpcRequest``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jsonrpc: Literal["2.0"]
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    id: JsonRpcId = None
+
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INTERNAL_ERROR = -32603
+MCP_METHODS = frozenset({"tools/list", "tools/call"})
+
+
+def jsonrpc_error(code: int, message: str, request_id: JsonRpcId = None) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "error": {"code": code, "message": message, "data": None},
+    }
+
+
+def mcp_reply(body: bytes) -> dict[str, Any]:
+    """The JSON-RPC reply to one ``POST /mcp`` body. Our envs have no MCP tools, so this is
+    always the error OpenEnv sends for an env without MCP: -32603 for the MCP methods,
+    -32601 for any other method, -32700 / -32600 for bodies that are not a request."""
+    try:
+        raw = json.loads(body)
+    except ValueError:  # bad JSON or bad UTF-8
+        return jsonrpc_error(PARSE_ERROR, "Parse error")
+    try:
+        request = JsonRpcRequest.model_validate(raw)
+    except ValidationError as exc:
+        return jsonrpc_error(INVALID_REQUEST, f"Invalid request: {exc}")
+    if request.method in MCP_METHODS:
+        return jsonrpc_error(INTERNAL_ERROR, "Environment does not support MCP", request.id)
+    return jsonrpc_error(METHOD_NOT_FOUND, f"Method not found: {request.method}", request.id)
+
+
+def http_router(env: str) -> APIRouter:
+    """OpenEnv's HTTP routes for ``env``; the pool is read from ``app.state.pool``."""
+    router = APIRouter()
+
+    @router.get("/metadata", response_model=EnvironmentMetadata)
+    async def metadata() -> EnvironmentMetadata:
+        return environment_metadata(env)
+
+    @router.get("/schema", response_model=SchemaResponse)
+    async def schema() -> SchemaResponse:
+        types = environment_types(env)
+        return SchemaResponse(
+            action=types.action.model_json_schema(),
+            observation=types.observation.model_json_schema(),
+            state=types.state.model_json_schema(),
+        )
+
+    @router.post("/reset", response_model=StepResponse)
+    async def reset(
+        request: Request, body: Annotated[ResetRequest, Body(default_factory=ResetRequest)]
+    ) -> dict[str, Any]:
+        kwargs = body.model_dump(exclude_unset=True)
+        seed = kwargs.pop("seed", None)
+        pool: SessionPool = request.app.state.pool
+        async with borrowed_slot(pool) as slot:
+            return _frame_data(observation_frame(await pool.reset(slot, seed, kwargs)))
+
+    @router.post("/step", response_model=StepResponse)
+    async def step(request: Request, body: StepRequest) -> dict[str, Any]:
+        pool: SessionPool = request.app.state.pool
+        if pool.action_model is not None:
+            try:
+                pool.action_model.model_validate(body.action)
+            except ValidationError as exc:
+                raise HTTPException(422, validation_error(exc).extra["errors"]) from exc
+        async with borrowed_slot(pool) as slot:
+            # the pool resets a slot before its first step, so each request is a new episode
+            return _frame_data(observation_frame(await pool.step(slot, body.action)))
+
+    @router.get("/state")
+    async def state(request: Request) -> dict[str, Any]:
+        pool: SessionPool = request.app.state.pool
+        async with borrowed_slot(pool) as slot:
+            return _frame_data(state_frame(await pool.state(slot)))
+
+    @router.post("/mcp")
+    async def mcp(request: Request) -> dict[str, Any]:
+        return mcp_reply(await request.body())
+
+    return router
