@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -89,6 +91,40 @@ def read_startup(process: subprocess.Popen[bytes], timeout: float) -> tuple[str,
     finally:
         selector.close()
     raise AssertionError(f"the broker did not print its addresses; output was: {output!r}")
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (for refused-connection tests)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def serving(app: Any, **config: Any) -> Iterator[str]:
+    """An ASGI ``app`` under uvicorn in a thread on a random 127.0.0.1 port; yields its
+    ``http://`` base URL and stops the server (failing the test if it does not stop)."""
+    import uvicorn
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, **{"log_level": "warning", "lifespan": "on", **config})
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [listener]}, name="uvicorn", daemon=True
+    )
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), 30, "uvicorn to start")
+        assert server.started, "the server failed to start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        listener.close()
+        assert not thread.is_alive(), "the server did not stop"
 
 
 def cli(*args: str) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,7 +11,6 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-import uvicorn
 from echo_env import EchoAction, EchoEnv
 from openenv.core import GenericEnvClient  # type: ignore[import-untyped]
 from openenv.core.env_server import (  # type: ignore[import-untyped]
@@ -26,6 +24,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from openenv_zmq.envclient import LOOP_THREAD_NAME, ws_endpoint
 from openenv_zmq.errors import EnvServerError, RemoteError, RequestTimeout, TransportError
+from tests.integration.conftest import free_port, serving
 
 SLOW_S = 0.5
 
@@ -74,34 +73,14 @@ class OEEchoEnvironment(Environment):  # type: ignore[misc]
         return self._state
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def base_url() -> Iterator[str]:
     """openenv-core's FastAPI app (one session at a time) under uvicorn in a thread."""
     app = create_fastapi_app(OEEchoEnvironment, OEEchoAction, OEEchoObservation)
-    sock = socket.create_server(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     # OpenEnv's /ws handler closes each socket once more after the client's close frame, and
     # uvicorn logs every such race as an error; what matters reaches the client as error frames.
-    config = uvicorn.Config(app, log_level="critical", access_log=False, ws="websockets-sansio")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10.0
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10.0)
-    assert not thread.is_alive()
-    sock.close()
+    with serving(app, log_level="critical", access_log=False, ws="websockets-sansio") as url:
+        yield url
 
 
 class ExtraFieldEchoEnv(EchoEnv):

@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 import websockets
 from openenv.core.generic_client import GenericEnvClient  # type: ignore[import-untyped]
 
 from openenv_zmq import AsyncBatchClient, BatchResult
 from openenv_zmq.errors import ActionValidationError
 from openenv_zmq.gateway import SessionPool, create_gateway_app
-from tests.integration.conftest import Processes, wait_until
+from tests.integration.conftest import Processes, serving
 
 MAX_SESSIONS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -34,19 +24,8 @@ def gateway(procs: Processes) -> Iterator[str]:
     """The gateway app served by uvicorn in a thread; yields its ws:// base URL."""
     broker = procs.broker(workers=1, envs=("echo",))
     app = create_gateway_app(broker.frontend, "echo", max_sessions=MAX_SESSIONS)
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started or not thread.is_alive(), 30, "the gateway to start")
-        assert server.started, "the gateway failed to start"
-        yield f"ws://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        assert not thread.is_alive(), "the gateway did not stop"
+    with serving(app) as url:
+        yield url.replace("http://", "ws://")
 
 
 async def one_session(url: str, message: str) -> tuple[Any, Any, Any]:

@@ -4,42 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import websockets
-from fastapi import FastAPI
 
 from openenv_zmq.gateway import create_gateway_app
-from tests.integration.conftest import Processes, wait_until
-from tests.integration.test_gateway import first_reply, free_port, one_session
+from tests.integration.conftest import Processes, serving, wait_until
+from tests.integration.test_gateway import first_reply, one_session
 
 MAX_SESSIONS = 2
 IDLE_TIMEOUT = 1.0
-
-
-@contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """``app`` served by uvicorn in a thread on a random port; yields its http:// base URL."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="gateway-http", daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started or not thread.is_alive(), 30, "the gateway to start")
-        assert server.started, "the gateway failed to start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(20)
-        assert not thread.is_alive(), "the gateway did not stop"
 
 
 @pytest.fixture
