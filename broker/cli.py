@@ -44,6 +44,14 @@ _heartbeat_option = click.option(
 )
 
 
+_idle_timeout_option = click.option(
+    "--idle-timeout",
+    type=float,
+    default=None,
+    help="Close a gateway session (socket and env slot) idle for this many seconds.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--log-level",
@@ -76,8 +84,15 @@ def main(log_level: str) -> None:
     "--gateway-port",
     type=int,
     default=None,
-    help="Also serve OpenEnv's protocol for the first --env on this port (127.0.0.1).",
+    help="Also serve OpenEnv's protocol for the first --env on this port.",
 )
+@click.option(
+    "--gateway-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the gateway serves on (0.0.0.0 inside a container or Space).",
+)
+@_idle_timeout_option
 @click.option(
     "--max-message-mb",
     default=DEFAULT_LIMITS.max_message_bytes / 2**20,
@@ -92,6 +107,8 @@ def start(
     capacity: int,
     heartbeat: float,
     gateway_port: int | None,
+    gateway_host: str,
+    idle_timeout: float | None,
     max_message_mb: float,
 ) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM."""
@@ -107,6 +124,8 @@ def start(
         capacity=capacity,
         config=BrokerConfig(heartbeat_interval=heartbeat, limits=limits),
         gateway_port=gateway_port,
+        gateway_host=gateway_host,
+        gateway_idle_timeout=idle_timeout,
     )
 
     def ready(server: BrokerServer) -> None:
@@ -115,7 +134,7 @@ def start(
         if workers:
             click.echo(f"starting {workers} local worker(s) hosting {', '.join(envs)}")
         if gateway_port is not None:
-            click.echo(f"gateway for {envs[0]!r} on http://127.0.0.1:{gateway_port}")
+            click.echo(f"gateway for {envs[0]!r} on http://{gateway_host}:{gateway_port}")
         sys.stdout.flush()
 
     serve(spec, on_ready=ready)
@@ -158,13 +177,18 @@ def worker(
     show_default=True,
     help="Concurrent sessions; one more is refused with CAPACITY_REACHED.",
 )
-def gateway(connect: str, env: str, host: str, port: int, max_sessions: int) -> None:
+@_idle_timeout_option
+def gateway(
+    connect: str, env: str, host: str, port: int, max_sessions: int, idle_timeout: float | None
+) -> None:
     """Serve OpenEnv's WebSocket/HTTP protocol for an env hosted by a broker."""
     from openenv_zmq.gateway.server import run_gateway
 
     click.echo(f"gateway for {env!r} on http://{host}:{port} (broker {connect})")
     sys.stdout.flush()
-    run_gateway(connect, env, port, host=host, max_sessions=max_sessions)
+    run_gateway(
+        connect, env, port, host=host, max_sessions=max_sessions, idle_timeout_s=idle_timeout
+    )
 
 
 @main.command()

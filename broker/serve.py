@@ -29,6 +29,8 @@ class ClusterSpec:
     config: BrokerConfig = field(default_factory=BrokerConfig)
     gateway_port: int | None = None
     """Serve OpenEnv's protocol for ``envs[0]`` on this port, in a process of its own."""
+    gateway_host: str = "127.0.0.1"
+    gateway_idle_timeout: float | None = None
 
 
 def serve(
@@ -105,6 +107,7 @@ def _start_gateway(spec: ClusterSpec, frontend: str) -> BaseProcess:
     process = multiprocessing.get_context("spawn").Process(
         target=run_gateway,
         args=(frontend, spec.envs[0], spec.gateway_port),
+        kwargs={"host": spec.gateway_host, "idle_timeout_s": spec.gateway_idle_timeout},
         name="openenv-gateway",
     )
     process.start()
