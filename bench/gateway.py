@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import multiprocessing
+import functools
 import os
-import queue
-import socket
 import statistics
 import sys
 import time
@@ -25,7 +23,6 @@ from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
 from openenv.core.generic_client import GenericEnvClient  # type: ignore[import-untyped]
 from rich.console import Console
 from rich.table import Table
@@ -34,9 +31,9 @@ from bench.baselines import CLUSTER_START_TIMEOUT, WARMUP, cluster
 from bench.openenv_server import (
     MESSAGE_TIMEOUT,
     SERVER_START_TIMEOUT,
-    SERVER_STOP_TIMEOUT,
     STEP_DATA,
     openenv_echo_server,
+    served,
     step_sessions,
 )
 from openenv_zmq.client.sync import BatchClient
@@ -54,48 +51,18 @@ THROUGHPUT_GOAL = 2.0
 LATENCY_GOAL = 1.5
 
 
-def _serve_gateway(port_queue: multiprocessing.Queue[int], broker: str, sessions: int) -> None:
-    """Serve the gateway for ``ENV`` on a free 127.0.0.1 port (put on ``port_queue``) until
-    SIGTERM."""
-    app = create_gateway_app(broker, ENV, max_sessions=sessions)
-    listener = socket.create_server(("127.0.0.1", 0), backlog=max(128, sessions))
-    port_queue.put(listener.getsockname()[1])
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
-    uvicorn.Server(config).run(sockets=[listener])
-
-
 @contextlib.contextmanager
 def gateway_server(broker: str, sessions: int) -> Iterator[str]:
     """A spawned uvicorn process serving the gateway for up to ``sessions`` sessions of ``ENV``
     on ``broker``; yields its base URL once its lifespan has started (``/health`` answers).
     Stopped with SIGTERM on exit, which closes its env group while the broker still runs."""
-    context = multiprocessing.get_context("spawn")
-    port_queue: multiprocessing.Queue[int] = context.Queue()
-    process = context.Process(
-        target=_serve_gateway, args=(port_queue, broker, sessions), name="gateway", daemon=True
-    )
-    process.start()
-    try:
-        try:
-            port = port_queue.get(timeout=SERVER_START_TIMEOUT)
-        except queue.Empty:
-            raise TimeoutError(
-                f"the gateway did not start within {SERVER_START_TIMEOUT:g} s"
-            ) from None
-        base_url = f"http://127.0.0.1:{port}"
+    make_app = functools.partial(create_gateway_app, broker, ENV, max_sessions=sessions)
+    with served(make_app, "the gateway", backlog=max(128, sessions)) as base_url:
         # The socket listens before the lifespan has made the env group: this request is held
         # until it has, and fails at once if the lifespan failed (the process exits).
         with urllib.request.urlopen(f"{base_url}/health", timeout=SERVER_START_TIMEOUT):
             pass
         yield base_url
-    finally:
-        process.terminate()
-        process.join(SERVER_STOP_TIMEOUT)
-        if process.is_alive():
-            process.kill()
-            process.join()
-        process.close()
-        port_queue.close()
 
 
 async def session_step_p50(base_url: str, warmup: float, duration: float) -> float:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import multiprocessing
 import queue
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from uuid import uuid4
 
@@ -72,43 +73,49 @@ class OpenEnvEchoEnvironment(Environment):  # type: ignore[misc]
         return self._state
 
 
-def _serve(port_queue: multiprocessing.Queue[int], sessions: int) -> None:
-    """Serve the echo env on a free 127.0.0.1 port (put on ``port_queue``) until SIGTERM."""
+def openenv_echo_app(sessions: int) -> Any:
+    """OpenEnv's own server app for the echo env, for up to ``sessions`` sessions."""
     # create_fastapi_app is what create_app returns unless ENABLE_WEB_INTERFACE asks for the
     # Gradio page, which would only add startup time here.
-    app = create_fastapi_app(
+    return create_fastapi_app(
         OpenEnvEchoEnvironment,
         OpenEnvEchoAction,
         OpenEnvEchoObservation,
         max_concurrent_envs=sessions,
     )
-    listener = socket.create_server(("127.0.0.1", 0), backlog=max(128, sessions))
+
+
+def _serve(
+    port_queue: multiprocessing.Queue[int],
+    make_app: Callable[[], Any],
+    backlog: int,
+    log_level: str,
+) -> None:
+    """Serve ``make_app()`` on a free 127.0.0.1 port (put on ``port_queue``) until SIGTERM."""
+    app = make_app()
+    listener = socket.create_server(("127.0.0.1", 0), backlog=backlog)
     port_queue.put(listener.getsockname()[1])
-    # OpenEnv's /ws handler closes every socket once more after the client's {"type": "close"},
-    # and uvicorn logs each of those races as an error; failures that matter reach the client
-    # as error frames, which GenericEnvClient raises.
-    config = uvicorn.Config(app, log_level="critical", access_log=False)
+    config = uvicorn.Config(app, log_level=log_level, access_log=False)
     uvicorn.Server(config).run(sockets=[listener])
 
 
 @contextlib.contextmanager
-def openenv_echo_server(sessions: int) -> Iterator[str]:
-    """A spawned uvicorn process serving the echo env for up to ``sessions`` sessions; yields its
-    base URL (``http://127.0.0.1:<port>``). The server is stopped with SIGTERM on exit, which
-    uvicorn answers with a graceful shutdown."""
+def served(
+    make_app: Callable[[], Any], name: str, backlog: int = 128, log_level: str = "warning"
+) -> Iterator[str]:
+    """A spawned uvicorn process serving ``make_app()`` (a picklable callable); yields its base
+    URL (``http://127.0.0.1:<port>``) and stops it with SIGTERM, uvicorn's graceful shutdown."""
     context = multiprocessing.get_context("spawn")
     port_queue: multiprocessing.Queue[int] = context.Queue()
     process = context.Process(
-        target=_serve, args=(port_queue, sessions), name="openenv-server", daemon=True
+        target=_serve, args=(port_queue, make_app, backlog, log_level), name=name, daemon=True
     )
     process.start()
     try:
         try:
             port = port_queue.get(timeout=SERVER_START_TIMEOUT)
         except queue.Empty:
-            raise TimeoutError(
-                f"OpenEnv's server did not start within {SERVER_START_TIMEOUT:g} s"
-            ) from None
+            raise TimeoutError(f"{name} did not start within {SERVER_START_TIMEOUT:g} s") from None
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
@@ -118,6 +125,19 @@ def openenv_echo_server(sessions: int) -> Iterator[str]:
             process.join()
         process.close()
         port_queue.close()
+
+
+def openenv_echo_server(sessions: int) -> contextlib.AbstractContextManager[str]:
+    """OpenEnv's own server for the echo env, up to ``sessions`` sessions; yields its base URL."""
+    # OpenEnv's /ws handler closes every socket once more after the client's {"type": "close"},
+    # and uvicorn logs each of those races as an error; failures that matter reach the client
+    # as error frames, which GenericEnvClient raises.
+    return served(
+        functools.partial(openenv_echo_app, sessions),
+        "OpenEnv's server",
+        backlog=max(128, sessions),
+        log_level="critical",
+    )
 
 
 async def step_sessions(base_url: str, sessions: int, warmup: float, duration: float) -> float:
