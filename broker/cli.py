@@ -225,6 +225,25 @@ def status(connect: str, timeout: float, as_json: bool) -> None:
     )
 
 
+@main.command()
+@click.option("--repo-id", required=True, help="The Space to create or update: ORG/NAME.")
+@click.option("--env", default="echo", show_default=True, help="Env the Space serves.")
+@click.option("--private", is_flag=True, help="Create the Space private.")
+@click.option("--dry-run", is_flag=True, help="Stage the Space folder; upload nothing.")
+@click.option("--token", default=None, help="Hub token [default: the huggingface_hub login].")
+@click.option("--endpoint", default=None, help="Hub address [default: huggingface_hub's].")
+def push(
+    repo_id: str, env: str, private: bool, dry_run: bool, token: str | None, endpoint: str | None
+) -> None:
+    """Publish broker + workers + gateway as a Hugging Face docker Space (gateway on port 7860)."""
+    from openenv_zmq.hub import push_space
+
+    where = push_space(
+        repo_id, env=env, private=private, dry_run=dry_run, token=token, endpoint=endpoint
+    )
+    click.echo(f"staged the Space in {where}" if dry_run else f"pushed {where}")
+
+
 def _print_report(report: BenchReport) -> None:
     table = Table(title="openenv-broker bench")
     columns = ("env", "envs", "workers", "batches", "env-steps/s", "batch p50", "batch p99")

@@ -30,6 +30,7 @@ from openenv_zmq.gateway.frames import (
 )
 from openenv_zmq.gateway.http import http_router
 from openenv_zmq.gateway.sessions import SessionPool
+from openenv_zmq.gateway.web import web_interface_enabled, web_router
 
 IDLE_CLOSE_CODE = 1000
 
@@ -107,6 +108,7 @@ def create_gateway_app(
     env: str,
     max_sessions: int = 64,
     idle_timeout_s: float | None = None,
+    web: bool | None = None,
 ) -> FastAPI:
     """An OpenEnv-compatible server for ``env``: one session per ``/ws`` connection, up to
     ``max_sessions`` at once, stepped in batches on the broker at ``broker_address``.
@@ -115,6 +117,7 @@ def create_gateway_app(
     stateless HTTP ``/reset``, ``/step`` and ``/state`` borrow a slot per request from the
     same ``max_sessions``. The broker must be reachable at startup (else
     ``BrokerUnreachable`` fails the lifespan). Raises ``ValueError`` for a timeout <= 0.
+    ``web`` serves OpenEnv's web interface at ``/web/`` (``None``: as ``ENABLE_WEB_INTERFACE``).
     """
     if idle_timeout_s is not None and idle_timeout_s <= 0:
         raise ValueError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
@@ -133,6 +136,8 @@ def create_gateway_app(
         title=f"openenv-zmq gateway: {env}", version=version("openenv-zmq"), lifespan=lifespan
     )
     app.include_router(http_router(env))
+    if web or (web is None and web_interface_enabled()):
+        app.include_router(web_router())
 
     @app.get("/health")
     async def health() -> dict[str, str]:

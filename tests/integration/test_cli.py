@@ -10,7 +10,7 @@ import pytest
 
 from tests.integration.conftest import REPO_ROOT, Processes, alive, cli, wait_until
 
-COMMANDS = ["start", "worker", "status", "bench"]
+COMMANDS = ["start", "worker", "status", "bench", "gateway", "push"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])

@@ -44,7 +44,7 @@ def test_info_routes(http: httpx.Client) -> None:
     assert http.get("/health").json() == {"status": "healthy"}
     assert http.get("/metadata").json() == {
         "name": "echo",
-        "description": "EchoEnvironment environment",
+        "description": "Echoes each message back; the reward is a tenth of its length.",
         "readme_content": None,
         "version": None,
         "author": None,

@@ -13,6 +13,8 @@ READY_MESSAGE = "Echo environment ready!"
 
 
 class EchoEnvironment(Environment[EchoAction, EchoObservation, State]):
+    """Echoes each message back; the reward is a tenth of its length."""
+
     SUPPORTS_CONCURRENT_SESSIONS = True
 
     def __init__(self) -> None:
