@@ -9,9 +9,14 @@ from typing import Any
 
 import pytest
 import websockets
+from echo_env import EchoAction, EchoObservation
+from openenv.core.client_types import (  # type: ignore[import-untyped]
+    StepResult as OpenEnvStepResult,
+)
+from openenv.core.env_client import EnvClient as OpenEnvClient  # type: ignore[import-untyped]
 from openenv.core.generic_client import GenericEnvClient  # type: ignore[import-untyped]
 
-from openenv_zmq import AsyncBatchClient, BatchResult
+from openenv_zmq import AsyncBatchClient, BatchResult, State
 from openenv_zmq.errors import ActionValidationError
 from openenv_zmq.gateway import SessionPool, create_gateway_app
 from tests.integration.conftest import Processes, serving
@@ -168,3 +173,44 @@ def test_many_sessions_few_batches(procs: Processes) -> None:
             await pool.close()
 
     asyncio.run(run())
+
+
+class TypedEchoClient(OpenEnvClient):  # type: ignore[misc]
+    """A typed client written against openenv-core's own ``EnvClient``, as OpenEnv envs ship."""
+
+    def _step_payload(self, action: EchoAction) -> dict[str, Any]:
+        return {"message": action.message}
+
+    def _parse_result(self, payload: dict[str, Any]) -> OpenEnvStepResult:
+        return OpenEnvStepResult(
+            observation=EchoObservation(**payload["observation"]),
+            reward=payload.get("reward"),
+            done=payload.get("done", False),
+        )
+
+    def _parse_state(self, payload: dict[str, Any]) -> State:
+        return State(**payload)
+
+
+def test_32_typed_openenv_clients_are_kept_apart(procs: Processes) -> None:
+    broker = procs.broker(workers=2, envs=("echo",))
+    app = create_gateway_app(broker.frontend, "echo", max_sessions=32)
+
+    async def session(url: str, i: int) -> tuple[str, float | None, int]:
+        async with TypedEchoClient(base_url=url) as client:
+            await client.reset()
+            for _ in range(i % 3):
+                await client.step(EchoAction(message="x"))
+            result = await client.step(EchoAction(message=f"session-{i}"))
+            state = await client.state()
+            return result.observation.echoed_message, result.reward, state.step_count
+
+    async def all_sessions(url: str) -> list[tuple[str, float | None, int]]:
+        return await asyncio.gather(*(session(url, i) for i in range(32)))
+
+    with serving(app) as url:
+        results = asyncio.run(all_sessions(url))
+    for i, (echoed, reward, steps) in enumerate(results):
+        assert echoed == f"session-{i}"
+        assert reward == pytest.approx(len(f"session-{i}") * 0.1)
+        assert steps == i % 3 + 1
