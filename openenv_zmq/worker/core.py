@@ -390,10 +390,8 @@ class WorkerCore:
         ):
             raise ProtocolError("RESET kwargs must each be a map with string keys")
         if self._vector_request(request):
-            ids = request_ids(request)
-            space = self._vector.observation_space(ids)
-            assert space is not None
-            return self._vector_reply(request, self._vector.reset(ids, seeds, space).parts())
+            reply = self._vector.reset(request_ids(request), seeds)
+            return self._vector_reply(request, reply.parts())
         rows = _Rows(env_ids, "obs")
         for i, env_id in enumerate(env_ids):
             slot = self._slots.get(env_id)
@@ -434,10 +432,8 @@ class WorkerCore:
                 " they must match"
             )
         if self._vector_request(request):
-            ids = request_ids(request)
-            space = self._vector.observation_space(ids)
-            assert space is not None
-            return self._vector_reply(request, self._vector.step(ids, actions, space).parts())
+            reply = self._vector.step(request_ids(request), actions)
+            return self._vector_reply(request, reply.parts())
         if not isinstance(actions, list):
             raise ProtocolError("STEP actions for structured envs must be a list of maps")
         env_ids = _env_ids(request)

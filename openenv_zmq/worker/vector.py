@@ -50,7 +50,7 @@ class VectorHost:
 class Reply:
     """The rows of a RESET / STEP answer for ``n`` env ids, filled host by host."""
 
-    def __init__(self, env_ids: EnvIds, observation_space: Space) -> None:
+    def __init__(self, env_ids: EnvIds, observation_space: Space, errors: list[ErrorRow]) -> None:
         n = len(env_ids)
         self.env_ids = env_ids
         self.obs = np.zeros(batch_shape(observation_space, n), observation_space.dtype)
@@ -59,7 +59,7 @@ class Reply:
         self.rewards = np.zeros(n, np.float32)
         self.terminated = np.zeros(n, np.bool_)
         self.truncated = np.zeros(n, np.bool_)
-        self.errors: list[ErrorRow] = []
+        self.errors = errors
 
     def fail(self, rows: Rows, type_name: str, message: str, trace: str = "") -> None:
         self.errors += error_rows(self.env_ids, rows, type_name, message, trace)
@@ -143,11 +143,13 @@ class VectorTable:
             groups.append((self._hosts[number], rows, indices[rows]))
         return groups
 
-    def observation_space(self, env_ids: EnvIds) -> Space | None:
-        """The observation space of the first of ``env_ids`` hosted here (``None`` if none is)."""
-        found, hosts, _ = self._locate(env_ids)
-        hit = np.flatnonzero(found)
-        return self._hosts[hosts[hit[0]]].env.observation_space if len(hit) else None
+    def _start_reply(self, env_ids: EnvIds) -> tuple[Reply, list[tuple[VectorHost, Rows, Rows]]]:
+        """An empty reply shaped by the first host's observation space, and the host groups."""
+        errors: list[ErrorRow] = []
+        groups = self._by_host(env_ids, errors)
+        if not groups:
+            raise ProtocolError("none of these env ids is hosted by a vector env here")
+        return Reply(env_ids, groups[0][0].env.observation_space, errors), groups
 
     def create(
         self,
@@ -166,9 +168,9 @@ class VectorTable:
         self._reindex()
         return host
 
-    def reset(self, env_ids: EnvIds, seeds: list[Any] | None, space: Space) -> Reply:
-        reply = Reply(env_ids, space)
-        for host, rows, indices in self._by_host(env_ids, reply.errors):
+    def reset(self, env_ids: EnvIds, seeds: list[Any] | None) -> Reply:
+        reply, groups = self._start_reply(env_ids)
+        for host, rows, indices in groups:
             host_seeds = [None] * len(rows) if seeds is None else [seeds[r] for r in rows.tolist()]
             try:
                 reply.obs[rows] = host.env.reset(indices, host_seeds)
@@ -179,9 +181,9 @@ class VectorTable:
             host.status[indices] = RUNNING
         return reply
 
-    def step(self, env_ids: EnvIds, actions: Any, space: Space) -> Reply:
-        reply = Reply(env_ids, space)
-        for host, rows, indices in self._by_host(env_ids, reply.errors):
+    def step(self, env_ids: EnvIds, actions: Any) -> Reply:
+        reply, groups = self._start_reply(env_ids)
+        for host, rows, indices in groups:
             chosen = _actions(actions, rows, host.env.action_space, reply)
             if chosen is None:
                 continue
