@@ -33,6 +33,8 @@ from openenv_zmq.gateway.sessions import SessionPool
 from openenv_zmq.gateway.web import web_interface_enabled, web_router
 
 IDLE_CLOSE_CODE = 1000
+UNSUPPORTED_DATA_CODE = 1003
+BINARY_FRAME = "binary frames are not part of OpenEnv's protocol: send each message as JSON text"
 
 
 async def answer(pool: SessionPool, slot: int, command: Reset | Step | StateRequest) -> str:
@@ -85,7 +87,10 @@ async def serve_session(
                 return
             text = message.get("text")
             if text is None:
-                text = (message.get("bytes") or b"").decode("utf-8", errors="replace")
+                # OpenEnv's server ends the session on a binary frame too (SESSION_ERROR).
+                await websocket.send_text(error_frame(ErrorCode.SESSION_ERROR, BINARY_FRAME))
+                await websocket.close(UNSUPPORTED_DATA_CODE, "binary frame")
+                return
             command = parse_frame(text, pool.action_model)
             if isinstance(command, Close):
                 await websocket.close(1000)

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from openenv_zmq.client.aio import AsyncBatchClient, AsyncEnvGroup
 from openenv_zmq.client.results import BatchResult
 from openenv_zmq.env import env_types, resolve_env
-from openenv_zmq.errors import EnvNotFound
+from openenv_zmq.errors import EnvNotFound, MessageTooLarge
 
 P = TypeVar("P")
 
@@ -63,6 +63,11 @@ class _Batcher(Generic[P]):
         try:
             result = await self._send([p.slot for p in batch], [p.payload for p in batch])
         except Exception as exc:
+            if isinstance(exc, MessageTooLarge) and len(batch) > 1:
+                # One session's oversized request must not fail the sessions batched with it.
+                for pending in batch:
+                    await self._send_batch([pending])
+                return
             for pending in batch:
                 if not pending.answer.done():
                     pending.answer.set_exception(exc)

@@ -17,7 +17,7 @@ from openenv.core.env_client import EnvClient as OpenEnvClient  # type: ignore[i
 from openenv.core.generic_client import GenericEnvClient  # type: ignore[import-untyped]
 
 from openenv_zmq import AsyncBatchClient, BatchResult, State
-from openenv_zmq.errors import ActionValidationError
+from openenv_zmq.errors import ActionValidationError, MessageTooLarge
 from openenv_zmq.gateway import SessionPool, create_gateway_app
 from tests.integration.conftest import Processes, serving
 
@@ -214,3 +214,91 @@ def test_32_typed_openenv_clients_are_kept_apart(procs: Processes) -> None:
         assert echoed == f"session-{i}"
         assert reward == pytest.approx(len(f"session-{i}") * 0.1)
         assert steps == i % 3 + 1
+
+
+BROKER_MESSAGE_MB = 1
+WS_MAX_SIZE = 4 * 2**20
+
+
+def test_bad_input_never_disturbs_another_session(procs: Processes) -> None:
+    """While one OpenEnv client steps on, another session sends everything OpenEnv refuses."""
+    broker = procs.broker(workers=1, extra=("--max-message-mb", str(BROKER_MESSAGE_MB)))
+    app = create_gateway_app(broker.frontend, "echo", max_sessions=MAX_SESSIONS)
+
+    async def good_session(url: str, stop: asyncio.Event) -> int:
+        async with GenericEnvClient(base_url=url) as client:
+            await client.reset()
+            steps = 0
+            while not stop.is_set() and steps < 100_000:
+                steps += 1
+                result = await client.step({"message": f"good-{steps}"})
+                assert result.observation["echoed_message"] == f"good-{steps}"
+            assert (await client.state())["step_count"] == steps
+            return steps
+
+    async def ask(ws: Any, frame: str | bytes) -> dict[str, Any]:
+        await ws.send(frame)
+        data: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 10))["data"]
+        return data
+
+    async def bad_sessions(ws_url: str) -> None:
+        async with websockets.connect(ws_url, max_size=None) as ws:
+            assert (await ask(ws, "{"))["code"] == "INVALID_JSON"
+            assert (await ask(ws, "[1, 2]"))["code"] == "VALIDATION_ERROR"
+            assert (await ask(ws, '{"type": 5}'))["code"] == "UNKNOWN_TYPE"
+            extra_key = '{"type":"step","data":{"message":"x"},"extra":1}'
+            assert (await ask(ws, extra_key))["errors"][0]["type"] == "extra_forbidden"
+            extra_field = '{"type":"step","data":{"message":"x","loud":true}}'
+            assert (await ask(ws, extra_field))["errors"][0]["loc"] == ["loud"]
+            # fits the WebSocket limit, not the broker's: this request alone fails
+            over_broker = json.dumps({"type": "step", "data": {"message": "x" * 2**21}})
+            refused = await ask(ws, over_broker)
+            assert refused["code"] == "EXECUTION_ERROR" and "over the limit" in refused["message"]
+            assert (await ask(ws, '{"type":"step","data":{"message":"still"}}'))["reward"] > 0
+        async with websockets.connect(ws_url) as ws:
+            binary = await ask(ws, b'{"type":"reset"}')
+            assert binary["code"] == "SESSION_ERROR" and "binary" in binary["message"]
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_code == 1003
+        async with websockets.connect(ws_url, max_size=None) as ws:
+            await ws.send("x" * (WS_MAX_SIZE + 1))
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_code == 1009  # message too big, as uvicorn closes OpenEnv's server
+
+    async def run(url: str) -> int:
+        stop = asyncio.Event()
+        good = asyncio.create_task(good_session(url, stop))
+        try:
+            for _ in range(3):
+                await bad_sessions(f"{url.replace('http://', 'ws://')}/ws")
+        finally:
+            stop.set()
+        return await asyncio.wait_for(good, 30)
+
+    with serving(app, ws_max_size=WS_MAX_SIZE) as url:
+        assert asyncio.run(run(url)) > 0
+
+
+def test_an_oversized_request_fails_alone(procs: Processes) -> None:
+    broker = procs.broker(workers=1, extra=("--max-message-mb", str(BROKER_MESSAGE_MB)))
+
+    async def run() -> None:
+        async with AsyncBatchClient(broker.frontend) as client:
+            pool = await CountingPool.open(client, "echo", max_sessions=8)
+            pool.batches = []
+            slots = [s for s in (pool.acquire() for _ in range(8)) if s is not None]
+            await asyncio.gather(*(pool.reset(s) for s in slots))
+            messages = ["x" * 2**21 if i == 3 else f"m{i}" for i in range(8)]
+            outcomes = await asyncio.gather(
+                *(pool.step(s, {"message": m}) for s, m in zip(slots, messages, strict=True)),
+                return_exceptions=True,
+            )
+            assert pool.batches[0] == 8  # they went out together, then one by one
+            assert isinstance(outcomes[3], MessageTooLarge)
+            echoed = [getattr(o, "echoed_message", None) for o in outcomes]
+            assert echoed == [None if i == 3 else f"m{i}" for i in range(8)]
+            await pool.close()
+
+    asyncio.run(run())
