@@ -44,11 +44,30 @@ _heartbeat_option = click.option(
 )
 
 
+_max_sessions_option = click.option(
+    "--max-sessions",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Concurrent gateway sessions; one more is refused with CAPACITY_REACHED.",
+)
 _idle_timeout_option = click.option(
     "--idle-timeout",
-    type=float,
+    type=click.FloatRange(min=0, min_open=True),
     default=None,
     help="Close a gateway session (socket and env slot) idle for this many seconds.",
+)
+_web_option = click.option(
+    "--web/--no-web",
+    default=None,
+    help="Serve the web interface at /web/ [default: as ENABLE_WEB_INTERFACE says].",
+)
+_max_frame_option = click.option(
+    "--max-frame-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=100.0,
+    show_default=True,
+    help="A bigger WebSocket frame closes its connection with 1009 (message too big).",
 )
 
 
@@ -92,7 +111,10 @@ def main(log_level: str) -> None:
     show_default=True,
     help="Address the gateway serves on (0.0.0.0 inside a container or Space).",
 )
+@_max_sessions_option
 @_idle_timeout_option
+@_web_option
+@_max_frame_option
 @click.option(
     "--max-message-mb",
     default=DEFAULT_LIMITS.max_message_bytes / 2**20,
@@ -108,10 +130,20 @@ def start(
     heartbeat: float,
     gateway_port: int | None,
     gateway_host: str,
+    max_sessions: int,
     idle_timeout: float | None,
+    web: bool | None,
+    max_frame_mb: float,
     max_message_mb: float,
 ) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM."""
+    gateway = None
+    if gateway_port is not None:
+        from openenv_zmq.gateway.server import GatewaySpec
+
+        gateway = GatewaySpec(
+            envs[0], gateway_port, gateway_host, max_sessions, idle_timeout, web, max_frame_mb
+        )
     limits = Limits(
         max_header_bytes=min(DEFAULT_LIMITS.max_header_bytes, int(max_message_mb * 2**20)),
         max_message_bytes=int(max_message_mb * 2**20),
@@ -123,9 +155,7 @@ def start(
         envs=envs,
         capacity=capacity,
         config=BrokerConfig(heartbeat_interval=heartbeat, limits=limits),
-        gateway_port=gateway_port,
-        gateway_host=gateway_host,
-        gateway_idle_timeout=idle_timeout,
+        gateway=gateway,
     )
 
     def ready(server: BrokerServer) -> None:
@@ -171,24 +201,27 @@ def worker(
 @click.option("--env", default="echo", show_default=True, help="Env every session gets.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
 @click.option("--port", default=8000, show_default=True, help="Port to serve on.")
-@click.option(
-    "--max-sessions",
-    default=64,
-    show_default=True,
-    help="Concurrent sessions; one more is refused with CAPACITY_REACHED.",
-)
+@_max_sessions_option
 @_idle_timeout_option
+@_web_option
+@_max_frame_option
 def gateway(
-    connect: str, env: str, host: str, port: int, max_sessions: int, idle_timeout: float | None
+    connect: str,
+    env: str,
+    host: str,
+    port: int,
+    max_sessions: int,
+    idle_timeout: float | None,
+    web: bool | None,
+    max_frame_mb: float,
 ) -> None:
     """Serve OpenEnv's WebSocket/HTTP protocol for an env hosted by a broker."""
-    from openenv_zmq.gateway.server import run_gateway
+    from openenv_zmq.gateway.server import GatewaySpec, run_gateway
 
     click.echo(f"gateway for {env!r} on http://{host}:{port} (broker {connect})")
     sys.stdout.flush()
-    run_gateway(
-        connect, env, port, host=host, max_sessions=max_sessions, idle_timeout_s=idle_timeout
-    )
+    spec = GatewaySpec(env, port, host, max_sessions, idle_timeout, web, max_frame_mb)
+    run_gateway(connect, spec)
 
 
 @main.command()

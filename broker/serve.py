@@ -9,10 +9,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from broker.core import BrokerConfig
 from broker.loop import BrokerServer
 from openenv_zmq.providers.local import LocalProvider
+
+if TYPE_CHECKING:  # the gateway needs the gateway extra (FastAPI); a bare broker does not
+    from openenv_zmq.gateway.server import GatewaySpec
 
 GATEWAY_STOP_SECONDS = 10.0
 
@@ -27,10 +31,8 @@ class ClusterSpec:
     envs: Sequence[str] = ("echo",)
     capacity: int = 4096
     config: BrokerConfig = field(default_factory=BrokerConfig)
-    gateway_port: int | None = None
-    """Serve OpenEnv's protocol for ``envs[0]`` on this port, in a process of its own."""
-    gateway_host: str = "127.0.0.1"
-    gateway_idle_timeout: float | None = None
+    gateway: GatewaySpec | None = None
+    """Serve OpenEnv's protocol as this says, in a process of its own."""
 
 
 def serve(
@@ -55,7 +57,9 @@ def serve(
     )
     server = BrokerServer(spec.frontend, spec.backend, spec.config, provider)
     server.bind()
-    gateway = _start_gateway(spec, server.frontend_address) if spec.gateway_port else None
+    gateway = (
+        None if spec.gateway is None else _start_gateway(spec.gateway, server.frontend_address)
+    )
     stopping = threading.Event()
 
     def shut_down() -> None:
@@ -101,14 +105,11 @@ def _stop_process(process: BaseProcess) -> None:
         process.join()
 
 
-def _start_gateway(spec: ClusterSpec, frontend: str) -> BaseProcess:
+def _start_gateway(spec: GatewaySpec, frontend: str) -> BaseProcess:
     from openenv_zmq.gateway.server import run_gateway
 
     process = multiprocessing.get_context("spawn").Process(
-        target=run_gateway,
-        args=(frontend, spec.envs[0], spec.gateway_port),
-        kwargs={"host": spec.gateway_host, "idle_timeout_s": spec.gateway_idle_timeout},
-        name="openenv-gateway",
+        target=run_gateway, args=(frontend, spec), name="openenv-gateway"
     )
     process.start()
     return process

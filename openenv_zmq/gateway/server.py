@@ -2,30 +2,53 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import uvicorn
 
 from openenv_zmq.client.sync import BatchClient
 from openenv_zmq.gateway.app import create_gateway_app
 
 DEFAULT_HOST = "127.0.0.1"
+DEFAULT_MAX_SESSIONS = 64
+DEFAULT_MAX_FRAME_MB = 100.0
+"""As OpenEnv's clients: a bigger frame closes the connection with 1009 (message too big)."""
 WORKER_WAIT_SECONDS = 60.0
 
 
-def run_gateway(
-    connect: str,
-    env: str,
-    port: int,
-    host: str = DEFAULT_HOST,
-    max_sessions: int = 64,
-    idle_timeout_s: float | None = None,
-) -> None:
-    """Serve OpenEnv's HTTP/WebSocket protocol for ``env`` on ``host:port`` until SIGINT/SIGTERM.
+@dataclass(frozen=True)
+class GatewaySpec:
+    """What a gateway serves, and where."""
 
-    Every session is one env slot of the broker at ``connect``; a session idle for
-    ``idle_timeout_s`` is closed, socket and env slot both. Waits (up to a minute) for a
-    worker hosting ``env`` to join first, so a gateway started beside its broker finds one.
+    env: str
+    port: int
+    host: str = DEFAULT_HOST
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    idle_timeout_s: float | None = None
+    web: bool | None = None
+    """Serve the web interface at ``/web/``; ``None``: as ``ENABLE_WEB_INTERFACE`` says."""
+    max_frame_mb: float = DEFAULT_MAX_FRAME_MB
+
+
+def run_gateway(connect: str, spec: GatewaySpec) -> None:
+    """Serve OpenEnv's HTTP/WebSocket protocol for ``spec.env`` until SIGINT/SIGTERM.
+
+    Every session is one env slot of the broker at ``connect``. Waits (up to a minute) for a
+    worker hosting the env to join first, so a gateway started beside its broker finds one.
     """
     with BatchClient(connect) as client:
-        client.wait_for_workers(1, env, timeout=WORKER_WAIT_SECONDS)
-    app = create_gateway_app(connect, env, max_sessions=max_sessions, idle_timeout_s=idle_timeout_s)
-    uvicorn.run(app, host=host, port=port, log_level="warning", ws_max_size=100 * 2**20)
+        client.wait_for_workers(1, spec.env, timeout=WORKER_WAIT_SECONDS)
+    app = create_gateway_app(
+        connect,
+        spec.env,
+        max_sessions=spec.max_sessions,
+        idle_timeout_s=spec.idle_timeout_s,
+        web=spec.web,
+    )
+    uvicorn.run(
+        app,
+        host=spec.host,
+        port=spec.port,
+        log_level="warning",
+        ws_max_size=int(spec.max_frame_mb * 2**20),
+    )

@@ -8,7 +8,14 @@ import subprocess
 
 import pytest
 
-from tests.integration.conftest import REPO_ROOT, Processes, alive, cli, wait_until
+from tests.integration.conftest import (
+    REPO_ROOT,
+    Processes,
+    alive,
+    cli,
+    free_port,
+    wait_until,
+)
 
 COMMANDS = ["start", "worker", "status", "bench", "gateway", "push"]
 
@@ -112,26 +119,51 @@ def test_workers_exit_when_their_broker_is_killed(procs: Processes) -> None:
 def test_start_serves_a_gateway_that_openenv_clients_use(procs: Processes) -> None:
     import asyncio
     import socket
+    import urllib.request
 
+    import websockets
     from openenv.core.generic_client import GenericEnvClient  # type: ignore[import-untyped]
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    broker = procs.broker(workers=2, extra=("--gateway-port", str(port)))
+    port = free_port()
+    broker = procs.broker(
+        workers=2, extra=("--gateway-port", str(port), "--max-sessions", "1", "--web")
+    )
 
-    async def session() -> tuple[object, object]:
+    async def session() -> tuple[object, object, object]:
         async with GenericEnvClient(base_url=f"http://127.0.0.1:{port}") as client:
             reset = await client.reset()
             step = await client.step({"message": "Hello"})
-            return reset.observation, (step.observation, step.reward)
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as second:
+                refusal = json.loads(await asyncio.wait_for(second.recv(), 10))
+            return reset.observation, (step.observation, step.reward), refusal["data"]
 
     def gateway_up() -> bool:
         with socket.socket() as probe:
             return probe.connect_ex(("127.0.0.1", port)) == 0
 
     wait_until(gateway_up, 60, "the gateway to listen")
-    reset, step = asyncio.run(session())
+    reset, step, refusal = asyncio.run(session())
     assert reset == {"echoed_message": "Echo environment ready!", "message_length": 0}
     assert step == ({"echoed_message": "Hello", "message_length": 5}, 0.5)
+    assert refusal == {
+        "message": "Server at capacity (1 sessions)",
+        "code": "CAPACITY_REACHED",
+        "active_sessions": 1,
+        "max_sessions": 1,
+    }
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/web/", timeout=10) as page:
+        assert page.status == 200 and b"<form" in page.read()
     assert broker.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("gateway", "--max-sessions", "0"), "--max-sessions"),
+        (("gateway", "--idle-timeout", "0"), "--idle-timeout"),
+        (("start", "--gateway-port", "1", "--max-frame-mb", "-1"), "--max-frame-mb"),
+    ],
+)
+def test_gateway_options_are_checked(args: tuple[str, ...], named: str) -> None:
+    done = subprocess.run(cli(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and named in done.stderr
