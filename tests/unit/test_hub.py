@@ -40,9 +40,18 @@ def test_readme_front_matter_declares_a_docker_space_on_the_port(staged: Path) -
     assert "`echo`" in readme.split("\n---\n", 1)[1]
 
 
+def test_dockerfile_builds_on_python_slim_and_pypi_unless_told_otherwise(staged: Path) -> None:
+    # The Hub passes no build arguments and the staged folder has no wheelhouse, so its
+    # builder starts from python:3.11-slim and installs from PyPI.
+    assert dockerfile_instructions(staged)[:2] == [
+        "ARG BASE_IMAGE=python:3.11-slim",
+        "FROM $BASE_IMAGE",
+    ]
+    assert not (staged / "wheels").exists()
+
+
 def test_dockerfile_runs_as_uid_1000_and_exposes_the_port(staged: Path) -> None:
     instructions = dockerfile_instructions(staged)
-    assert instructions[0].startswith("FROM python:3.11")
     assert "USER 1000" in instructions
     assert "EXPOSE 7861" in instructions
     install = next(line for line in instructions if "pip install" in line)

@@ -1,0 +1,131 @@
+"""The staged Hugging Face Space, built into an image and run: OpenEnv's client gets answers.
+
+The container shares the host's network (``--network host``), so the image's command runs with
+its addresses kept on this host's loopback: the broker's two internal ports become wildcards
+(nothing else on the host can collide with them) and the gateway listens on 127.0.0.1. All
+else is the image's ``CMD``, the staged one that ``tests/unit/test_hub.py`` pins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openenv.core.generic_client import GenericEnvClient  # type: ignore[import-untyped]
+
+from tests.e2e.conftest import DOCKER_TIMEOUT, docker
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 20
+LOOPBACK = {
+    "--bind": "tcp://127.0.0.1:*",
+    "--worker-bind": "tcp://127.0.0.1:*",
+    "--gateway-host": "127.0.0.1",
+}
+
+
+@pytest.fixture(scope="module")
+def command(space_image: str) -> list[str]:
+    """The image's ``CMD`` with every address on this host's loopback."""
+    cmd = docker("inspect", "--format", "{{json .Config.Cmd}}", space_image)
+    command: list[str] = json.loads(cmd)
+    for flag, value in LOOPBACK.items():
+        command[command.index(flag) + 1] = value
+    return command
+
+
+@dataclass
+class Space:
+    container: str
+    url: str
+
+    def inspect(self, template: str) -> str:
+        return docker("inspect", "--format", template, self.container).strip()
+
+    def logs(self) -> str:
+        """What the container wrote to stdout and stderr, interleaved."""
+        done = subprocess.run(
+            ["docker", "logs", self.container],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=DOCKER_TIMEOUT,
+            check=False,
+        )
+        return done.stdout
+
+
+def wait_healthy(space: Space) -> None:
+    """Until ``/health`` answers 200; fails early, with the logs, if the container exits."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{space.url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        assert space.inspect("{{.State.Running}}") == "true", (
+            f"the container exited:\n{space.logs()}"
+        )
+        time.sleep(0.2)
+    raise AssertionError(f"no /health within {START_TIMEOUT:g} s; logs:\n{space.logs()}")
+
+
+@pytest.fixture
+def space(space_image: str, app_port: int, command: list[str]) -> Iterator[Space]:
+    """The image running as it would on a Space (its own USER), removed whatever happens."""
+    name = f"openenv-space-{uuid.uuid4().hex[:12]}"
+    docker("run", "--detach", "--name", name, "--network", "host", space_image, *command)
+    try:
+        running = Space(name, f"http://127.0.0.1:{app_port}")
+        wait_healthy(running)
+        yield running
+    finally:
+        docker("rm", "--force", name)
+
+
+async def reset_and_step(url: str, message: str) -> tuple[Any, Any]:
+    async with GenericEnvClient(base_url=url.replace("http://", "ws://")) as client:
+        reset = await client.reset()
+        step = await client.step({"message": message})
+        return reset, step
+
+
+def test_openenv_client_resets_and_steps_the_echo_env(space: Space) -> None:
+    reset, step = asyncio.run(reset_and_step(space.url, "Hello"))
+    assert reset.observation == {"echoed_message": "Echo environment ready!", "message_length": 0}
+    assert reset.reward == 0.0 and reset.done is False
+    assert step.observation == {"echoed_message": "Hello", "message_length": 5}
+    assert step.reward == pytest.approx(0.5) and step.done is False
+
+
+def test_the_cluster_runs_as_uid_1000(space: Space) -> None:
+    assert space.inspect("{{.Config.User}}") == "1000"
+    assert docker("exec", space.container, "id", "-u").strip() == "1000"
+    # PID 1 as the host sees it: no user namespace remaps it, so this is what it runs as.
+    pid = space.inspect("{{.State.Pid}}")
+    status = Path(f"/proc/{pid}/status").read_text()
+    uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+    assert uids == ["1000"] * 4
+
+
+def test_docker_stop_ends_the_cluster_with_exit_code_0(space: Space) -> None:
+    started = time.monotonic()
+    docker("stop", "--time", str(STOP_TIMEOUT), space.container, timeout=STOP_TIMEOUT + 30)
+    # Past the grace period docker would SIGKILL the broker (exit code 137): SIGTERM to PID 1
+    # must have stopped gateway, workers and broker by themselves.
+    assert time.monotonic() - started < STOP_TIMEOUT
+    assert space.inspect("{{.State.ExitCode}}") == "0", space.logs()
+    assert space.logs().rstrip().endswith("broker stopped")
