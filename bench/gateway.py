@@ -1,11 +1,13 @@
-"""``python -m bench.gateway [--sessions 64] [--duration 5]``: the gateway against OpenEnv's server.
+"""``python -m bench.gateway [--sessions 64] [--duration 5] [--loop asyncio]``: the gateway
+against OpenEnv's server.
 
 Run from the repository root. Measures, in one run and with the same client (openenv-core's
 ``GenericEnvClient``), OpenEnv's own server for an echo env and this runtime's gateway (uvicorn
 serving :func:`create_gateway_app` in a spawned process, in front of an embedded broker with two
 local echo workers): steps/s with ``--sessions`` concurrent sessions, and the median step round
-trip of a single session. Prints both with the ratios and the targets; the two servers run one
-after the other, never at once, so that neither takes cores from the other.
+trip of a single session. Both servers run on the same uvicorn event loop (``--loop``). Prints
+both with the ratios and the targets; the two servers run one after the other, never at once, so
+that neither takes cores from the other.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from rich.table import Table
 
 from bench.baselines import CLUSTER_START_TIMEOUT, WARMUP, cluster
 from bench.openenv_server import (
+    EVENT_LOOPS,
     MESSAGE_TIMEOUT,
     SERVER_START_TIMEOUT,
     STEP_DATA,
@@ -52,12 +55,13 @@ LATENCY_GOAL = 1.5
 
 
 @contextlib.contextmanager
-def gateway_server(broker: str, sessions: int) -> Iterator[str]:
-    """A spawned uvicorn process serving the gateway for up to ``sessions`` sessions of ``ENV``
-    on ``broker``; yields its base URL once its lifespan has started (``/health`` answers).
-    Stopped with SIGTERM on exit, which closes its env group while the broker still runs."""
+def gateway_server(broker: str, sessions: int, loop: str) -> Iterator[str]:
+    """A spawned uvicorn process (event ``loop``) serving the gateway for up to ``sessions``
+    sessions of ``ENV`` on ``broker``; yields its base URL once its lifespan has started
+    (``/health`` answers). Stopped with SIGTERM on exit, which closes its env group while the
+    broker still runs."""
     make_app = functools.partial(create_gateway_app, broker, ENV, max_sessions=sessions)
-    with served(make_app, "the gateway", backlog=max(128, sessions)) as base_url:
+    with served(make_app, "the gateway", backlog=max(128, sessions), loop=loop) as base_url:
         # The socket listens before the lifespan has made the env group: this request is held
         # until it has, and fails at once if the lifespan failed (the process exits).
         with urllib.request.urlopen(f"{base_url}/health", timeout=SERVER_START_TIMEOUT):
@@ -106,23 +110,25 @@ def measure(base_url: str, sessions: int, duration: float) -> ServerResult:
     return ServerResult(rate, step_p50)
 
 
-def measure_openenv(sessions: int, duration: float) -> ServerResult:
+def measure_openenv(sessions: int, duration: float, loop: str) -> ServerResult:
     # One slot more than the sessions: the latency session may still be releasing its slot
     # when the concurrent sessions connect.
-    with openenv_echo_server(sessions + 1) as base_url:
+    with openenv_echo_server(sessions + 1, loop) as base_url:
         return measure(base_url, sessions, duration)
 
 
-def measure_gateway(sessions: int, duration: float) -> ServerResult:
+def measure_gateway(sessions: int, duration: float, loop: str) -> ServerResult:
     with cluster(ENV, WORKERS, sessions + 1) as broker:
         with BatchClient(broker, connect_timeout=CLUSTER_START_TIMEOUT) as client:
             client.wait_for_workers(WORKERS, ENV, CLUSTER_START_TIMEOUT)
-        with gateway_server(broker, sessions + 1) as base_url:
+        with gateway_server(broker, sessions + 1, loop) as base_url:
             return measure(base_url, sessions, duration)
 
 
-def results_table(openenv: ServerResult, gateway: ServerResult, sessions: int) -> Table:
-    table = Table(title=f"OpenEnv /ws, echo env, GenericEnvClient ({os.cpu_count()} cores)")
+def results_table(openenv: ServerResult, gateway: ServerResult, sessions: int, loop: str) -> Table:
+    table = Table(
+        title=f"OpenEnv /ws, echo env, GenericEnvClient, uvicorn on {loop} ({os.cpu_count()} cores)"
+    )
     for column in ("measure", "OpenEnv server", "gateway", "gateway ÷ OpenEnv", "goal", "status"):
         table.add_column(column, justify="left" if column == "measure" else "right")
     rows = (
@@ -168,6 +174,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_DURATION,
         help=f"seconds per measurement (default {DEFAULT_DURATION:g})",
     )
+    parser.add_argument(
+        "--loop",
+        choices=EVENT_LOOPS,
+        default="asyncio",
+        help="uvicorn's event loop for both servers (default asyncio, as openenv-core installs)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.sessions <= 1024:
         parser.error("--sessions must be between 1 and 1024")
@@ -184,10 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # piped to a file or a log: rich would assume 80 columns and wrap every row
         console = Console(width=120)
     console.print(f"OpenEnv's server: {args.sessions} sessions, {args.duration:g} s per measure")
-    openenv = measure_openenv(args.sessions, args.duration)
+    openenv = measure_openenv(args.sessions, args.duration, args.loop)
     console.print(f"the gateway ({WORKERS} workers): {args.sessions} sessions")
-    gateway = measure_gateway(args.sessions, args.duration)
-    console.print(results_table(openenv, gateway, args.sessions))
+    gateway = measure_gateway(args.sessions, args.duration, args.loop)
+    console.print(results_table(openenv, gateway, args.sessions, args.loop))
     return 0
 
 

@@ -85,30 +85,44 @@ def openenv_echo_app(sessions: int) -> Any:
     )
 
 
+EVENT_LOOPS = ("asyncio", "uvloop")
+"""uvicorn's event loops: ``asyncio`` is what ``pip install openenv-core`` serves on (it needs
+plain ``uvicorn``); ``uvloop`` is what uvicorn picks by itself once ``uvicorn[standard]`` is in."""
+
+
 def _serve(
     port_queue: multiprocessing.Queue[int],
     make_app: Callable[[], Any],
     backlog: int,
     log_level: str,
+    loop: str,
 ) -> None:
     """Serve ``make_app()`` on a free 127.0.0.1 port (put on ``port_queue``) until SIGTERM."""
     app = make_app()
     listener = socket.create_server(("127.0.0.1", 0), backlog=backlog)
     port_queue.put(listener.getsockname()[1])
-    config = uvicorn.Config(app, log_level=log_level, access_log=False)
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, loop=loop)
     uvicorn.Server(config).run(sockets=[listener])
 
 
 @contextlib.contextmanager
 def served(
-    make_app: Callable[[], Any], name: str, backlog: int = 128, log_level: str = "warning"
+    make_app: Callable[[], Any],
+    name: str,
+    backlog: int = 128,
+    log_level: str = "warning",
+    loop: str = "asyncio",
 ) -> Iterator[str]:
-    """A spawned uvicorn process serving ``make_app()`` (a picklable callable); yields its base
-    URL (``http://127.0.0.1:<port>``) and stops it with SIGTERM, uvicorn's graceful shutdown."""
+    """A spawned uvicorn process serving ``make_app()`` (a picklable callable) on the event
+    ``loop`` (one of :data:`EVENT_LOOPS`); yields its base URL (``http://127.0.0.1:<port>``) and
+    stops it with SIGTERM, uvicorn's graceful shutdown."""
     context = multiprocessing.get_context("spawn")
     port_queue: multiprocessing.Queue[int] = context.Queue()
     process = context.Process(
-        target=_serve, args=(port_queue, make_app, backlog, log_level), name=name, daemon=True
+        target=_serve,
+        args=(port_queue, make_app, backlog, log_level, loop),
+        name=name,
+        daemon=True,
     )
     process.start()
     try:
@@ -127,8 +141,11 @@ def served(
         port_queue.close()
 
 
-def openenv_echo_server(sessions: int) -> contextlib.AbstractContextManager[str]:
-    """OpenEnv's own server for the echo env, up to ``sessions`` sessions; yields its base URL."""
+def openenv_echo_server(
+    sessions: int, loop: str = "asyncio"
+) -> contextlib.AbstractContextManager[str]:
+    """OpenEnv's own server for the echo env, up to ``sessions`` sessions, on the event ``loop``;
+    yields its base URL."""
     # OpenEnv's /ws handler closes every socket once more after the client's {"type": "close"},
     # and uvicorn logs each of those races as an error; failures that matter reach the client
     # as error frames, which GenericEnvClient raises.
@@ -137,6 +154,7 @@ def openenv_echo_server(sessions: int) -> contextlib.AbstractContextManager[str]
         "OpenEnv's server",
         backlog=max(128, sessions),
         log_level="critical",
+        loop=loop,
     )
 
 
