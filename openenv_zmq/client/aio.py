@@ -102,7 +102,8 @@ class _AsyncConnection:
         timeout = self.timeout if timeout is None else timeout
         sent = [await self.send(m) for m in messages]
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*(w for _, w in sent)), timeout))
+            async with asyncio.timeout(timeout):
+                return [await waiter for _, waiter in sent]
         except TimeoutError:
             missing = self._abandon(sent)
             raise RequestTimeout(
