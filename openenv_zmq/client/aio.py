@@ -90,7 +90,10 @@ class _AsyncConnection:
         return request_id, waiter
 
     def _abandon(self, sent: Sequence[tuple[int, asyncio.Future[Message]]]) -> int:
-        missing = [request_id for request_id, waiter in sent if not waiter.done()]
+        # The timeout cancels the waiter it interrupts: cancelled ones got no answer either.
+        missing = [
+            request_id for request_id, waiter in sent if not waiter.done() or waiter.cancelled()
+        ]
         self.table.forget(missing)
         for request_id in missing:
             self.waiters.pop(request_id, None)

@@ -20,11 +20,13 @@ from openenv_zmq.errors import (
     EnvExecutionError,
     NoPendingCall,
     NoWorkerAvailable,
+    RequestTimeout,
     UnknownEnvIds,
 )
 from tests.integration.conftest import Processes
 
 FRAGILE = "tests.integration.fixture_envs:FragileEchoEnv"
+SLOW = "tests.integration.fixture_envs:SlowEchoEnv"
 
 
 def test_make_reset_step_state_with_1024_envs(procs: Processes) -> None:
@@ -129,6 +131,28 @@ def test_async_client_serves_concurrent_coroutines(procs: Processes) -> None:
                 got += len(await other.recv(timeout=10))
             assert [s.step_count for s in await other.state()] == [2] * 16
             assert (await client.status())["env_slots"]["used"] == 32
+
+    asyncio.run(main())
+
+
+def test_async_timeout_names_the_late_requests_and_the_client_carries_on(
+    procs: Processes,
+) -> None:
+    broker = procs.broker(workers=1, envs=("echo", SLOW))
+
+    async def main() -> None:
+        async with AsyncBatchClient(broker.frontend, timeout=0.3) as client:
+            slow = await client.make(SLOW, num_envs=1, delay=1.0)
+            fast = await client.make("echo", num_envs=1)
+            await fast.reset()
+            await slow.reset()
+            with pytest.raises(RequestTimeout, match=r"1 of 1 request\(s\) .* within 0.3 s"):
+                await slow.step([EchoAction(message="late")])
+            # the one worker answers late, meanwhile; that answer is dropped, the next call
+            # gets its own
+            await asyncio.sleep(1.0)
+            step = await fast.step([EchoAction(message="on time")])
+            assert step.observations[0].echoed_message == "on time"
 
     asyncio.run(main())
 
