@@ -142,7 +142,13 @@ def start(
         from openenv_zmq.gateway.server import GatewaySpec
 
         gateway = GatewaySpec(
-            envs[0], gateway_port, gateway_host, max_sessions, idle_timeout, web, max_frame_mb
+            env=envs[0],
+            port=gateway_port,
+            host=gateway_host,
+            max_sessions=max_sessions,
+            idle_timeout_s=idle_timeout,
+            web=web,
+            max_frame_mb=max_frame_mb,
         )
     limits = Limits(
         max_header_bytes=min(DEFAULT_LIMITS.max_header_bytes, int(max_message_mb * 2**20)),
@@ -220,7 +226,15 @@ def gateway(
 
     click.echo(f"gateway for {env!r} on http://{host}:{port} (broker {connect})")
     sys.stdout.flush()
-    spec = GatewaySpec(env, port, host, max_sessions, idle_timeout, web, max_frame_mb)
+    spec = GatewaySpec(
+        env=env,
+        port=port,
+        host=host,
+        max_sessions=max_sessions,
+        idle_timeout_s=idle_timeout,
+        web=web,
+        max_frame_mb=max_frame_mb,
+    )
     run_gateway(connect, spec)
 
 

@@ -32,6 +32,7 @@ from openenv_zmq.gateway.http import http_router
 from openenv_zmq.gateway.sessions import SessionPool
 from openenv_zmq.gateway.web import web_interface_enabled, web_router
 
+DEFAULT_MAX_SESSIONS = 64
 IDLE_CLOSE_CODE = 1000
 UNSUPPORTED_DATA_CODE = 1003
 BINARY_FRAME = "binary frames are not part of OpenEnv's protocol: send each message as JSON text"
@@ -111,7 +112,7 @@ async def serve_session(
 def create_gateway_app(
     broker_address: str,
     env: str,
-    max_sessions: int = 64,
+    max_sessions: int = DEFAULT_MAX_SESSIONS,
     idle_timeout_s: float | None = None,
     web: bool | None = None,
 ) -> FastAPI:

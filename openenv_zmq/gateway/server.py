@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import uvicorn
 
 from openenv_zmq.client.sync import BatchClient
-from openenv_zmq.gateway.app import create_gateway_app
+from openenv_zmq.gateway.app import DEFAULT_MAX_SESSIONS, create_gateway_app
 
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_MAX_SESSIONS = 64
 DEFAULT_MAX_FRAME_MB = 100.0
 """As OpenEnv's clients: a bigger frame closes the connection with 1009 (message too big)."""
 WORKER_WAIT_SECONDS = 60.0
