@@ -33,8 +33,8 @@ from echo_env.server.echo_environment import EchoEnvironment
 from broker.bench import embedded_cluster
 from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client.sync import BatchClient
-from openenv_zmq.env import resolve_env
 from openenv_zmq.protocol import Message, Op, encode
+from openenv_zmq.registry import resolve_env
 
 DEFAULT_DURATION = 3.0
 WARMUP = 0.3

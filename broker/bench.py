@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from broker.serve import ClusterSpec, serve
+from broker.cluster import ClusterSpec, run_cluster
 from openenv_zmq.client.sync import BatchClient
 
 CLUSTER_START_TIMEOUT = 30.0
@@ -53,7 +53,7 @@ def embedded_cluster(workers: int, envs: Sequence[str], capacity: int) -> Iterat
         capacity=capacity,
     )
     process = multiprocessing.get_context("spawn").Process(
-        target=serve, args=(spec,), name="openenv-broker"
+        target=run_cluster, args=(spec,), name="openenv-broker"
     )
     process.start()
     try:

@@ -14,9 +14,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from broker.bench import BenchReport, embedded_cluster, run_bench
+from broker.cluster import ClusterSpec, run_cluster
 from broker.core import BrokerConfig
 from broker.loop import BrokerServer
-from broker.serve import ClusterSpec, serve
 from openenv_zmq.client.sync import BatchClient
 from openenv_zmq.errors import OpenEnvZmqError
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits
@@ -173,7 +173,7 @@ def start(
             click.echo(f"gateway for {envs[0]!r} on http://{gateway_host}:{gateway_port}")
         sys.stdout.flush()
 
-    serve(spec, on_ready=ready)
+    run_cluster(spec, on_ready=ready)
     click.echo("broker stopped")
 
 
@@ -187,7 +187,7 @@ def worker(
     connect: str, envs: tuple[str, ...], capacity: int, heartbeat: float, name: str | None
 ) -> None:
     """Run one worker that joins a broker (what a container or another host runs)."""
-    from openenv_zmq.env import resolve_env
+    from openenv_zmq.registry import resolve_env
     from openenv_zmq.worker.loop import run_worker
 
     for env in envs:
@@ -283,7 +283,7 @@ def push(
     repo_id: str, env: str, private: bool, dry_run: bool, token: str | None, endpoint: str | None
 ) -> None:
     """Publish broker + workers + gateway as a Hugging Face docker Space (gateway on port 7860)."""
-    from openenv_zmq.hub import push_space
+    from broker.hub import push_space
 
     where = push_space(
         repo_id, env=env, private=private, dry_run=dry_run, token=token, endpoint=endpoint

@@ -1,4 +1,4 @@
-"""Run a broker with its local workers until SIGINT/SIGTERM: what ``start`` and ``bench`` share."""
+"""A cluster: a broker, its local workers and an optional gateway, run until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from broker.core import BrokerConfig
 from broker.loop import BrokerServer
-from openenv_zmq.providers.local import LocalProvider
+from broker.providers.local import LocalProvider
 
 if TYPE_CHECKING:  # the gateway needs the gateway extra (FastAPI); a bare broker does not
     from openenv_zmq.gateway.server import GatewaySpec
@@ -35,7 +35,7 @@ class ClusterSpec:
     """Serve OpenEnv's protocol as this says, in a process of its own."""
 
 
-def serve(
+def run_cluster(
     spec: ClusterSpec,
     on_ready: Callable[[BrokerServer], None] | None = None,
     stop: threading.Event | None = None,

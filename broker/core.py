@@ -30,16 +30,17 @@ from typing import Any
 import numpy as np
 
 from openenv_zmq.errors import (
+    EnvNotOnWorker,
     NoWorkerAvailable,
     ProtocolError,
     RemoteError,
     SessionLost,
     TooManyInFlight,
-    UnknownEnvId,
     WorkerLost,
 )
 from openenv_zmq.protocol import (
     ANSWER_OPS,
+    CONTROL_ROUTE,
     DEFAULT_LIMITS,
     WORKER_OPS,
     EnvIds,
@@ -57,9 +58,6 @@ log = logging.getLogger(__name__)
 
 DEAD_WORKERS_KEPT = 64
 """Dead workers with no env ids left on them that status() still lists (the most recent ones)."""
-
-CONTROL_ROUTE = b""
-"""Route frame of broker <-> worker control messages (any other route is a client identity)."""
 
 
 @dataclass(frozen=True)
@@ -208,7 +206,7 @@ class BrokerCore:
                 if request.worker <= self._last_worker_id
                 else f"no worker {request.worker}"
             )
-            return [self._error(client, request_id, UnknownEnvId.__name__, message, env_ids)]
+            return [self._error(client, request_id, EnvNotOnWorker.__name__, message, env_ids)]
         if worker.state is WorkerState.DEAD:
             return [self._to_dead_worker(client, request, worker)]
         if request.op is Op.CLOSE:

@@ -12,8 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from openenv_zmq.env import resolve_env
 from openenv_zmq.errors import RemoteError
+from openenv_zmq.registry import resolve_env
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DIR = PROJECT_ROOT / "docker" / "space"

@@ -25,12 +25,12 @@ from broker.core import (
     WorkerDied,
     WorkerJoined,
 )
+from broker.providers.base import WorkerProvider
 from openenv_zmq.protocol import Frame
-from openenv_zmq.providers.base import WorkerProvider
+from openenv_zmq.sockets import endpoint, router
 
 log = logging.getLogger(__name__)
 
-HIGH_WATER_MARK = 100_000
 MAX_POLL_SECONDS = 0.1
 """Upper bound on one wait, so that :meth:`BrokerServer.stop` and dead workers are seen quickly."""
 PROVIDER_POLL_SECONDS = 0.05
@@ -38,27 +38,6 @@ PROVIDER_POLL_SECONDS = 0.05
 DRAIN_BATCH = 256
 """Messages taken from one socket per wakeup before the other socket gets its turn."""
 _UNSENDABLE = (errno.EHOSTUNREACH, errno.EAGAIN)
-
-
-def _router(context: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
-    socket = context.socket(zmq.ROUTER)
-    try:
-        # Without MANDATORY a ROUTER silently drops messages to unknown peers.
-        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
-        socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
-        socket.bind(address)
-    except BaseException:
-        socket.close(linger=0)
-        raise
-    return socket
-
-
-def _endpoint(socket: zmq.Socket[bytes]) -> str:
-    value = socket.getsockopt(zmq.LAST_ENDPOINT)
-    assert isinstance(value, bytes)
-    return value.decode()
 
 
 class BrokerServer:
@@ -94,9 +73,9 @@ class BrokerServer:
             return
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
-            frontend = _router(context, self._addresses[0])
+            frontend = router(context, self._addresses[0])
             try:
-                backend = _router(context, self._addresses[1])
+                backend = router(context, self._addresses[1])
             except BaseException:
                 frontend.close(linger=0)
                 raise
@@ -104,7 +83,7 @@ class BrokerServer:
             context.term()
             raise
         self._context, self._frontend, self._backend = context, frontend, backend
-        self._bound = (_endpoint(frontend), _endpoint(backend))
+        self._bound = (endpoint(frontend), endpoint(backend))
 
     @property
     def frontend_address(self) -> str:
@@ -148,10 +127,10 @@ class BrokerServer:
                 socket.close(linger=0)
         if self._context is not None:
             self._context.term()
-        for endpoint in self._bound or ():
-            path = endpoint.removeprefix("ipc://")
+        for address in self._bound or ():
+            path = address.removeprefix("ipc://")
             # "@..." is Linux's abstract namespace: no file to remove.
-            if path != endpoint and not path.startswith("@"):
+            if path != address and not path.startswith("@"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
         self._context = self._frontend = self._backend = None

@@ -2,8 +2,8 @@
 
 from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client import AsyncBatchClient, AsyncEnvGroup, BatchClient, BatchResult, EnvGroup
+from openenv_zmq.client.envclient import EnvClient, SyncEnvClient
 from openenv_zmq.env import Environment, VectorEnvironment
-from openenv_zmq.envclient import EnvClient, SyncEnvClient
 from openenv_zmq.errors import EnvServerError
 from openenv_zmq.spaces import Box, Discrete
 from openenv_zmq.types import Action, Observation, State, StepResult

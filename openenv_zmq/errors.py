@@ -8,7 +8,7 @@ OpenEnvZmqError
 ├── ClientError                 misuse detected in this process before anything is sent
 │   ├── ClosedError             stepping a closed client or env group
 │   ├── BatchSizeMismatch       number of actions/seeds/kwargs differs from number of env ids
-│   ├── UnknownEnvIds           env ids that do not belong to the group
+│   ├── EnvIdsNotInGroup        env ids that do not belong to the group
 │   ├── AlreadyPendingCall      send() while the same env ids are still in flight
 │   └── NoPendingCall           recv() with nothing in flight
 ├── TransportError              the request did not get an answer
@@ -22,13 +22,14 @@ OpenEnvZmqError
     ├── EnvExecutionError       the env's own code raised
     ├── ActionValidationError   the action failed the env's pydantic model
     ├── NeedsReset              step() before the first reset()
-    ├── UnknownEnvId            the worker hosts no such env id
+    ├── EnvNotOnWorker          the worker it was sent to hosts no env with this id
     ├── WorkerLost              the worker died while the request was in flight
     └── SessionLost             the env lived on a worker that died; reset() re-places it
 ```
 
 Errors cross the wire as ``(type name, message, traceback)`` and are rebuilt here by name with
-:func:`error_from_wire`, so a trainer can ``except WorkerLost`` exactly as it would locally.
+:func:`error_from_wire`, so a trainer can ``except WorkerLost`` exactly as it would locally. A
+per-env error may carry a map of ``details`` too (pydantic's error list for a refused action).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class BatchSizeMismatch(ClientError):
     """A per-env argument (actions, seeds, kwargs) has the wrong length."""
 
 
-class UnknownEnvIds(ClientError):
+class EnvIdsNotInGroup(ClientError):
     """Env ids that are not part of the env group."""
 
 
@@ -114,12 +115,19 @@ class EnvServerError(RemoteError):
 
 
 class EnvError(OpenEnvZmqError):
-    """One env instance failed. ``env_id`` and the remote traceback travel with it."""
+    """One env instance failed. ``env_id``, the remote traceback and ``details`` travel with it."""
 
-    def __init__(self, message: str, env_id: int = -1, remote_traceback: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        env_id: int = -1,
+        remote_traceback: str = "",
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.env_id = env_id
         self.remote_traceback = remote_traceback
+        self.details: dict[str, Any] = details or {}
 
     @property
     def type_name(self) -> str:
@@ -130,21 +138,33 @@ class EnvExecutionError(EnvError):
     """The environment's own code raised; the original type name is kept in ``original_type``."""
 
     def __init__(
-        self, message: str, env_id: int = -1, remote_traceback: str = "", original_type: str = ""
+        self,
+        message: str,
+        env_id: int = -1,
+        remote_traceback: str = "",
+        details: dict[str, Any] | None = None,
+        original_type: str = "",
     ) -> None:
-        super().__init__(message, env_id, remote_traceback)
+        super().__init__(message, env_id, remote_traceback, details)
         self.original_type = original_type
 
 
 class ActionValidationError(EnvError):
     """The action failed the env's pydantic model; the message is pydantic's."""
 
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        """Pydantic's error list (JSON-safe, as ``ValidationError.json()`` renders it), when the
+        action failed a model; empty when it failed an array env's action space."""
+        errors: list[dict[str, Any]] = self.details.get("errors", [])
+        return errors
+
 
 class NeedsReset(EnvError):
     """The env was stepped before it was reset."""
 
 
-class UnknownEnvId(EnvError):
+class EnvNotOnWorker(EnvError):
     """The worker hosts no env with this id."""
 
 
@@ -166,7 +186,7 @@ _ENV_TYPES: dict[str, type[EnvError]] = {
         EnvExecutionError,
         ActionValidationError,
         NeedsReset,
-        UnknownEnvId,
+        EnvNotOnWorker,
         WorkerLost,
         SessionLost,
     )
@@ -181,14 +201,20 @@ def is_env_error_name(type_name: str) -> bool:
     return type_name in _ENV_TYPES
 
 
-def env_error_from_wire(type_name: str, message: str, traceback: str, env_id: int) -> EnvError:
+def env_error_from_wire(
+    type_name: str,
+    message: str,
+    traceback: str,
+    env_id: int,
+    details: dict[str, Any] | None = None,
+) -> EnvError:
     """Rebuild a per-env error; an unknown name is an exception from the env's own code."""
     cls = _ENV_TYPES.get(type_name)
     if cls is None:
         return EnvExecutionError(
-            f"{type_name}: {message}", env_id, traceback, original_type=type_name
+            f"{type_name}: {message}", env_id, traceback, details, original_type=type_name
         )
-    return cls(message, env_id, traceback)
+    return cls(message, env_id, traceback, details)
 
 
 def error_from_wire(type_name: str, message: str, traceback: str = "") -> OpenEnvZmqError:

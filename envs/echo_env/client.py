@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from echo_env.models import EchoAction, EchoObservation
-from openenv_zmq.envclient import EnvClient
+from openenv_zmq.client.envclient import EnvClient
 from openenv_zmq.types import State, StepResult
 
 

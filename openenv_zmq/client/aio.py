@@ -39,7 +39,6 @@ from openenv_zmq.client.transport import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
     WORKER_POLL_SECONDS,
-    configure_dealer,
     live_workers,
     no_default_group,
     too_few_workers,
@@ -54,6 +53,7 @@ from openenv_zmq.errors import (
     TransportError,
 )
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits, Message, Op
+from openenv_zmq.sockets import configure
 
 T = TypeVar("T")
 EnvIdsArg = Sequence[int] | np.ndarray | None
@@ -68,7 +68,7 @@ class _AsyncConnection:
         self.table = RequestTable(limits)
         self.waiters: dict[int, asyncio.Future[Message]] = {}
         context = zmq.asyncio.Context(zmq.Context.instance())
-        self.socket: zmq.asyncio.Socket = configure_dealer(context.socket(zmq.DEALER))
+        self.socket: zmq.asyncio.Socket = configure(context.socket(zmq.DEALER))
         self.socket.connect(address)
         self._reader: asyncio.Task[None] | None = None
 

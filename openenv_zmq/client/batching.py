@@ -14,8 +14,8 @@ from openenv_zmq.batch_models import validate_many
 from openenv_zmq.client.results import BatchResult
 from openenv_zmq.errors import (
     EnvError,
+    EnvIdsNotInGroup,
     ProtocolError,
-    UnknownEnvIds,
     env_error_from_wire,
     error_from_wire,
     is_env_error_name,
@@ -38,13 +38,13 @@ class Placement:
         return cls(env_ids[order].astype(np.int64), workers[order].astype(np.int64))
 
     def locate(self, env_ids: EnvIds) -> npt.NDArray[np.int64]:
-        """The worker of each env id; raises :class:`UnknownEnvIds` for ids not in the group."""
+        """The worker of each env id; raises :class:`EnvIdsNotInGroup` for ids not in the group."""
         index = np.searchsorted(self.env_ids, env_ids)
         index[index >= len(self.env_ids)] = 0
         unknown = self.env_ids[index] != env_ids if len(self.env_ids) else np.ones_like(env_ids)
         if np.any(unknown):
             bad = np.asarray(env_ids)[np.asarray(unknown, dtype=bool)]
-            raise UnknownEnvIds(f"env ids not in this group: {bad[:10].tolist()}")
+            raise EnvIdsNotInGroup(f"env ids not in this group: {bad[:10].tolist()}")
         return self.workers[index]
 
     def move(self, env_ids: EnvIds, workers: npt.NDArray[np.int64]) -> None:
@@ -108,9 +108,10 @@ def env_errors(message: Message) -> dict[int, EnvError]:
             for env_id in message.env_ids.tolist()
         }
     errors: dict[int, EnvError] = {}
-    for entry in message.parts.get("errors", ()):
-        env_id, type_name, text, traceback = entry
-        errors[env_id] = env_error_from_wire(type_name, text, traceback, env_id)
+    for env_id, type_name, text, traceback, *details in message.parts.get("errors", ()):
+        errors[env_id] = env_error_from_wire(
+            type_name, text, traceback, env_id, details[0] if details else None
+        )
     return errors
 
 

@@ -29,7 +29,6 @@ from openenv_zmq.client.batching import (
     take,
 )
 from openenv_zmq.client.results import BatchResult
-from openenv_zmq.env import import_object
 from openenv_zmq.errors import (
     AlreadyPendingCall,
     BatchSizeMismatch,
@@ -39,6 +38,7 @@ from openenv_zmq.errors import (
     WorkerLost,
 )
 from openenv_zmq.protocol import EnvIds, Message, Op
+from openenv_zmq.registry import import_object
 
 T = TypeVar("T")
 Flow = Generator[list[Message], list[Message], T]

@@ -33,7 +33,6 @@ from openenv_zmq.client.transport import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
     WORKER_POLL_SECONDS,
-    configure_dealer,
     live_workers,
     no_default_group,
     too_few_workers,
@@ -48,6 +47,7 @@ from openenv_zmq.errors import (
     TransportError,
 )
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits, Message, Op
+from openenv_zmq.sockets import configure
 
 T = TypeVar("T")
 EnvIdsArg = Sequence[int] | np.ndarray | None
@@ -61,7 +61,7 @@ class _Connection:
         self.timeout = timeout
         self.table = RequestTable(limits)
         self.arrived: dict[int, Message] = {}
-        self.socket: zmq.Socket[bytes] = configure_dealer(zmq.Context.instance().socket(zmq.DEALER))
+        self.socket: zmq.Socket[bytes] = configure(zmq.Context.instance().socket(zmq.DEALER))
         self.socket.connect(address)
 
     def send(self, message: Message) -> int:
@@ -135,7 +135,7 @@ class EnvGroup(GroupView):
         ``kwargs``: reset keyword arguments, one dict for all or a list with one per env.
         Env ids whose worker died are placed on a live worker first.
 
-        Raises :class:`BatchSizeMismatch`, :class:`UnknownEnvIds`, :class:`ClosedError`,
+        Raises :class:`BatchSizeMismatch`, :class:`EnvIdsNotInGroup`, :class:`ClosedError`,
         :class:`RequestTimeout`.
         """
         state = self._state
@@ -144,7 +144,7 @@ class EnvGroup(GroupView):
     def step(self, actions: Actions, env_ids: EnvIdsArg = None) -> BatchResult:
         """Step ``env_ids`` (all by default) with one action each, in the same order.
 
-        Raises :class:`BatchSizeMismatch`, :class:`UnknownEnvIds`, :class:`ClosedError`,
+        Raises :class:`BatchSizeMismatch`, :class:`EnvIdsNotInGroup`, :class:`ClosedError`,
         :class:`AlreadyPendingCall`, :class:`RequestTimeout`; env failures land in ``errors``.
         """
         state = self._state

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import zmq
-
 from openenv_zmq.errors import BrokerUnreachable, ClientError, NoWorkerAvailable
-from openenv_zmq.zmq_options import SocketT, copy_small_frames
 
 DEFAULT_TIMEOUT = 60.0
 """Seconds a request may wait for its answer (OpenEnv's message timeout)."""
@@ -15,14 +12,6 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 """Seconds the first PING may wait for the broker (OpenEnv's connect timeout)."""
 CLOSE_TIMEOUT = 5.0
 """Closing must not hang on a dead broker: its slots are gone with it anyway."""
-HIGH_WATER_MARK = 100_000
-
-
-def configure_dealer(socket: SocketT) -> SocketT:
-    socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
-    socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
-    return copy_small_frames(socket)
 
 
 WORKER_POLL_SECONDS = 0.05

@@ -16,10 +16,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from openenv_zmq.env import EnvTypes, env_types, resolve_env
 from openenv_zmq.errors import ActionValidationError, EnvNotFound, OpenEnvZmqError
 from openenv_zmq.gateway.frames import observation_frame, state_frame, validation_error
 from openenv_zmq.gateway.sessions import SessionPool
+from openenv_zmq.registry import EnvTypes, env_types, resolve_env
 
 MAX_SEED = 2**63 - 1
 """The worker refuses a whole RESET batch over one out-of-range seed, so it is refused here."""

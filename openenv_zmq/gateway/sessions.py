@@ -16,8 +16,8 @@ from pydantic import BaseModel
 
 from openenv_zmq.client.aio import AsyncBatchClient, AsyncEnvGroup
 from openenv_zmq.client.results import BatchResult
-from openenv_zmq.env import env_types, resolve_env
 from openenv_zmq.errors import EnvNotFound, MessageTooLarge
+from openenv_zmq.registry import env_types, resolve_env
 
 P = TypeVar("P")
 

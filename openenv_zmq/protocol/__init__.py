@@ -24,8 +24,10 @@ Conversations (``ids`` = env ids, ``w`` = worker id, parts in brackets):
   step (``same_step`` autoreset mode).
 - ``STATE w ids`` -> worker: ``REPLY ids [states: list[dict|None], errors]``.
 - ``CLOSE w ids`` -> worker: ``REPLY ids [errors]``. The broker frees the slots as it forwards.
-- ``errors`` is always a list of ``[env_id, type name, message, traceback]``; an env in it has
-  ``None`` in ``obs``/``states``, zero reward and false flags in its row.
+- ``errors`` is always a list of ``[env_id, type name, message, traceback]`` rows, a row
+  optionally ending in a map of details (``{errors: [...]}``, pydantic's error list, for an
+  ``ActionValidationError``); an env in it has ``None`` in ``obs``/``states``, zero reward and
+  false flags in its row.
 - ``ERROR {type, message, traceback?}`` answers a whole request. With ``ids`` and an ``EnvError``
   type name (``WorkerLost``, ``SessionLost``) it means every one of those env ids failed that way.
 - Worker control: ``READY {envs, capacity, name, pid}`` -> ``WELCOME {worker, heartbeat}``;
@@ -52,6 +54,7 @@ from openenv_zmq.protocol.ops import (
     ANSWER_OPS,
     BROKER_OPS,
     CONTROL_OPS,
+    CONTROL_ROUTE,
     REQUEST_OPS,
     WORKER_OPS,
     Op,
@@ -62,6 +65,7 @@ __all__ = [
     "ANSWER_OPS",
     "BROKER_OPS",
     "CONTROL_OPS",
+    "CONTROL_ROUTE",
     "DEFAULT_LIMITS",
     "PROTOCOL_VERSION",
     "REQUEST_OPS",

@@ -36,3 +36,6 @@ WORKER_OPS = frozenset({Op.CREATE, Op.RESET, Op.STEP, Op.STATE, Op.CLOSE})
 REQUEST_OPS = BROKER_OPS | WORKER_OPS
 ANSWER_OPS = frozenset({Op.REPLY, Op.ERROR})
 CONTROL_OPS = frozenset({Op.READY, Op.WELCOME, Op.HEARTBEAT, Op.DISCONNECT, Op.BYE})
+
+CONTROL_ROUTE = b""
+"""Route frame of broker <-> worker control messages; any other route is a client identity."""

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.batch_models import dump_many, validate_many
-from openenv_zmq.env import EnvTypes, VectorEnvironment, env_types, resolve_env, type_path
+from openenv_zmq.env import VectorEnvironment
 from openenv_zmq.errors import EnvNotFound, OpenEnvZmqError, ProtocolError
 from openenv_zmq.protocol import (
     DEFAULT_LIMITS,
@@ -36,6 +36,7 @@ from openenv_zmq.protocol import (
     pack,
     readable_request_id,
 )
+from openenv_zmq.registry import EnvTypes, env_types, resolve_env, type_path
 from openenv_zmq.types import State
 from openenv_zmq.worker.vector import VectorTable, space_meta
 
@@ -530,7 +531,7 @@ def _validated_actions(
 
 
 def _unknown(env_id: int) -> ErrorRow:
-    return [env_id, "UnknownEnvId", f"this worker hosts no env with id {env_id}", ""]
+    return [env_id, "EnvNotOnWorker", f"this worker hosts no env with id {env_id}", ""]
 
 
 class WorkerLifecycle(Enum):

@@ -23,9 +23,9 @@ from types import FrameType
 import zmq
 
 from openenv_zmq.errors import ProtocolError
-from openenv_zmq.protocol import Frame, Message, Op, decode, encode
+from openenv_zmq.protocol import CONTROL_ROUTE, Frame, Message, Op, decode, encode
+from openenv_zmq.sockets import configure
 from openenv_zmq.worker.core import BrokerLink, LinkOutput, WorkerCore, WorkerLifecycle
-from openenv_zmq.zmq_options import copy_small_frames
 
 __all__ = ["WorkerLifecycle", "run_worker"]
 
@@ -81,19 +81,16 @@ def run_worker(
         # A fresh identity per process: the broker must not mistake a restarted worker of the
         # same name for the one it knew.
         dealer.setsockopt(zmq.IDENTITY, f"{name}-{secrets.token_hex(4)}".encode())
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.setsockopt(zmq.SNDHWM, _DEALER_HWM)
-        dealer.setsockopt(zmq.RCVHWM, _DEALER_HWM)
+        configure(dealer, _DEALER_HWM)
         # Queue nothing for a broker that is not connected: stale heartbeats and answers would
         # reach a restarted broker; READY is re-sent every interval anyway.
         dealer.setsockopt(zmq.IMMEDIATE, 1)
-        copy_small_frames(dealer)
         dealer.connect(connect)
         log.info("worker %s hosting %s (capacity %d) -> %s", name, list(envs), capacity, connect)
         keepalive.start()
         pump.run(stopping)
         with pump.lock:
-            bye_sent = pump.send([b"", *encode(link.drain())])
+            bye_sent = pump.send([CONTROL_ROUTE, *encode(link.drain())])
     finally:
         halt.set()
         if keepalive.is_alive():
@@ -146,7 +143,7 @@ class _Pump:
             log.warning("ignoring a %d-frame message from the broker", len(frames))
             return
         route = frames[0].bytes
-        if route:
+        if route != CONTROL_ROUTE:
             self.link.heard(now)
             hosted = self.core.slots_used
             answer = self.core.handle([frame.buffer for frame in frames[1:]])
@@ -168,7 +165,7 @@ class _Pump:
         if output.drop_all:
             self.core.drop_all()
         for message in output.send:
-            if not self.send([b"", *encode(message)]):
+            if not self.send([CONTROL_ROUTE, *encode(message)]):
                 self.link.not_sent(message, time.monotonic())
 
     def send(self, frames: Sequence[zmq.Frame | Frame]) -> bool:
@@ -190,7 +187,7 @@ class _Pump:
             try:
                 heartbeat = self.link.keepalive(time.monotonic())
                 if heartbeat is not None:
-                    self.send([b"", *encode(heartbeat)])
+                    self.send([CONTROL_ROUTE, *encode(heartbeat)])
             finally:
                 self.lock.release()
 

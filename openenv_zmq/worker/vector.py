@@ -259,7 +259,7 @@ class VectorTable:
         return failed
 
 
-UNKNOWN = ("UnknownEnvId", "this worker hosts no such env id")
+UNKNOWN = ("EnvNotOnWorker", "this worker hosts no such env id")
 
 
 def error_rows(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from openenv_zmq.hub import PROJECT_ROOT, stage_space
+from broker.hub import PROJECT_ROOT, stage_space
 from tests.integration.conftest import free_port
 
 BASE_IMAGE = "openenv-zmq/python:3.11-bookworm"

@@ -76,7 +76,7 @@ def test_async_client_steps_arrays(procs: Processes) -> None:
 
 
 def test_unknown_gymnasium_id_is_refused() -> None:
-    from openenv_zmq.env import resolve_env
+    from openenv_zmq.registry import resolve_env
 
     with pytest.raises(EnvNotFound, match="Gymnasium has no env 'NoSuchEnv-v0'"):
         resolve_env("gym:NoSuchEnv-v0")

@@ -18,10 +18,10 @@ from openenv_zmq.errors import (
     ClientError,
     ClosedError,
     EnvExecutionError,
+    EnvIdsNotInGroup,
     NoPendingCall,
     NoWorkerAvailable,
     RequestTimeout,
-    UnknownEnvIds,
 )
 from tests.integration.conftest import Processes
 
@@ -164,7 +164,7 @@ def test_misuse_gets_clear_errors(procs: Processes) -> None:
         envs.reset()
         with pytest.raises(BatchSizeMismatch, match="3 actions for 4 env ids"):
             envs.step([EchoAction(message="x")] * 3)
-        with pytest.raises(UnknownEnvIds, match=r"\[999999\]"):
+        with pytest.raises(EnvIdsNotInGroup, match=r"\[999999\]"):
             envs.step([EchoAction(message="x")], env_ids=[999999])
         with pytest.raises(NoWorkerAvailable, match="no live worker hosts env 'nope'"):
             client.make("nope", num_envs=1)

@@ -22,7 +22,7 @@ from openenv.core.env_server import (  # type: ignore[import-untyped]
 )
 from websockets.asyncio.server import ServerConnection, serve
 
-from openenv_zmq.envclient import LOOP_THREAD_NAME, ws_endpoint
+from openenv_zmq.client.envclient import LOOP_THREAD_NAME, ws_endpoint
 from openenv_zmq.errors import EnvServerError, RemoteError, RequestTimeout, TransportError
 from tests.integration.conftest import free_port, serving
 

@@ -18,8 +18,8 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from broker.hub import PROJECT_ROOT, push_space
 from openenv_zmq.errors import RemoteError
-from openenv_zmq.hub import PROJECT_ROOT, push_space
 from tests.integration.conftest import serving
 
 pytest.importorskip("huggingface_hub")
@@ -126,7 +126,7 @@ def test_push_creates_a_docker_space_and_uploads_the_staged_files(fake_hub: Fake
     dockerfile = fake_hub.files["Dockerfile"].decode()
     assert "USER 1000\n" in dockerfile and "EXPOSE 7860\n" in dockerfile
     assert '"--env", "echo"' in dockerfile and '"--gateway-host", "0.0.0.0"' in dockerfile
-    for path in ("pyproject.toml", "openenv_zmq/hub.py", "broker/cli.py"):
+    for path in ("pyproject.toml", "broker/hub.py", "broker/cli.py"):
         assert fake_hub.files[path] == (PROJECT_ROOT / path).read_bytes()
 
 

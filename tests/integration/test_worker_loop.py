@@ -212,7 +212,7 @@ def test_disconnect_drops_envs_and_registers_again(broker: MiniBroker, spawn_wor
     again, _ = broker.expect(Op.READY)
     assert again.identity == identity
     lost = broker.request(identity, step(3, request_id=20))
-    assert [row[1] for row in lost.parts["errors"]] == ["UnknownEnvId"] * 3
+    assert [row[1] for row in lost.parts["errors"]] == ["EnvNotOnWorker"] * 3
 
     broker.send(identity, CONTROL, welcome(1, 0.1))
     assert broker.request(identity, create(3, request_id=21)).parts["errors"] == []
@@ -231,7 +231,7 @@ def test_silent_broker_means_drop_all_and_ready_again(
     again, _ = broker.expect(Op.READY, timeout=10.0)
     assert again.at - welcomed_at >= 2.5 * interval
     lost = broker.request(identity, step(1, request_id=30))
-    assert lost.parts["errors"][0][1] == "UnknownEnvId"
+    assert lost.parts["errors"][0][1] == "EnvNotOnWorker"
 
 
 def test_sigterm_sends_bye_and_exits_zero(broker: MiniBroker, spawn_worker: Any) -> None:

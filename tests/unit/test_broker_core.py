@@ -312,7 +312,7 @@ def test_too_many_in_flight() -> None:
 def test_request_to_a_worker_that_never_existed(core: BrokerCore) -> None:
     [output] = core.on_client(CLIENT, step(9, [5, 6], request_id=2), 0.0)
     answer = to_client(output)
-    assert_error(answer, "UnknownEnvId", 2, "no worker 9")
+    assert_error(answer, "EnvNotOnWorker", 2, "no worker 9")
     assert answer.env_ids is not None
     assert answer.env_ids.tolist() == [5, 6]
 
@@ -466,7 +466,7 @@ def test_only_the_latest_dead_workers_without_envs_are_remembered(core: BrokerCo
         core.on_worker(W1, control(Op.BYE), 0.0)
     assert len(core.status()["workers"]) == DEAD_WORKERS_KEPT
     [output] = core.on_client(CLIENT, step(first, [0], request_id=3), 1.0)
-    assert_error(to_client(output), "UnknownEnvId", 3, f"worker {first} died and hosts none")
+    assert_error(to_client(output), "EnvNotOnWorker", 3, f"worker {first} died and hosts none")
     [output] = core.on_client(CLIENT, step(first + 1, [0], request_id=4), 1.0)
     assert_error(to_client(output), "SessionLost", 4)
 

@@ -14,8 +14,9 @@ from cartpole_env import CartPoleVectorEnv
 from cartpole_env.rng import PCG64Streams
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
-from openenv_zmq.env import VectorEnvironment, resolve_env
+from openenv_zmq.env import VectorEnvironment
 from openenv_zmq.errors import NeedsReset
+from openenv_zmq.registry import resolve_env
 from openenv_zmq.spaces import Box, Discrete
 
 SEEDS = [0, 1, 5, 42, 123, 2**31, 2**32 - 1, 2**32, 2**63 + 11, 2**64 + 7, 2**128 + 12345, 3**100]

@@ -26,9 +26,9 @@ from openenv_zmq.errors import (
     AlreadyPendingCall,
     BatchSizeMismatch,
     ClosedError,
+    EnvIdsNotInGroup,
     NoWorkerAvailable,
     SessionLost,
-    UnknownEnvIds,
     WorkerLost,
 )
 from openenv_zmq.protocol import Message, Op, decode, encode, error_message
@@ -107,7 +107,7 @@ def test_placement_locates_moves_and_refuses_strangers() -> None:
     assert placement.locate(np.array([9, 3])).tolist() == [1, 0]
     placement.move(np.array([9]), np.array([4]))
     assert placement.locate(np.array([9, 5])).tolist() == [4, 1]
-    with pytest.raises(UnknownEnvIds, match=r"\[4, 100\]"):
+    with pytest.raises(EnvIdsNotInGroup, match=r"\[4, 100\]"):
         placement.locate(np.array([3, 4, 100]))
 
 

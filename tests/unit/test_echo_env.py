@@ -9,7 +9,7 @@ from echo_env import EchoAction, EchoObservation
 from echo_env.server import EchoEnvironment
 from pydantic import ValidationError
 
-from openenv_zmq.env import env_types
+from openenv_zmq.registry import env_types
 from openenv_zmq.types import State
 
 WIRE_EXCLUDE = {"reward", "done", "metadata"}

@@ -9,9 +9,10 @@ from echo_env.models import EchoAction, EchoObservation
 from echo_env.server.echo_environment import EchoEnvironment
 from pydantic import BaseModel
 
-from openenv_zmq.env import (
+from openenv_zmq.env import Environment
+from openenv_zmq.errors import EnvNotFound
+from openenv_zmq.registry import (
     ENTRY_POINT_GROUP,
-    Environment,
     EnvTypes,
     env_types,
     import_object,
@@ -19,7 +20,6 @@ from openenv_zmq.env import (
     resolve_env,
     type_path,
 )
-from openenv_zmq.errors import EnvNotFound
 from openenv_zmq.types import Action, Observation, State
 
 HERE = __name__

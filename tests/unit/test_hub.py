@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from broker.hub import PROJECT_ROOT, push_space, stage_space
 from openenv_zmq.errors import EnvNotFound
-from openenv_zmq.hub import PROJECT_ROOT, push_space, stage_space
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_project_source_is_copied_without_caches(staged: Path) -> None:
     assert (staged / "pyproject.toml").read_bytes() == (
         PROJECT_ROOT / "pyproject.toml"
     ).read_bytes()
-    for path in ("openenv_zmq/hub.py", "broker/cli.py", "envs/echo_env/__init__.py"):
+    for path in ("broker/hub.py", "broker/cli.py", "envs/echo_env/__init__.py"):
         assert (staged / path).read_bytes() == (PROJECT_ROOT / path).read_bytes()
     assert not list(staged.rglob("__pycache__"))
     assert not list(staged.rglob("*.egg-info"))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from openenv_zmq.adapters.gymnasium import gymnasium_env
-from openenv_zmq.env import resolve_env
 from openenv_zmq.errors import EnvNotFound
+from openenv_zmq.registry import resolve_env
 from openenv_zmq.spaces import Box, Discrete, batch_shape
 
 

@@ -341,7 +341,7 @@ def test_reset_errors_are_per_env_and_need_a_new_reset(core: WorkerCore) -> None
     assert set(rows) == {0, 42}
     assert rows[0][1:3] == ["KeyError", "'unlucky seed'"]
     assert "unlucky seed" in rows[0][3]
-    assert rows[42][1] == "UnknownEnvId"
+    assert rows[42][1] == "EnvNotOnWorker"
     assert_row_zeroed(reply, 0)
     assert_row_zeroed(reply, 2)
     assert reply.parts["obs"][1]["value"] == 0
@@ -418,7 +418,7 @@ def test_step_before_reset_and_unknown_ids(core: WorkerCore) -> None:
     reply = call(core, Op.STEP, [0, 5], parts={"actions": [{"message": "a"}] * 2})
     rows = errors_by_id(reply)
     assert rows[0][1:] == ["NeedsReset", "call reset() before step()", ""]
-    assert rows[5][1] == "UnknownEnvId"
+    assert rows[5][1] == "EnvNotOnWorker"
     assert "5" in rows[5][2]
     assert_row_zeroed(reply, 0)
     assert_row_zeroed(reply, 1)
@@ -482,7 +482,7 @@ def test_state_of_known_and_unknown_ids(core: WorkerCore) -> None:
     reply = call(core, Op.STATE, [0, 9])
     assert reply.op is Op.REPLY
     assert reply.parts["states"] == [{"episode_id": "e", "step_count": 0}, None]
-    assert errors_by_id(reply)[9][1] == "UnknownEnvId"
+    assert errors_by_id(reply)[9][1] == "EnvNotOnWorker"
 
 
 def test_close_frees_slots_even_when_close_raises(core: WorkerCore) -> None:
@@ -493,10 +493,10 @@ def test_close_frees_slots_even_when_close_raises(core: WorkerCore) -> None:
     rows = errors_by_id(reply)
     assert set(rows) == {1, 2}
     assert rows[1][1:3] == ["RuntimeError", "close failed"]
-    assert rows[2][1] == "UnknownEnvId"
+    assert rows[2][1] == "EnvNotOnWorker"
     assert FlakyEnv.closed == [1, 2]
     assert core.slots_used == 0
-    assert errors_by_id(call(core, Op.STATE, [0]))[0][1] == "UnknownEnvId"
+    assert errors_by_id(call(core, Op.STATE, [0]))[0][1] == "EnvNotOnWorker"
 
 
 def test_drop_all_closes_and_forgets_every_env(core: WorkerCore) -> None:
@@ -507,7 +507,7 @@ def test_drop_all_closes_and_forgets_every_env(core: WorkerCore) -> None:
     assert sorted(FlakyEnv.closed) == [1, 2]
     assert core.slots_used == 0
     reply = call(core, Op.STEP, [2], parts={"actions": [{"message": "a"}]})
-    assert errors_by_id(reply)[2][1] == "UnknownEnvId"
+    assert errors_by_id(reply)[2][1] == "EnvNotOnWorker"
     assert create(core, "echo", [2]).parts["errors"] == []
 
 

@@ -117,7 +117,7 @@ def test_bad_rows_fail_alone(core: WorkerCore) -> None:
     assert errors(reply) == {
         11: "ActionValidationError",
         13: "NeedsReset",
-        99: "UnknownEnvId",
+        99: "EnvNotOnWorker",
     }
     assert reply.parts["obs"][[0, 2]].tolist() == [[1, -1], [1, -1]]
     assert reply.parts["obs"][1].tolist() == [0, 0]
@@ -179,7 +179,7 @@ def test_close_frees_slots_and_closes_the_vector_env_last(core: WorkerCore) -> N
     assert core.slots_used == 2
     call(core, Op.CLOSE, [1])
     assert core.slots_used == 1
-    assert errors(call(core, Op.RESET, [1])) == {1: "UnknownEnvId"}
+    assert errors(call(core, Op.RESET, [1])) == {1: "EnvNotOnWorker"}
     call(core, Op.CLOSE, [2])
     assert core.slots_used == 0
     assert create(core, [1, 2]).parts["errors"] == []
@@ -199,5 +199,5 @@ def test_env_ids_with_gaps_are_located_by_search(core: WorkerCore) -> None:
     create(core, [7])
     call(core, Op.RESET, [7, 2, 1], parts={"seeds": [7, 2, 1]})
     reply = step(core, [7, 4, 1], [1, 1, 2])
-    assert errors(reply) == {4: "UnknownEnvId"}
+    assert errors(reply) == {4: "EnvNotOnWorker"}
     assert reply.parts["obs"].tolist() == [[1, 7], [0, 0], [2, 1]]
