@@ -9,6 +9,7 @@ in :mod:`openenv_zmq.worker.loop` pumps frames through them and passes ``now`` i
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import traceback
 from collections.abc import Callable, Sequence
@@ -522,7 +523,9 @@ def _validated_actions(
         try:
             parsed.append(slot.kind.types.action.model_validate(actions[i]))
         except ValidationError as exc:
-            rows.errors.append([env_id, "ActionValidationError", str(exc), ""])
+            # pydantic's error list travels too, so OpenEnv's VALIDATION_ERROR can carry it
+            details = {"errors": json.loads(exc.json())}
+            rows.errors.append([env_id, "ActionValidationError", str(exc), "", details])
             parsed.append(None)
         except Exception as exc:  # a validator of the env's own that raised something else
             rows.errors.append(_exception_row(env_id, exc))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 import msgpack
@@ -406,8 +407,15 @@ def test_action_validation_error_carries_pydantic_message(core: WorkerCore) -> N
     reply = call(core, Op.STEP, [0, 1, 2], parts={"actions": [bad, {"message": "ok"}, "not a map"]})
     rows = errors_by_id(reply)
     assert set(rows) == {0, 2}
-    assert rows[0][1:] == ["ActionValidationError", str(expected.value), ""]
+    pydantic_errors = json.loads(expected.value.json())
+    assert rows[0][1:] == [
+        "ActionValidationError",
+        str(expected.value),
+        "",
+        {"errors": pydantic_errors},
+    ]
     assert rows[2][1] == "ActionValidationError"
+    assert rows[2][4]["errors"][0]["type"] == "model_type"
     assert "valid dictionary" in rows[2][2]
     assert reply.parts["obs"][1]["echoed_message"] == "ok"
     assert_row_zeroed(reply, 0)
