@@ -31,6 +31,7 @@ from echo_env import EchoAction
 from echo_env.server.echo_environment import EchoEnvironment
 
 from broker.bench import embedded_cluster
+from openenv_zmq import sockets
 from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client.sync import BatchClient
 from openenv_zmq.protocol import Message, Op, encode
@@ -359,11 +360,10 @@ def _echo_router(port_queue: multiprocessing.Queue[int], stop: Event, parent: in
     """A ROUTER on a random 127.0.0.1 port sending every message back to its sender, until
     ``stop`` is set or its parent process is gone."""
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-    router = context.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    # The broker's own ROUTER recipe, so the floor differs from the broker only by its code.
+    router = sockets.router(context, "tcp://127.0.0.1:*")
     try:
-        port_queue.put(router.bind_to_random_port("tcp://127.0.0.1"))
+        port_queue.put(int(sockets.endpoint(router).rsplit(":", 1)[1]))
         while not stop.is_set() and os.getppid() == parent:
             if router.poll(100, zmq.POLLIN):
                 router.send_multipart(router.recv_multipart(copy=False), copy=False)
@@ -382,8 +382,7 @@ def direct_dealer_router_p50(duration: float = DEFAULT_DURATION) -> float:
         target=_echo_router, args=(port_queue, stop, os.getpid()), name="echo-router", daemon=True
     )
     process.start()
-    dealer: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
+    dealer: zmq.Socket[bytes] = sockets.configure(zmq.Context.instance().socket(zmq.DEALER))
     try:
         try:
             port = port_queue.get(timeout=CHILD_START_TIMEOUT)

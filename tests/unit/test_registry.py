@@ -13,6 +13,7 @@ from openenv_zmq.env import Environment
 from openenv_zmq.errors import EnvNotFound
 from openenv_zmq.registry import (
     ENTRY_POINT_GROUP,
+    PREFIXES,
     EnvTypes,
     env_types,
     import_object,
@@ -190,6 +191,24 @@ def test_unknown_name_lists_the_registered_envs() -> None:
 def test_bad_specs_raise_env_not_found(spec: str, match: str) -> None:
     with pytest.raises(EnvNotFound, match=match):
         resolve_env(spec)
+
+
+PREFIXED_NAMES: list[str] = []
+
+
+def env_for_prefixed_name(name: str) -> type:
+    PREFIXED_NAMES.append(name)
+    return AnnotatedEnv
+
+
+def test_a_prefix_hands_the_whole_name_to_its_factory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(PREFIXES, "fixture:", f"{HERE}:env_for_prefixed_name")
+    assert resolve_env("fixture:Some-Id-v0") is AnnotatedEnv
+    assert PREFIXED_NAMES == ["fixture:Some-Id-v0"]
+
+
+def test_gym_names_go_through_the_prefix_table() -> None:
+    assert PREFIXES["gym:"] == "openenv_zmq.adapters.gymnasium:gymnasium_env"
 
 
 # -- env_types ---------------------------------------------------------------------------------
