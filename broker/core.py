@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from broker.placement import Host, place
 from openenv_zmq.errors import (
     EnvNotOnWorker,
     NoWorkerAvailable,
@@ -307,12 +308,8 @@ class BrokerCore:
         return Message(Op.REPLY, request_id, env_ids=env_ids, parts={"workers": workers})
 
     def _shares(self, env: str, num_envs: int) -> list[tuple[_Worker, int]]:
-        """How many of ``num_envs`` new envs go to each live worker hosting ``env``.
-
-        Fills the least loaded workers first, so that the envs per worker (which is what a batch
-        step waits for) end up as level as capacities allow; among equals, most free slots first.
-        Raises :class:`NoWorkerAvailable` when the hosts lack ``num_envs`` free slots together.
-        """
+        """How many of ``num_envs`` new envs go to each live worker hosting ``env``: see
+        :func:`broker.placement.place`. Raises :class:`NoWorkerAvailable`."""
         live = list(self._live.values())
         hosts = [w for w in live if env in w.envs]
         if not hosts:
@@ -321,30 +318,8 @@ class BrokerCore:
                 f"no live worker hosts env {env!r}; "
                 + (f"live workers host: {', '.join(hosted)}" if hosted else "no worker is live")
             )
-        free = sum(w.free for w in hosts)
-        if free < num_envs:
-            raise NoWorkerAvailable(
-                f"asked for {num_envs} {env!r} envs but the {len(hosts)} live worker(s) hosting"
-                f" {env!r} have {free} free slot(s) of {sum(w.capacity for w in hosts)}"
-            )
-
-        def filled(level: int) -> int:
-            return sum(min(max(level - w.used, 0), w.free) for w in hosts)
-
-        # Smallest load level at which the hosts take every env (filled() is monotonic in level).
-        low, high = min(w.used for w in hosts), max(w.capacity for w in hosts)
-        while low < high:
-            mid = (low + high) // 2
-            low, high = (mid + 1, high) if filled(mid) < num_envs else (low, mid)
-        counts = {w.id: min(max(low - 1 - w.used, 0), w.free) for w in hosts}
-        remainder = num_envs - sum(counts.values())
-        for worker in sorted(hosts, key=lambda w: (-w.free, w.id)):
-            if remainder == 0:
-                break
-            if worker.used + counts[worker.id] < low and counts[worker.id] < worker.free:
-                counts[worker.id] += 1
-                remainder -= 1
-        return [(w, counts[w.id]) for w in hosts if counts[w.id]]
+        counts = place([Host(w.used, w.capacity) for w in hosts], num_envs, env)
+        return [(w, n) for w, n in zip(hosts, counts, strict=True) if n]
 
     # ------------------------------------------------------------------ backend
 
