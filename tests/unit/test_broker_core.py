@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.core import (
-    DEAD_WORKERS_KEPT,
     BrokerConfig,
     BrokerCore,
     Output,
@@ -20,6 +19,7 @@ from broker.core import (
     WorkerDied,
     WorkerJoined,
 )
+from broker.workers import DEAD_WORKERS_KEPT
 from openenv_zmq.protocol import Frame, Limits, Message, Op, decode, encode, pack
 
 CLIENT = b"client-a"
