@@ -6,8 +6,8 @@ deliver what each call returns, in order. No call raises on any input.
 
 It keeps four tables:
 
-- workers: id -> :class:`_Worker` (lifecycle ``READY -> DEAD``, see :class:`WorkerState`), and the
-  identity -> id map of live workers;
+- workers: a :class:`WorkerRegistry` of records by id (lifecycle ``READY -> DEAD``, see
+  :class:`WorkerState`) and of live workers by identity;
 - placement: env id -> worker id. Env ids of a dead worker stay placed on it as tombstones, so that
   requests for them answer ``SessionLost`` and ``ALLOC`` with ids can move them to a live worker;
 - in flight: ``(client, request id)`` -> the worker it was forwarded to, so that every forwarded
@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from enum import Enum
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from broker.outputs import Output, ToClient, ToWorker, WorkerDied, WorkerJoined
+from broker.placement import Host, place
+from broker.workers import WorkerRecord, WorkerRegistry, WorkerState
 from openenv_zmq.errors import (
     EnvNotOnWorker,
     NoWorkerAvailable,
@@ -54,10 +55,18 @@ from openenv_zmq.protocol import (
     readable_request_id,
 )
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "BrokerConfig",
+    "BrokerCore",
+    "Output",
+    "ToClient",
+    "ToWorker",
+    "WorkerDied",
+    "WorkerJoined",
+    "WorkerState",
+]
 
-DEAD_WORKERS_KEPT = 64
-"""Dead workers with no env ids left on them that status() still lists (the most recent ones)."""
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,65 +78,6 @@ class BrokerConfig:
     worker is detected within 3 intervals."""
     max_in_flight_per_client: int = 4096
     limits: Limits = DEFAULT_LIMITS
-
-
-@dataclass(slots=True)
-class ToClient:
-    """Send ``frames`` to the frontend peer ``client``."""
-
-    client: bytes
-    frames: list[Frame]
-
-
-@dataclass(slots=True)
-class ToWorker:
-    """Send ``frames`` (route frame first) to the backend peer ``identity``."""
-
-    identity: bytes
-    frames: list[Frame]
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerJoined:
-    worker_id: int
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerDied:
-    worker_id: int
-    name: str
-    reason: str
-
-
-Output = ToClient | ToWorker | WorkerJoined | WorkerDied
-
-
-class WorkerState(Enum):
-    READY = "ready"
-    DEAD = "dead"
-
-
-@dataclass(slots=True, eq=False)
-class _Worker:
-    id: int
-    identity: bytes
-    name: str
-    pid: int
-    envs: frozenset[str]
-    capacity: int
-    last_seen: float
-    next_heartbeat: float
-    state: WorkerState = WorkerState.READY
-    used: int = 0
-    """Env ids placed here; for a dead worker, its tombstones."""
-    steps_served: int = 0
-    death_reason: str = ""
-    in_flight: set[tuple[bytes, int]] = field(default_factory=set)
-
-    @property
-    def free(self) -> int:
-        return self.capacity - self.used if self.state is WorkerState.READY else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,15 +96,13 @@ class BrokerCore:
     def __init__(self, config: BrokerConfig | None = None) -> None:
         self.config = config or BrokerConfig()
         self._silence_limit = self.config.liveness * self.config.heartbeat_interval
-        self._workers: dict[int, _Worker] = {}
-        self._live: dict[bytes, _Worker] = {}
+        self._registry = WorkerRegistry()
+        # The step path looks workers up in the registry's tables directly.
+        self._workers = self._registry.by_id
+        self._live = self._registry.live
         self._placement: dict[int, int] = {}
         self._in_flight: dict[tuple[bytes, int], _Request] = {}
         self._client_in_flight: dict[bytes, int] = {}
-        self._retired: deque[int] = deque()
-        """Dead workers with no env ids placed on them, oldest first."""
-        self._last_worker_id = 0
-        """Worker ids are never reused: a record forgotten after death stays unknown."""
         self._env_ids = itertools.count(0)
         self._now = 0.0
         """The latest clock reading passed in, for :meth:`status`."""
@@ -203,7 +151,7 @@ class BrokerCore:
         if worker is None:
             message = (
                 f"worker {request.worker} died and hosts none of these env ids any more"
-                if request.worker <= self._last_worker_id
+                if self._registry.existed(request.worker)
                 else f"no worker {request.worker}"
             )
             return [self._error(client, request_id, EnvNotOnWorker.__name__, message, env_ids)]
@@ -218,7 +166,7 @@ class BrokerCore:
         worker.in_flight.add(key)
         return [ToWorker(worker.identity, [client, *frames])]
 
-    def _to_dead_worker(self, client: bytes, request: Message, worker: _Worker) -> ToClient:
+    def _to_dead_worker(self, client: bytes, request: Message, worker: WorkerRecord) -> ToClient:
         if request.op is Op.CLOSE:
             # Nothing is left to close: the envs died with their worker.
             self._release(worker, request.env_ids)
@@ -232,7 +180,7 @@ class BrokerCore:
             client, request.request_id, SessionLost.__name__, message, request.env_ids
         )
 
-    def _release(self, worker: _Worker, env_ids: EnvIds | None) -> None:
+    def _release(self, worker: WorkerRecord, env_ids: EnvIds | None) -> None:
         """Forget the placement of those ``env_ids`` that are placed on ``worker``."""
         if env_ids is None:
             return
@@ -241,18 +189,7 @@ class BrokerCore:
             if self._placement.get(env_id) == worker.id:
                 del self._placement[env_id]
                 released += 1
-        self._unplace(worker, released)
-
-    def _unplace(self, worker: _Worker, count: int) -> None:
-        worker.used -= count
-        if worker.state is WorkerState.DEAD and worker.used == 0:
-            self._retire(worker)
-
-    def _retire(self, worker: _Worker) -> None:
-        """A dead worker without tombstones is only history: keep the latest few for status()."""
-        self._retired.append(worker.id)
-        while len(self._retired) > DEAD_WORKERS_KEPT:
-            del self._workers[self._retired.popleft()]
+        self._registry.unplace(worker, released)
 
     # ------------------------------------------------------------------ allocation
 
@@ -292,11 +229,11 @@ class BrokerCore:
             owners[worker_id] = owners.get(worker_id, 0) + 1
         shares = self._shares(env, len(ids))
         for worker_id, count in owners.items():
-            self._unplace(self._workers[worker_id], count)
+            self._registry.unplace(self._workers[worker_id], count)
         return self._place(request_id, env_ids, shares)
 
     def _place(
-        self, request_id: int, env_ids: EnvIds, shares: list[tuple[_Worker, int]]
+        self, request_id: int, env_ids: EnvIds, shares: list[tuple[WorkerRecord, int]]
     ) -> Message:
         workers = np.repeat(
             np.array([w.id for w, _ in shares], dtype=np.int64), [n for _, n in shares]
@@ -306,13 +243,9 @@ class BrokerCore:
             worker.used += count
         return Message(Op.REPLY, request_id, env_ids=env_ids, parts={"workers": workers})
 
-    def _shares(self, env: str, num_envs: int) -> list[tuple[_Worker, int]]:
-        """How many of ``num_envs`` new envs go to each live worker hosting ``env``.
-
-        Fills the least loaded workers first, so that the envs per worker (which is what a batch
-        step waits for) end up as level as capacities allow; among equals, most free slots first.
-        Raises :class:`NoWorkerAvailable` when the hosts lack ``num_envs`` free slots together.
-        """
+    def _shares(self, env: str, num_envs: int) -> list[tuple[WorkerRecord, int]]:
+        """How many of ``num_envs`` new envs go to each live worker hosting ``env``: see
+        :func:`broker.placement.place`. Raises :class:`NoWorkerAvailable`."""
         live = list(self._live.values())
         hosts = [w for w in live if env in w.envs]
         if not hosts:
@@ -321,30 +254,8 @@ class BrokerCore:
                 f"no live worker hosts env {env!r}; "
                 + (f"live workers host: {', '.join(hosted)}" if hosted else "no worker is live")
             )
-        free = sum(w.free for w in hosts)
-        if free < num_envs:
-            raise NoWorkerAvailable(
-                f"asked for {num_envs} {env!r} envs but the {len(hosts)} live worker(s) hosting"
-                f" {env!r} have {free} free slot(s) of {sum(w.capacity for w in hosts)}"
-            )
-
-        def filled(level: int) -> int:
-            return sum(min(max(level - w.used, 0), w.free) for w in hosts)
-
-        # Smallest load level at which the hosts take every env (filled() is monotonic in level).
-        low, high = min(w.used for w in hosts), max(w.capacity for w in hosts)
-        while low < high:
-            mid = (low + high) // 2
-            low, high = (mid + 1, high) if filled(mid) < num_envs else (low, mid)
-        counts = {w.id: min(max(low - 1 - w.used, 0), w.free) for w in hosts}
-        remainder = num_envs - sum(counts.values())
-        for worker in sorted(hosts, key=lambda w: (-w.free, w.id)):
-            if remainder == 0:
-                break
-            if worker.used + counts[worker.id] < low and counts[worker.id] < worker.free:
-                counts[worker.id] += 1
-                remainder -= 1
-        return [(w, counts[w.id]) for w in hosts if counts[w.id]]
+        counts = place([Host(w.used, w.capacity) for w in hosts], num_envs, env)
+        return [(w, n) for w, n in zip(hosts, counts, strict=True) if n]
 
     # ------------------------------------------------------------------ backend
 
@@ -387,7 +298,7 @@ class BrokerCore:
         )
 
     def _answer(
-        self, worker: _Worker, client: bytes, message: Message, body: Sequence[Frame]
+        self, worker: WorkerRecord, client: bytes, message: Message, body: Sequence[Frame]
     ) -> list[Output]:
         if message.op not in ANSWER_OPS:
             return self._bad_worker_message(
@@ -409,7 +320,7 @@ class BrokerCore:
         return [ToClient(client, list(body))]
 
     def _fail_malformed_answer(
-        self, worker: _Worker, client: bytes, body: Sequence[Frame], exc: ProtocolError
+        self, worker: WorkerRecord, client: bytes, body: Sequence[Frame], exc: ProtocolError
     ) -> list[Output]:
         """A worker answered a request with frames that do not decode: the request still gets
         exactly one answer, if its id can be read."""
@@ -426,19 +337,8 @@ class BrokerCore:
         old = self._live.get(identity)
         if old is not None:
             outputs += self._declare_dead(old, "registered again")
-        self._last_worker_id += 1
-        worker = _Worker(
-            id=self._last_worker_id,
-            identity=identity,
-            name=ready.meta["name"],
-            pid=ready.meta["pid"],
-            envs=frozenset(ready.meta["envs"]),
-            capacity=ready.meta["capacity"],
-            last_seen=now,
-            next_heartbeat=now + self.config.heartbeat_interval,
-        )
-        self._workers[worker.id] = worker
-        self._live[identity] = worker
+        heartbeat_due = now + self.config.heartbeat_interval
+        worker = self._registry.add(identity, ready.meta, now, heartbeat_due)
         welcome = Message(
             Op.WELCOME, meta={"worker": worker.id, "heartbeat": self.config.heartbeat_interval}
         )
@@ -447,7 +347,7 @@ class BrokerCore:
         return outputs
 
     def _bad_worker_message(
-        self, identity: bytes, worker: _Worker | None, problem: ProtocolError
+        self, identity: bytes, worker: WorkerRecord | None, problem: ProtocolError
     ) -> list[Output]:
         who = f"worker {worker.id} ({worker.name})" if worker else f"unregistered peer {identity!r}"
         log.warning("bad message from %s: %s", who, problem)
@@ -501,11 +401,9 @@ class BrokerCore:
         message = f"worker {worker.id} ({worker.name}) is unreachable (gone, or its queue is full)"
         return [self._error(route, request_id, WorkerLost.__name__, message, request.env_ids)]
 
-    def _declare_dead(self, worker: _Worker, reason: str) -> list[Output]:
-        """The one transition ``READY -> DEAD``: answer everything in flight to the worker."""
-        worker.state = WorkerState.DEAD
-        worker.death_reason = reason
-        del self._live[worker.identity]
+    def _declare_dead(self, worker: WorkerRecord, reason: str) -> list[Output]:
+        """``worker`` is dead: answer everything in flight to it."""
+        self._registry.declare_dead(worker, reason)
         outputs: list[Output] = []
         message = f"worker {worker.id} ({worker.name}) died with the request in flight ({reason})"
         for key in list(worker.in_flight):
@@ -514,14 +412,12 @@ class BrokerCore:
             outputs.append(
                 self._error(key[0], key[1], WorkerLost.__name__, message, request.env_ids)
             )
-        if worker.used == 0:
-            self._retire(worker)
         outputs.append(WorkerDied(worker.id, worker.name, reason))
         return outputs
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _finish(self, key: tuple[bytes, int], worker: _Worker) -> None:
+    def _finish(self, key: tuple[bytes, int], worker: WorkerRecord) -> None:
         del self._in_flight[key]
         worker.in_flight.discard(key)
         client = key[0]
@@ -548,24 +444,9 @@ class BrokerCore:
         ``last_seen_ago`` is measured at ``now``, by default the latest clock passed to any call.
         """
         now = self._now if now is None else now
-        workers = [
-            {
-                "id": w.id,
-                "name": w.name,
-                "pid": w.pid,
-                "state": w.state.name,
-                "envs": sorted(w.envs),
-                "capacity": w.capacity,
-                "used": w.used,
-                "free": w.free,
-                "steps_served": w.steps_served,
-                "last_seen_ago": now - w.last_seen,
-            }
-            for w in self._workers.values()
-        ]
         live = self._live.values()
         return {
-            "workers": workers,
+            "workers": self._registry.status(now),
             "in_flight": len(self._in_flight),
             "clients": len(self._client_in_flight),
             "env_slots": {"used": sum(w.used for w in live), "free": sum(w.free for w in live)},

@@ -14,6 +14,7 @@ a wrong type, a size over the limits) raises :class:`ProtocolError` and nothing 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
@@ -76,14 +77,24 @@ def _pack_default(obj: Any) -> Any:
     raise TypeError(f"cannot encode {type(obj).__name__} in a msgpack payload")
 
 
-_packer_options: dict[str, Any] = {"use_bin_type": True, "default": _pack_default}
+class _Packers(threading.local):
+    """One packer per thread, built once: ``msgpack.packb`` builds one per call. Not one for all
+    threads: ``Packer.pack`` calls back into Python (``default``), so two threads could interleave
+    in its buffer (a worker encodes replies while its keep-alive thread sends heartbeats)."""
+
+    def __init__(self) -> None:
+        self.packer = msgpack.Packer(use_bin_type=True, default=_pack_default)
+
+
+_packers = _Packers()
 
 
 def pack(value: Any) -> bytes:
     """msgpack-encode a structured value (the one packer configuration used everywhere)."""
     try:
-        return msgpack.packb(value, **_packer_options)
+        return _packers.packer.pack(value)
     except (TypeError, ValueError, OverflowError) as exc:
+        # The packer empties its buffer when packing fails: the next pack starts clean.
         raise ProtocolError(f"payload cannot be encoded: {exc}") from exc
 
 

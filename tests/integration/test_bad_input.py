@@ -13,7 +13,7 @@ from echo_env import EchoAction
 
 from openenv_zmq import BatchClient
 from openenv_zmq.protocol import Message, Op, decode, encode
-from tests.integration.conftest import Broker, Processes
+from tests.integration.conftest import Broker, Processes, wait_until
 
 MAX_MESSAGE_MB = 1
 
@@ -54,6 +54,12 @@ def good_client(broker: Broker) -> Iterator[dict[str, int]]:
     assert not thread.is_alive()
     assert not failures, failures
     assert counts["batches"] > 0 and counts["errors"] == 0
+
+
+def still_stepping(counts: dict[str, int]) -> None:
+    """The good client steps on after the garbage (not only before it)."""
+    after = counts["batches"]
+    wait_until(lambda: counts["batches"] > after, 10, "the good client to step again")
 
 
 def ask(address: str, frames: list[Any], route: bytes | None = None) -> Message:
@@ -102,6 +108,7 @@ def test_frontend_answers_garbage_with_an_error(
         assert text in answer.meta["message"]
     with BatchClient(broker.frontend) as client:
         assert len(client.status()["workers"]) == 2
+    still_stepping(good_client)
 
 
 def test_backend_answers_garbage_and_strangers(broker: Broker, good_client: dict[str, int]) -> None:
@@ -114,3 +121,4 @@ def test_backend_answers_garbage_and_strangers(broker: Broker, good_client: dict
     assert answer.op is Op.ERROR and answer.meta["type"] == "MessageTooLarge"
     with BatchClient(broker.frontend) as client:
         assert {w["state"] for w in client.status()["workers"]} == {"READY"}
+    still_stepping(good_client)

@@ -189,7 +189,7 @@ def test_in_flight_request_is_answered_when_the_worker_leaves(
     ids = ask(client, Message(Op.ALLOC, 9, meta={"env": "echo", "num_envs": 2})).env_ids
     assert ids is not None
     client.send_multipart(encode(Message(Op.STATE, 1, worker=worker_id, env_ids=ids)))
-    recv_skipping_heartbeats(worker)
+    assert recv_skipping_heartbeats(worker)[1].op is Op.STATE
     worker.send_multipart([CONTROL, *encode(Message(Op.BYE))])
     lost = decode(recv(client))
     assert (lost.op, lost.meta["type"], lost.request_id) == (Op.ERROR, "WorkerLost", 1)
@@ -211,7 +211,7 @@ def test_exited_and_vanished_workers_fail_their_requests(
     exiting = dealer(context, broker.server.backend_address)
     exiting_id = join(exiting, "exiting")
     client.send_multipart(encode(Message(Op.STATE, 1, worker=exiting_id, env_ids=ids)))
-    recv_skipping_heartbeats(exiting)
+    assert recv_skipping_heartbeats(exiting)[1].op is Op.STATE
     provider.exited.append("exiting")
     lost = decode(recv(client))
     assert (lost.meta["type"], lost.request_id) == ("WorkerLost", 1)

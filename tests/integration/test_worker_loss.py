@@ -21,9 +21,11 @@ def kill_mid_step_and_check(client: BatchClient, heartbeat: float) -> None:
     wait_until(lambda: len(client.workers()) == 2, 30, "two workers")
     envs = client.make(SLOW, num_envs=16, delay=0.1)  # 8 envs a worker: 0.8 s a sub-batch
     envs.reset()
-    victim = client.workers()[0]
+    workers = client.workers()
+    assert [w["used"] for w in workers] == [8, 8], workers
+    victim = workers[0]
     envs.send([EchoAction(message="hi")] * 16)
-    time.sleep(0.2)
+    wait_until(lambda: client.status()["in_flight"] == 2, 5, "both sub-batches in flight")
     killed_at = time.monotonic()
     os.kill(victim["pid"], signal.SIGKILL)
 

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.core import (
-    DEAD_WORKERS_KEPT,
     BrokerConfig,
     BrokerCore,
     Output,
@@ -20,6 +19,7 @@ from broker.core import (
     WorkerDied,
     WorkerJoined,
 )
+from broker.workers import DEAD_WORKERS_KEPT
 from openenv_zmq.protocol import Frame, Limits, Message, Op, decode, encode, pack
 
 CLIENT = b"client-a"
@@ -167,7 +167,8 @@ def test_worker_ids_are_never_reused(core: BrokerCore) -> None:
 
 def test_ready_again_ends_the_old_registration(core: BrokerCore) -> None:
     old = register(core, W1)
-    core.on_client(CLIENT, step(old, [0], request_id=5), 0.0)
+    [forwarded] = core.on_client(CLIENT, step(old, [0], request_id=5), 0.0)
+    assert isinstance(forwarded, ToWorker)
     outputs = core.on_worker(W1, ready("worker-1"), 1.0)
     assert_error(to_client(outputs[0]), "WorkerLost", 5)
     assert outputs[1] == WorkerDied(old, "worker-1", "registered again")
@@ -450,6 +451,7 @@ def test_alloc_with_ids_moves_lost_envs_to_live_workers(
 ) -> None:
     w1, w2 = two_workers
     lost = [env_id for env_id, worker in placed(alloc(core, 6)).items() if worker == w1]
+    assert len(lost) == 3
     core.on_worker(W1, control(Op.BYE), 1.0)
     answer = alloc(core, len(lost), env_ids=lost, request_id=2)
     assert placed(answer) == dict.fromkeys(lost, w2)
@@ -489,8 +491,8 @@ def test_alloc_with_ids_refuses_live_and_unknown_ids(
 
 def test_alloc_with_ids_needs_room_on_a_live_worker(core: BrokerCore) -> None:
     w1 = register(core, W1)
-    alloc(core, 3)
-    core.on_worker(W1, control(Op.BYE), 1.0)
+    assert counts(alloc(core, 3)) == {w1: 3}
+    assert core.on_worker(W1, control(Op.BYE), 1.0) == [WorkerDied(w1, "worker-1", "left")]
     assert_error(alloc(core, 3, env_ids=[0, 1, 2], request_id=2), "NoWorkerAvailable", 2)
     w2 = register(core, W2, now=2.0)
     assert placed(alloc(core, 3, env_ids=[0, 1, 2], request_id=3, now=2.0)) == {
@@ -520,6 +522,7 @@ def test_close_on_a_dead_worker_answers_at_once(
 ) -> None:
     w1 = two_workers[0]
     on_w1 = [env_id for env_id, worker in placed(alloc(core, 4)).items() if worker == w1]
+    assert len(on_w1) == 2
     core.on_worker(W1, control(Op.BYE), 1.0)
     [output] = core.on_client(CLIENT, request(Op.CLOSE, w1, on_w1, 6), 1.0)
     answer = to_client(output)

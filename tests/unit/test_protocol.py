@@ -3,10 +3,13 @@ arrays cross without copies, and every schema violation is refused with a messag
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
+import msgpack
 import numpy as np
 import pytest
 
@@ -676,6 +679,41 @@ def test_encode_refuses(case: str) -> None:
     message, match = ENCODE_REFUSED[case]
     with pytest.raises(ProtocolError, match=match):
         encode(message)
+
+
+# -- pack: one packer per thread ---------------------------------------------------------------
+
+
+def test_pack_after_a_failure_starts_clean() -> None:
+    with pytest.raises(ProtocolError, match="cannot encode set"):
+        pack([1, "written before the failure", {1, 2}])
+    with pytest.raises(ProtocolError, match="cannot encode int"):
+        pack({"n": 2**64})
+    assert pack({"a": [1, 2]}) == msgpack.packb({"a": [1, 2]})
+
+
+def test_threads_packing_at_once_each_get_their_own_bytes() -> None:
+    # numpy values go through the packer's Python callback, where threads can switch.
+    values = [[{"i": np.int64(t), "x": np.float32(k)} for k in range(200)] for t in range(4)]
+    expected = [pack(value) for value in values]
+    mismatches: list[int] = []
+
+    def pack_often(t: int) -> None:
+        for _ in range(50):
+            if pack(values[t]) != expected[t]:
+                mismatches.append(t)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=pack_often, args=(t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not mismatches
 
 
 def test_unpack_names_what_failed() -> None:

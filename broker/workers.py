@@ -1,0 +1,120 @@
+"""The broker's worker registry: a record per registered worker, its lifecycle and status rows.
+
+Pure bookkeeping, no messages: :class:`broker.core.BrokerCore` decides when a worker joins or
+dies, and answers the requests that depend on it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+DEAD_WORKERS_KEPT = 64
+"""Dead workers with no env ids left on them that status() still lists (the most recent ones)."""
+
+
+class WorkerState(Enum):
+    READY = "ready"
+    DEAD = "dead"
+
+
+@dataclass(slots=True, eq=False)
+class WorkerRecord:
+    id: int
+    identity: bytes
+    name: str
+    pid: int
+    envs: frozenset[str]
+    capacity: int
+    last_seen: float
+    next_heartbeat: float
+    state: WorkerState = WorkerState.READY
+    used: int = 0
+    """Env ids placed here; for a dead worker, its tombstones."""
+    steps_served: int = 0
+    death_reason: str = ""
+    in_flight: set[tuple[bytes, int]] = field(default_factory=set)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.used if self.state is WorkerState.READY else 0
+
+    def status(self, now: float) -> dict[str, Any]:
+        """A msgpack-able row for the broker's status, ``last_seen_ago`` measured at ``now``."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "pid": self.pid,
+            "state": self.state.name,
+            "envs": sorted(self.envs),
+            "capacity": self.capacity,
+            "used": self.used,
+            "free": self.free,
+            "steps_served": self.steps_served,
+            "last_seen_ago": now - self.last_seen,
+        }
+
+
+class WorkerRegistry:
+    """Workers by id (live ones, dead ones while env ids are placed on them, and the latest
+    :data:`DEAD_WORKERS_KEPT` dead ones without) and live workers by socket identity.
+
+    Worker ids are never reused: a record forgotten after death stays unknown.
+    """
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, WorkerRecord] = {}
+        self.live: dict[bytes, WorkerRecord] = {}
+        self._retired: deque[int] = deque()
+        """Dead workers with no env ids placed on them, oldest first."""
+        self._last_id = 0
+
+    def add(
+        self, identity: bytes, ready: Mapping[str, Any], now: float, next_heartbeat: float
+    ) -> WorkerRecord:
+        """A new live worker from the meta of its READY, under a fresh id (the caller ends an
+        older registration of ``identity`` first)."""
+        self._last_id += 1
+        worker = WorkerRecord(
+            id=self._last_id,
+            identity=identity,
+            name=ready["name"],
+            pid=ready["pid"],
+            envs=frozenset(ready["envs"]),
+            capacity=ready["capacity"],
+            last_seen=now,
+            next_heartbeat=next_heartbeat,
+        )
+        self.by_id[worker.id] = worker
+        self.live[identity] = worker
+        return worker
+
+    def existed(self, worker_id: int) -> bool:
+        """Whether ``worker_id`` was ever given out, even if its record is forgotten."""
+        return worker_id <= self._last_id
+
+    def declare_dead(self, worker: WorkerRecord, reason: str) -> None:
+        """The one transition ``READY -> DEAD``; its env ids stay placed on it as tombstones."""
+        worker.state = WorkerState.DEAD
+        worker.death_reason = reason
+        del self.live[worker.identity]
+        if worker.used == 0:
+            self._retire(worker)
+
+    def unplace(self, worker: WorkerRecord, count: int) -> None:
+        """``count`` env ids placed on ``worker`` are placed there no more."""
+        worker.used -= count
+        if worker.state is WorkerState.DEAD and worker.used == 0:
+            self._retire(worker)
+
+    def _retire(self, worker: WorkerRecord) -> None:
+        """A dead worker without tombstones is only history: keep the latest few for status()."""
+        self._retired.append(worker.id)
+        while len(self._retired) > DEAD_WORKERS_KEPT:
+            del self.by_id[self._retired.popleft()]
+
+    def status(self, now: float) -> list[dict[str, Any]]:
+        return [w.status(now) for w in self.by_id.values()]
