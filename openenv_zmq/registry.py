@@ -77,8 +77,8 @@ def resolve_env(name: str) -> type:
     """
     for prefix, factory in PREFIXES.items():
         if name.startswith(prefix):
-            cls: Any = import_object(factory)(name)
-            return cls
+            prefixed: type = import_object(factory)(name)
+            return prefixed
     if ":" in name:
         cls = import_object(name)
     else:
