@@ -62,6 +62,20 @@ class SubBatch:
     """Where these env ids sit in the caller's request."""
 
 
+@dataclass(frozen=True)
+class Targets:
+    """The env ids a call names and the worker of each, located once per call."""
+
+    env_ids: EnvIds
+    workers: npt.NDArray[np.int64]
+
+    def split(self) -> list[SubBatch]:
+        return split_by_worker(self.env_ids, self.workers)
+
+    def __len__(self) -> int:
+        return len(self.env_ids)
+
+
 def split_by_worker(env_ids: EnvIds, workers: npt.NDArray[np.int64]) -> list[SubBatch]:
     """Group a request's env ids by worker, keeping each group in request order."""
     order = np.argsort(workers, kind="stable")
