@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from echo_env import EchoAction, EchoObservation
 
-from openenv_zmq.client.batching import Placement, split_by_worker
+from openenv_zmq.client.batching import Placement, assemble, split_by_worker
 from openenv_zmq.client.flows import (
     Flow,
     alloc_flow,
@@ -19,6 +19,7 @@ from openenv_zmq.client.flows import (
     step_flow,
     step_requests,
 )
+from openenv_zmq.client.results import BatchResult
 from openenv_zmq.client.state import GroupSpec, GroupState
 from openenv_zmq.errors import (
     ActionValidationError,
@@ -326,6 +327,23 @@ def state_answers(requests: list[Message]) -> list[Message]:
         )
         for r in requests
     ]
+
+
+def test_one_sub_batch_in_request_order_is_returned_without_a_copy() -> None:
+    n = 3
+    part = BatchResult(
+        np.array([5, 6, 7]),
+        [{"o": i} for i in range(n)],
+        np.arange(n, dtype=np.float32),
+        np.zeros(n, np.bool_),
+        np.ones(n, np.bool_),
+    )
+    whole = assemble(np.array([5, 6, 7]), [(np.arange(n), part)])
+    assert whole.observations is part.observations and whole.rewards is part.rewards
+    assert whole.truncated is part.truncated and whole.env_ids.tolist() == [5, 6, 7]
+    moved = assemble(np.array([7, 6, 5]), [(np.array([2, 1, 0]), part)])
+    assert moved.rewards is not part.rewards and moved.rewards.tolist() == [2, 1, 0]
+    assert moved.observations == [{"o": 2}, {"o": 1}, {"o": 0}]
 
 
 def test_dump_actions_dumps_a_repeated_model_once() -> None:
