@@ -62,6 +62,20 @@ class SubBatch:
     """Where these env ids sit in the caller's request."""
 
 
+@dataclass(frozen=True)
+class Targets:
+    """The env ids a call names and the worker of each, located once per call."""
+
+    env_ids: EnvIds
+    workers: npt.NDArray[np.int64]
+
+    def split(self) -> list[SubBatch]:
+        return split_by_worker(self.env_ids, self.workers)
+
+    def __len__(self) -> int:
+        return len(self.env_ids)
+
+
 def split_by_worker(env_ids: EnvIds, workers: npt.NDArray[np.int64]) -> list[SubBatch]:
     """Group a request's env ids by worker, keeping each group in request order."""
     order = np.argsort(workers, kind="stable")
@@ -74,13 +88,15 @@ def split_by_worker(env_ids: EnvIds, workers: npt.NDArray[np.int64]) -> list[Sub
     ]
 
 
+def in_order(positions: Positions, n: int) -> bool:
+    """Whether ``positions`` are ``0 .. n-1`` in order: the rows need not move."""
+    return len(positions) == n and bool((positions == np.arange(n)).all())
+
+
 def take(values: Any, positions: Positions) -> Any:
     """``values`` at ``positions``: an array stays an array (itself when nothing moves)."""
     if isinstance(values, np.ndarray):
-        in_place = len(positions) == len(values) and bool(
-            (positions == np.arange(len(values))).all()
-        )
-        return values if in_place else values[positions]
+        return values if in_order(positions, len(values)) else values[positions]
     return [values[i] for i in positions.tolist()]
 
 
@@ -199,8 +215,14 @@ def assemble(
     pieces: Sequence[tuple[Positions, BatchResult]],
     layout: ArrayLayout | None = None,
 ) -> BatchResult:
-    """Join sub-results into one BatchResult; row ``positions[i]`` is the sub-result's row i."""
+    """Join sub-results into one BatchResult; row ``positions[i]`` is the sub-result's row i.
+
+    One sub-result that covers the request in order (one worker's answer) is returned as it is,
+    with the request's env ids: its arrays are then views of the received frames (read-only).
+    """
     n = len(env_ids)
+    if len(pieces) == 1 and in_order(pieces[0][0], n):
+        return _as_request(env_ids, pieces[0][1], layout)
     observations = blank_rows(layout, n)
     final = None
     rewards = np.zeros(n, np.float32)
@@ -219,4 +241,22 @@ def assemble(
         errors.update(part.errors)
     return BatchResult(
         np.asarray(env_ids, np.int64), observations, rewards, terminated, truncated, errors, final
+    )
+
+
+def _as_request(env_ids: EnvIds, part: BatchResult, layout: ArrayLayout | None) -> BatchResult:
+    """``part`` as the answer to a request for ``env_ids``, with the dtypes ``assemble`` gives."""
+    observations, final = part.observations, part.final_observations
+    if layout is not None:
+        observations = np.asarray(observations, layout.dtype)
+        if final is not None:
+            final = np.asarray(final, layout.dtype)
+    return BatchResult(
+        np.asarray(env_ids, np.int64),
+        observations,
+        np.asarray(part.rewards, np.float32),
+        np.asarray(part.terminated, np.bool_),
+        np.asarray(part.truncated, np.bool_),
+        part.errors,
+        final,
     )

@@ -8,37 +8,29 @@ both serve exactly the same behaviour (see ``drive`` in ``client/sync.py`` and `
 from __future__ import annotations
 
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel
 
-from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client.batching import (
     ArrayLayout,
     Placement,
     Positions,
     SubBatch,
+    Targets,
     assemble,
     build_models,
     env_errors,
     raise_if_error,
-    split_by_worker,
     sub_result,
     take,
 )
 from openenv_zmq.client.results import BatchResult
-from openenv_zmq.errors import (
-    AlreadyPendingCall,
-    BatchSizeMismatch,
-    ClosedError,
-    EnvNotFound,
-    SessionLost,
-    WorkerLost,
-)
+from openenv_zmq.client.state import ClientState, GroupSpec, GroupState
+from openenv_zmq.errors import BatchSizeMismatch, ClientError, SessionLost
 from openenv_zmq.protocol import EnvIds, Message, Op
-from openenv_zmq.registry import import_object
 
 T = TypeVar("T")
 Flow = Generator[list[Message], list[Message], T]
@@ -46,73 +38,6 @@ Seeds = int | Sequence[int | None] | None
 Actions = Sequence[Any] | np.ndarray
 """One action per env: models or dicts for structured envs, an array (or numbers) for array envs."""
 ResetKwargs = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
-
-
-def _import_model(path: str | None) -> type[BaseModel] | None:
-    """The model class at ``path`` if this process can import it; dicts are returned otherwise."""
-    if path is None:
-        return None
-    try:
-        model = import_object(path)
-    except EnvNotFound:
-        return None
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-@dataclass
-class GroupState:
-    """Everything a client knows about one env group."""
-
-    env: str
-    kwargs: dict[str, Any]
-    placement: Placement
-    autoreset: AutoresetMode = AutoresetMode.DISABLED
-    observation_model: type[BaseModel] | None = None
-    state_model: type[BaseModel] | None = None
-    observation_layout: ArrayLayout | None = None
-    """Set for array envs: observations come back as one array."""
-    action_layout: ArrayLayout | None = None
-    lost: set[int] = field(default_factory=set)
-    in_flight: set[int] = field(default_factory=set)
-    closed: bool = False
-
-    @property
-    def env_ids(self) -> EnvIds:
-        return self.placement.env_ids
-
-    def learn_types(self, meta: Mapping[str, Any]) -> None:
-        """Read what a CREATE answer says about the env's models and array spaces."""
-        spaces = meta.get("spaces", {})
-        if "observation" in spaces:
-            self.observation_layout = ArrayLayout.from_wire(spaces["observation"])
-        if "action" in spaces:
-            self.action_layout = ArrayLayout.from_wire(spaces["action"])
-        types = meta.get("types", {})
-        if self.observation_model is None:
-            self.observation_model = _import_model(types.get("observation"))
-        if self.state_model is None:
-            self.state_model = _import_model(types.get("state"))
-
-    def check_open(self) -> None:
-        if self.closed:
-            raise ClosedError(f"the {self.env!r} env group is closed")
-
-    def resolve(self, env_ids: Sequence[int] | EnvIds | None) -> EnvIds:
-        """The env ids a call names (all the group's when ``None``), checked against the group."""
-        if env_ids is None:
-            return self.placement.env_ids
-        ids = np.asarray(env_ids, dtype=np.int64).reshape(-1)
-        self.placement.locate(ids)
-        return ids
-
-    def plan(self, env_ids: EnvIds) -> list[SubBatch]:
-        return split_by_worker(env_ids, self.placement.locate(env_ids))
-
-    def note_lost(self, pieces: Sequence[tuple[Positions, BatchResult]]) -> None:
-        for _, piece in pieces:
-            for env_id, error in piece.errors.items():
-                if isinstance(error, WorkerLost | SessionLost):
-                    self.lost.add(env_id)
 
 
 def per_env(name: str, values: Sequence[Any] | np.ndarray, expected: int) -> None:
@@ -141,29 +66,45 @@ def dump_actions(actions: Any, expected: int, layout: ArrayLayout | None = None)
     return out
 
 
-def alloc_flow(
-    env: str, num_envs: int, kwargs: dict[str, Any], autoreset: AutoresetMode
-) -> Flow[GroupState]:
-    """Reserve ``num_envs`` slots at the broker, then create the envs on their workers."""
-    [answer] = yield [Message(Op.ALLOC, meta={"env": env, "num_envs": num_envs})]
+def make_flow(client: ClientState, spec: GroupSpec) -> Flow[GroupState]:
+    """Make the group ``spec`` asks for and keep it with the client's groups.
+
+    Raises :class:`ClosedError`, :class:`ClientError` for ``num_envs < 1``, and what
+    :func:`alloc_flow` raises.
+    """
+    client.check_open()
+    if spec.num_envs < 1:
+        raise ClientError(f"num_envs must be at least 1, got {spec.num_envs}")
+    group = yield from alloc_flow(spec)
+    client.groups.append(group)
+    return group
+
+
+def alloc_flow(spec: GroupSpec) -> Flow[GroupState]:
+    """Reserve ``spec.num_envs`` slots at the broker, then create the envs on their workers.
+
+    Raises :class:`NoWorkerAvailable` when the slots are not there, or the first env's error.
+    """
+    alloc = Message(Op.ALLOC, meta={"env": spec.env, "num_envs": spec.num_envs})
+    [answer] = yield [alloc]
     raise_if_error(answer)
     assert answer.env_ids is not None
-    placement = Placement.of(answer.env_ids, answer.parts["workers"])
-    state = GroupState(env, kwargs, placement, autoreset)
+    state = GroupState(spec, Placement.of(answer.env_ids, answer.parts["workers"]))
     try:
-        yield from create_flow(state, state.env_ids)
+        yield from create_flow(state, state.resolve(None))
     except BaseException:
         yield from close_flow(state)
         raise
     return state
 
 
-def create_flow(state: GroupState, env_ids: EnvIds) -> Flow[None]:
-    """Create ``env_ids`` on the workers they are placed on; raise the first env's error."""
-    meta: dict[str, Any] = {"env": state.env, "autoreset": state.autoreset.value}
-    if state.kwargs:
-        meta["kwargs"] = state.kwargs
-    subs = state.plan(env_ids)
+def create_flow(state: GroupState, targets: Targets) -> Flow[None]:
+    """Create the targets on their workers; raise the first env's error."""
+    spec = state.spec
+    meta: dict[str, Any] = {"env": spec.env, "autoreset": spec.autoreset.value}
+    if spec.kwargs:
+        meta["kwargs"] = spec.kwargs
+    subs = targets.split()
     answers = yield [
         Message(Op.CREATE, worker=sub.worker, env_ids=sub.env_ids, meta=meta) for sub in subs
     ]
@@ -183,8 +124,9 @@ def replace_flow(state: GroupState, env_ids: EnvIds) -> Flow[None]:
     ]
     raise_if_error(answer)
     assert answer.env_ids is not None
-    state.placement.move(answer.env_ids, answer.parts["workers"])
-    yield from create_flow(state, answer.env_ids)
+    workers = answer.parts["workers"]
+    state.placement.move(answer.env_ids, workers)
+    yield from create_flow(state, Targets(answer.env_ids, workers))
     state.lost.difference_update(answer.env_ids.tolist())
 
 
@@ -208,12 +150,9 @@ def _reset_kwargs(kwargs: ResetKwargs, n: int) -> list[dict[str, Any]] | None:
 
 
 def _reset_requests(
-    state: GroupState,
-    env_ids: EnvIds,
-    seeds: list[int | None],
-    kwargs: list[dict[str, Any]] | None,
+    targets: Targets, seeds: list[int | None], kwargs: list[dict[str, Any]] | None
 ) -> tuple[list[SubBatch], list[Message]]:
-    subs = state.plan(env_ids)
+    subs = targets.split()
     requests = []
     for sub in subs:
         parts: dict[str, Any] = {"seeds": take(seeds, sub.positions)}
@@ -224,16 +163,18 @@ def _reset_requests(
 
 
 def reset_flow(
-    state: GroupState, env_ids: EnvIds, seed: Seeds, kwargs: ResetKwargs
+    state: GroupState, targets: Targets, seed: Seeds, kwargs: ResetKwargs
 ) -> Flow[BatchResult]:
-    """Reset ``env_ids``. Lost ones are first placed on a live worker (again if lost meanwhile)."""
+    """Reset the targets. Lost ones are first placed on a live worker (again if lost meanwhile)."""
     state.check_open()
+    env_ids = targets.env_ids
     n = len(env_ids)
     seeds, kwarg_rows = _reset_seeds(seed, n), _reset_kwargs(kwargs, n)
     known_lost = np.fromiter((i for i in env_ids.tolist() if i in state.lost), np.int64)
     if len(known_lost):
         yield from replace_flow(state, known_lost)
-    subs, requests = _reset_requests(state, env_ids, seeds, kwarg_rows)
+        targets = state.resolve(env_ids)  # some of them moved
+    subs, requests = _reset_requests(targets, seeds, kwarg_rows)
     answers = yield requests
     pieces = _read_answers(state, subs, answers)
     lost_now = np.fromiter(
@@ -243,8 +184,7 @@ def reset_flow(
         yield from replace_flow(state, lost_now)
         positions = np.flatnonzero(np.isin(env_ids, lost_now))
         retry_subs, retry = _reset_requests(
-            state,
-            env_ids[positions],
+            state.resolve(env_ids[positions]),
             take(seeds, positions),
             None if kwarg_rows is None else take(kwarg_rows, positions),
         )
@@ -269,15 +209,13 @@ def _read_answers(
 
 
 def step_requests(
-    state: GroupState, actions: Actions, env_ids: EnvIds
+    state: GroupState, actions: Actions, targets: Targets
 ) -> tuple[list[SubBatch], list[Message]]:
-    """The STEP sub-batches for ``actions`` on ``env_ids``; refuses env ids still in flight."""
+    """The STEP sub-batches for ``actions`` on the targets; refuses env ids still in flight."""
     state.check_open()
-    rows = dump_actions(actions, len(env_ids), state.action_layout)
-    if state.in_flight and not state.in_flight.isdisjoint(env_ids.tolist()):
-        busy = sorted(state.in_flight.intersection(env_ids.tolist()))[:10]
-        raise AlreadyPendingCall(f"env ids still in flight from send(): {busy}; recv() them first")
-    subs = state.plan(env_ids)
+    rows = dump_actions(actions, len(targets), state.action_layout)
+    state.check_not_in_flight(targets.env_ids)
+    subs = targets.split()
     return subs, [
         Message(
             Op.STEP,
@@ -289,32 +227,36 @@ def step_requests(
     ]
 
 
-def step_flow(state: GroupState, actions: Actions, env_ids: EnvIds) -> Flow[BatchResult]:
-    subs, requests = step_requests(state, actions, env_ids)
+def step_flow(state: GroupState, actions: Actions, targets: Targets) -> Flow[BatchResult]:
+    subs, requests = step_requests(state, actions, targets)
     answers = yield requests
-    return assemble(env_ids, _read_answers(state, subs, answers), state.observation_layout)
+    return assemble(targets.env_ids, _read_answers(state, subs, answers), state.observation_layout)
 
 
-def completed_steps(state: GroupState, done: Sequence[tuple[SubBatch, Message]]) -> BatchResult:
-    """The sub-batches that finished, joined in the order they finished (EnvPool's ``recv``)."""
+def completed_steps(state: GroupState, answers: Mapping[int, Message]) -> BatchResult:
+    """The ``send()`` sub-batches answered in ``answers`` (by request id), in the order they
+    were sent, joined as one result (EnvPool's ``recv``); they are no longer in flight."""
+    done = [
+        (state.in_flight.pop(request_id), answer)
+        for request_id, answer in answers.items()
+        if request_id in state.in_flight
+    ]
     offsets = np.cumsum([0] + [len(sub.env_ids) for sub, _ in done])
     local = [
         replace(sub, positions=np.arange(offsets[i], offsets[i + 1]))
         for i, (sub, _) in enumerate(done)
     ]
     pieces = _read_answers(state, local, [answer for _, answer in done])
-    for sub, _ in done:
-        state.in_flight.difference_update(sub.env_ids.tolist())
     env_ids = np.concatenate([sub.env_ids for sub, _ in done]) if done else np.empty(0, np.int64)
     return assemble(env_ids, pieces, state.observation_layout)
 
 
-def state_flow(state: GroupState, env_ids: EnvIds) -> Flow[list[Any]]:
-    """Each env's state in ``env_ids`` order; raises the first env's error if any failed."""
+def state_flow(state: GroupState, targets: Targets) -> Flow[list[Any]]:
+    """Each env's state in the targets' order; raises the first env's error if any failed."""
     state.check_open()
-    subs = state.plan(env_ids)
+    subs = targets.split()
     answers = yield [Message(Op.STATE, worker=s.worker, env_ids=s.env_ids) for s in subs]
-    states: list[Any] = [None] * len(env_ids)
+    states: list[Any] = [None] * len(targets)
     failures = {}
     for sub, answer in zip(subs, answers, strict=True):
         raise_if_error(answer)
@@ -334,7 +276,7 @@ def close_flow(state: GroupState) -> Flow[None]:
     if state.closed:
         return
     state.closed = True
-    subs = state.plan(state.env_ids)
+    subs = state.resolve(None).split()
     answers = yield [Message(Op.CLOSE, worker=s.worker, env_ids=s.env_ids) for s in subs]
     for answer in answers:
         raise_if_error(answer)

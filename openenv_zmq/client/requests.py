@@ -25,12 +25,16 @@ class RequestTable:
     """Stamps outgoing requests with fresh ids and reads incoming answers.
 
     An answer whose id is not awaited (it arrived after its request timed out) is dropped.
+    Call order: :meth:`stamp` a request, send its frames, feed whatever arrives to :meth:`read`
+    (or :meth:`receive`, which keeps the answer in :attr:`arrived` until :meth:`take` collects
+    it); :meth:`forget` the requests given up on.
     """
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._ids = itertools.count(1)
         self._limits = limits
         self.awaited: set[int] = set()
+        self.arrived: dict[int, Message] = {}
 
     def stamp(self, message: Message) -> tuple[int, list[Frame]]:
         request_id = next(self._ids)
@@ -56,3 +60,20 @@ class RequestTable:
             return None
         self.awaited.discard(message.request_id)
         return message
+
+    def receive(self, frames: Sequence[Frame]) -> None:
+        """Keep the answer in ``frames`` in :attr:`arrived` if it is awaited."""
+        answer = self.read(frames)
+        if answer is not None:
+            self.arrived[answer.request_id] = answer
+
+    def take(self, request_ids: Sequence[int]) -> dict[int, Message]:
+        """The answers of ``request_ids`` that have arrived, removed from :attr:`arrived`."""
+        arrived = self.arrived
+        return {rid: arrived.pop(rid) for rid in request_ids if rid in arrived}
+
+    def give_up(self, request_ids: Sequence[int]) -> list[int]:
+        """Forget those of ``request_ids`` that got no answer; returns them."""
+        missing = [rid for rid in request_ids if rid not in self.arrived]
+        self.forget(missing)
+        return missing

@@ -1,118 +1,66 @@
-"""``BatchClient``: the blocking client a trainer steps envs with."""
+"""``BatchClient``: the blocking client a trainer steps envs with.
+
+The facades only pump: every decision is in :mod:`~openenv_zmq.client.flows` and every fact in
+:mod:`~openenv_zmq.client.state`; ``tests/unit/test_client_parity.py`` keeps this module and
+:mod:`~openenv_zmq.client.aio` the same API.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any, TypeVar
 
 import numpy as np
-import zmq
 
 from openenv_zmq.autoreset import AutoresetMode
-from openenv_zmq.client.batching import SubBatch
 from openenv_zmq.client.flows import (
     Actions,
     Flow,
-    GroupState,
     ResetKwargs,
     Seeds,
-    alloc_flow,
     close_flow,
     completed_steps,
+    make_flow,
     reset_flow,
     state_flow,
     step_flow,
     step_requests,
 )
-from openenv_zmq.client.requests import RequestTable
 from openenv_zmq.client.results import BatchResult
+from openenv_zmq.client.state import (
+    WORKER_POLL_SECONDS,
+    ClientState,
+    GroupSpec,
+    GroupState,
+    live_workers,
+    too_few_workers,
+    unreachable,
+)
 from openenv_zmq.client.transport import (
     CLOSE_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_TIMEOUT,
-    WORKER_POLL_SECONDS,
-    live_workers,
-    no_default_group,
-    too_few_workers,
-    unreachable,
+    Transport,
 )
 from openenv_zmq.client.view import GroupView
-from openenv_zmq.errors import (
-    ClientError,
-    ClosedError,
-    NoPendingCall,
-    RequestTimeout,
-    TransportError,
-)
+from openenv_zmq.client.zmq_transport import ZmqTransport
+from openenv_zmq.errors import ClientError, RequestTimeout, TransportError
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits, Message, Op
-from openenv_zmq.sockets import configure
 
 T = TypeVar("T")
 EnvIdsArg = Sequence[int] | np.ndarray | None
 
 
-class _Connection:
-    """One DEALER socket to the broker and the answers that arrived on it."""
-
-    def __init__(self, address: str, timeout: float, limits: Limits) -> None:
-        self.address = address
-        self.timeout = timeout
-        self.table = RequestTable(limits)
-        self.arrived: dict[int, Message] = {}
-        self.socket: zmq.Socket[bytes] = configure(zmq.Context.instance().socket(zmq.DEALER))
-        self.socket.connect(address)
-
-    def send(self, message: Message) -> int:
-        request_id, frames = self.table.stamp(message)
-        try:
-            self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            self.table.forget([request_id])
-            raise TransportError(f"send queue to {self.address} is full") from None
-        return request_id
-
-    def wait(
-        self, request_ids: Sequence[int], timeout: float | None, *, any_: bool = False
-    ) -> None:
-        """Receive until all (or, with ``any_``, one) of ``request_ids`` have answers."""
-        timeout = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        needed = 1 if any_ else len(request_ids)
-        while sum(rid in self.arrived for rid in request_ids) < needed:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.socket.poll(int(remaining * 1000) + 1, zmq.POLLIN):
-                if any_:
-                    raise RequestTimeout(f"no answer from {self.address} within {timeout:g} s")
-                missing = [rid for rid in request_ids if rid not in self.arrived]
-                self.table.forget(missing)
-                raise RequestTimeout(
-                    f"{len(missing)} of {len(request_ids)} request(s) to {self.address}"
-                    f" got no answer within {timeout:g} s"
-                )
-            while self.socket.poll(0, zmq.POLLIN):
-                answer = self.table.read(self.socket.recv_multipart(copy=False))
-                if answer is not None:
-                    self.arrived[answer.request_id] = answer
-
-    def exchange(self, messages: list[Message], timeout: float | None = None) -> list[Message]:
-        request_ids = [self.send(m) for m in messages]
-        self.wait(request_ids, timeout)
-        return [self.arrived.pop(rid) for rid in request_ids]
-
-    def drive(self, flow: Flow[T], timeout: float | None = None) -> T:
-        """Run a flow to its end, sending each round of requests and feeding back the answers."""
-        try:
-            requests = next(flow)
-            while True:
-                requests = flow.send(self.exchange(requests, timeout))
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
-
-    def close(self) -> None:
-        self.socket.close(linger=0)
+def drive(transport: Transport, flow: Flow[T], timeout: float | None = None) -> T:
+    """Run a flow to its end, sending each round of requests and feeding back the answers."""
+    try:
+        requests = next(flow)
+        while True:
+            requests = flow.send(transport.exchange(requests, timeout))
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
 
 
 class EnvGroup(GroupView):
@@ -123,10 +71,9 @@ class EnvGroup(GroupView):
     until every sent env id has come back; ``recv()`` returns whichever sub-batches finished.
     """
 
-    def __init__(self, connection: _Connection, state: GroupState) -> None:
+    def __init__(self, transport: Transport, state: GroupState) -> None:
         super().__init__(state)
-        self._connection = connection
-        self._pending: dict[int, SubBatch] = {}
+        self._transport = transport
 
     def reset(
         self, seed: Seeds = None, env_ids: EnvIdsArg = None, kwargs: ResetKwargs = None
@@ -139,7 +86,7 @@ class EnvGroup(GroupView):
         :class:`RequestTimeout`.
         """
         state = self._state
-        return self._connection.drive(reset_flow(state, state.resolve(env_ids), seed, kwargs))
+        return drive(self._transport, reset_flow(state, state.resolve(env_ids), seed, kwargs))
 
     def step(self, actions: Actions, env_ids: EnvIdsArg = None) -> BatchResult:
         """Step ``env_ids`` (all by default) with one action each, in the same order.
@@ -148,16 +95,17 @@ class EnvGroup(GroupView):
         :class:`AlreadyPendingCall`, :class:`RequestTimeout`; env failures land in ``errors``.
         """
         state = self._state
-        return self._connection.drive(step_flow(state, actions, state.resolve(env_ids)))
+        return drive(self._transport, step_flow(state, actions, state.resolve(env_ids)))
 
     def send(self, actions: Actions, env_ids: EnvIdsArg = None) -> None:
-        """Start stepping ``env_ids`` and return at once; collect the answers with ``recv()``."""
+        """Start stepping ``env_ids`` and return at once; collect the answers with ``recv()``.
+
+        Raises as ``step()`` does, and :class:`TransportError` when the send queue is full.
+        """
         state = self._state
-        ids = state.resolve(env_ids)
-        subs, requests = step_requests(state, actions, ids)
+        subs, requests = step_requests(state, actions, state.resolve(env_ids))
         for sub, request in zip(subs, requests, strict=True):
-            self._pending[self._connection.send(request)] = sub
-        state.in_flight.update(ids.tolist())
+            state.sent(self._transport.send(request), sub)
 
     def recv(self, timeout: float | None = None) -> BatchResult:
         """The sub-batches of earlier ``send()`` calls that have finished (at least one).
@@ -165,22 +113,18 @@ class EnvGroup(GroupView):
         Raises :class:`NoPendingCall` when nothing was sent, :class:`RequestTimeout` when
         nothing finished within ``timeout`` seconds (the calls stay pending).
         """
-        if not self._pending:
-            raise NoPendingCall("recv() without a send() in flight")
-        connection = self._connection
-        connection.wait(list(self._pending), timeout, any_=True)
-        done = [rid for rid in self._pending if rid in connection.arrived]
-        finished = [(self._pending.pop(rid), connection.arrived.pop(rid)) for rid in done]
-        return completed_steps(self._state, finished)
+        state = self._state
+        return completed_steps(state, self._transport.wait_any(state.awaited(), timeout))
 
     def state(self, env_ids: EnvIdsArg = None) -> list[Any]:
-        """Each env's State model, in env id order. Raises the first env's error if any failed."""
+        """Each env's State model (a dict with ``as_dicts``), in env id order. Raises the first
+        env's error if any failed."""
         state = self._state
-        return self._connection.drive(state_flow(state, state.resolve(env_ids)))
+        return drive(self._transport, state_flow(state, state.resolve(env_ids)))
 
     def close(self) -> None:
         """Close every env of the group and free its slots. Closing twice does nothing."""
-        self._connection.drive(close_flow(self._state), CLOSE_TIMEOUT)
+        drive(self._transport, close_flow(self._state), CLOSE_TIMEOUT)
 
     def __enter__(self) -> EnvGroup:
         return self
@@ -194,37 +138,50 @@ class BatchClient:
 
     ``BatchClient(address)`` then ``make(env, num_envs)``; or ``BatchClient(address, env=...,
     num_envs=...)`` to make one group at once and call ``reset`` / ``step`` / ``state`` /
-    ``send`` / ``recv`` on the client directly. Raises :class:`BrokerUnreachable` when no broker
-    answers within ``connect_timeout`` seconds.
+    ``send`` / ``recv`` on the client directly. ``address`` is the broker's frontend, reached
+    over zmq; pass ``transport=`` instead (and no address) to use another transport, such as
+    ``broker.inprocess``'s; the client closes it. Raises :class:`BrokerUnreachable` when no
+    broker answers within ``connect_timeout`` seconds, :class:`ClientError` when both or neither
+    of ``address`` and ``transport`` are given.
     """
 
     def __init__(
         self,
-        address: str,
+        address: str | None = None,
         env: str | None = None,
         num_envs: int = 1,
         *,
         autoreset: AutoresetMode | str = AutoresetMode.DISABLED,
+        as_dicts: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         limits: Limits = DEFAULT_LIMITS,
+        transport: Transport | None = None,
         **env_kwargs: Any,
     ) -> None:
-        self.address = address
-        self._connection = _Connection(address, timeout, limits)
-        self._groups: list[EnvGroup] = []
-        self._default: EnvGroup | None = None
-        self._closed = False
+        if (address is None) == (transport is None):
+            raise ClientError("pass either a broker address or a transport")
+        self._transport = transport or ZmqTransport(str(address), timeout, limits)
+        spec = None
+        if env is not None:
+            spec = GroupSpec(env, num_envs, env_kwargs, AutoresetMode(autoreset), as_dicts)
+        self._state = ClientState(spec, connect_timeout)
         try:
-            self._connection.exchange([Message(Op.PING)], connect_timeout)
-            if env is not None:
-                self._default = self.make(env, num_envs, autoreset=autoreset, **env_kwargs)
+            self._transport.exchange([Message(Op.PING)], connect_timeout)
+            self._state.connected = True
+            if spec is not None:
+                self._state.default = drive(self._transport, make_flow(self._state, spec))
         except RequestTimeout:
-            self._connection.close()
-            raise unreachable(address, connect_timeout) from None
+            self._transport.close()
+            raise unreachable(self.address, connect_timeout) from None
         except BaseException:
             self.close()
             raise
+
+    @property
+    def address(self) -> str:
+        """Where the broker is (the transport's address)."""
+        return self._transport.address
 
     def make(
         self,
@@ -232,25 +189,23 @@ class BatchClient:
         num_envs: int = 1,
         *,
         autoreset: AutoresetMode | str = AutoresetMode.DISABLED,
+        as_dicts: bool = False,
         **kwargs: Any,
     ) -> EnvGroup:
         """Place ``num_envs`` instances of ``env`` on workers and create them.
 
-        ``kwargs`` go to every instance's constructor. Raises :class:`NoWorkerAvailable` when
-        the live workers hosting ``env`` lack the slots, or the first env's constructor error.
+        ``kwargs`` go to every instance's constructor. With ``as_dicts``, observations and
+        states come back as the decoded dicts instead of the env's models. Raises
+        :class:`NoWorkerAvailable` when the live workers hosting ``env`` lack the slots, or
+        the first env's constructor error.
         """
-        self._check_open()
-        if num_envs < 1:
-            raise ClientError(f"num_envs must be at least 1, got {num_envs}")
-        state = self._connection.drive(alloc_flow(env, num_envs, kwargs, AutoresetMode(autoreset)))
-        group = EnvGroup(self._connection, state)
-        self._groups.append(group)
-        return group
+        spec = GroupSpec(env, num_envs, kwargs, AutoresetMode(autoreset), as_dicts)
+        return EnvGroup(self._transport, drive(self._transport, make_flow(self._state, spec)))
 
     def status(self) -> dict[str, Any]:
         """The broker's view: workers, their liveness, env slots used/free, steps served."""
-        self._check_open()
-        [answer] = self._connection.exchange([Message(Op.STATUS)])
+        self._state.check_open()
+        [answer] = self._transport.exchange([Message(Op.STATUS)])
         status: dict[str, Any] = answer.meta["status"]
         return status
 
@@ -276,10 +231,8 @@ class BatchClient:
 
     @property
     def envs(self) -> EnvGroup:
-        """The group made by the constructor's ``env=``."""
-        if self._default is None:
-            raise no_default_group()
-        return self._default
+        """The group made by the constructor's ``env=``; raises :class:`ClientError` if none."""
+        return EnvGroup(self._transport, self._state.default_group())
 
     def reset(
         self, seed: Seeds = None, env_ids: EnvIdsArg = None, kwargs: ResetKwargs = None
@@ -298,31 +251,21 @@ class BatchClient:
     def state(self, env_ids: EnvIdsArg = None) -> list[Any]:
         return self.envs.state(env_ids)
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError("the client is closed")
-
     def close(self) -> None:
-        """Close every group made here (best effort), then the socket."""
-        if self._closed:
+        """Close every group made here (best effort), then the transport."""
+        if self._state.closed:
             return
-        self._closed = True
+        self._state.closed = True
         try:
-            for group in self._groups:
-                if not group.closed:
-                    group.close()
+            for group in self._state.open_groups():
+                drive(self._transport, close_flow(group), CLOSE_TIMEOUT)
         except TransportError:
             pass  # the broker is gone: its slots went with it
         finally:
-            self._connection.close()
+            self._transport.close()
 
     def __enter__(self) -> BatchClient:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

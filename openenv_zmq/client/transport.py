@@ -1,10 +1,21 @@
-"""Socket settings and defaults shared by the sync and asyncio clients."""
+"""What a client needs from a transport, sync and asyncio, and the defaults every transport shares.
+
+A transport carries request messages to a broker and brings their answers back; it stamps each
+request with a fresh id. The clients speak to nothing else, so a test can hand them a transport
+that needs no sockets (``broker.inprocess``), as httpx's ``MockTransport`` does.
+
+Call order: :meth:`Transport.send` returns a request id; collect its answer with
+:meth:`Transport.wait_any`. :meth:`Transport.exchange` sends a round of requests and waits for
+all their answers. :meth:`Transport.close` ends the transport; nothing may be sent after it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Protocol
 
-from openenv_zmq.errors import BrokerUnreachable, ClientError, NoWorkerAvailable
+from openenv_zmq.errors import RequestTimeout
+from openenv_zmq.protocol import Message
 
 DEFAULT_TIMEOUT = 60.0
 """Seconds a request may wait for its answer (OpenEnv's message timeout)."""
@@ -14,26 +25,61 @@ CLOSE_TIMEOUT = 5.0
 """Closing must not hang on a dead broker: its slots are gone with it anyway."""
 
 
-WORKER_POLL_SECONDS = 0.05
+class Transport(Protocol):
+    """A blocking transport to one broker."""
+
+    address: str
+    """Where the broker is, as error messages name it."""
+    timeout: float
+    """Seconds a request waits for its answer when a call passes no timeout."""
+
+    def send(self, message: Message) -> int:
+        """Send ``message`` with a fresh request id, returned; raises :class:`TransportError`
+        when it cannot be sent."""
+        ...
+
+    def exchange(self, messages: list[Message], timeout: float | None = None) -> list[Message]:
+        """Send ``messages`` and return their answers in the same order. Raises
+        :class:`RequestTimeout` naming how many got no answer (those are forgotten)."""
+        ...
+
+    def wait_any(
+        self, request_ids: Sequence[int], timeout: float | None = None
+    ) -> dict[int, Message]:
+        """The answers (at least one) of the sent ``request_ids`` that have arrived, by request
+        id in the order given. Raises :class:`RequestTimeout` when none arrives in time; the
+        requests stay awaited then."""
+        ...
+
+    def close(self) -> None: ...
 
 
-def live_workers(status: dict[str, Any], env: str | None) -> list[dict[str, Any]]:
-    """The live workers of a ``status()`` answer, those hosting ``env`` when given."""
-    return [
-        w for w in status["workers"] if w["state"] == "READY" and (env is None or env in w["envs"])
-    ]
+class AsyncTransport(Protocol):
+    """:class:`Transport` with ``await``; one transport may serve many coroutines at once."""
+
+    address: str
+    timeout: float
+
+    async def send(self, message: Message) -> int: ...
+
+    async def exchange(
+        self, messages: list[Message], timeout: float | None = None
+    ) -> list[Message]: ...
+
+    async def wait_any(
+        self, request_ids: Sequence[int], timeout: float | None = None
+    ) -> dict[int, Message]: ...
+
+    async def close(self) -> None: ...
 
 
-def too_few_workers(joined: int, count: int, env: str | None, timeout: float) -> NoWorkerAvailable:
-    hosting = f" hosting {env!r}" if env is not None else ""
-    return NoWorkerAvailable(f"{joined} of {count} workers{hosting} joined within {timeout:g} s")
-
-
-def unreachable(address: str, timeout: float) -> BrokerUnreachable:
-    return BrokerUnreachable(f"no broker answered at {address} within {timeout:g} s")
-
-
-def no_default_group() -> ClientError:
-    return ClientError(
-        "this client has no default env group: pass env=... to the constructor or use make()"
+def late_answers(missing: int, sent: int, address: str, timeout: float) -> RequestTimeout:
+    """The error of an exchange in which ``missing`` of ``sent`` requests got no answer."""
+    return RequestTimeout(
+        f"{missing} of {sent} request(s) to {address} got no answer within {timeout:g} s"
     )
+
+
+def no_answer(address: str, timeout: float) -> RequestTimeout:
+    """The error of a wait for any answer that got none."""
+    return RequestTimeout(f"no answer from {address} within {timeout:g} s")

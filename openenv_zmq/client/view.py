@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from openenv_zmq.client.flows import GroupState
+from openenv_zmq.client.state import GroupState
 
 
 class GroupView:

@@ -23,6 +23,7 @@ from openenv_zmq.gateway.frames import (
     Reset,
     StateRequest,
     Step,
+    action_error,
     error_frame,
     observation_frame,
     parse_frame,
@@ -47,8 +48,7 @@ async def answer(pool: SessionPool, slot: int, command: Reset | Step | StateRequ
             return observation_frame(await pool.step(slot, command.action))
         return state_frame(await pool.state(slot))
     except ActionValidationError as exc:
-        # Only pydantic's text crossed the wire (the gateway could not import the action model).
-        return error_frame(ErrorCode.VALIDATION_ERROR, str(exc), errors=[])
+        return action_error(exc).frame()
     except OpenEnvZmqError as exc:
         return error_frame(ErrorCode.EXECUTION_ERROR, str(exc))
 
@@ -92,7 +92,7 @@ async def serve_session(
                 await websocket.send_text(error_frame(ErrorCode.SESSION_ERROR, BINARY_FRAME))
                 await websocket.close(UNSUPPORTED_DATA_CODE, "binary frame")
                 return
-            command = parse_frame(text, pool.action_model)
+            command = parse_frame(text)
             if isinstance(command, Close):
                 await websocket.close(1000)
                 return

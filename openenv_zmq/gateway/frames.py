@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import to_json
 
+from openenv_zmq.errors import ActionValidationError
+
 
 class ErrorCode(StrEnum):
     """OpenEnv's ``WSErrorCode``: the last three close the connection, the others do not."""
@@ -102,18 +104,32 @@ _OBJECT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 _SEED: TypeAdapter[int | None] = TypeAdapter(Annotated[int, Field(ge=-(2**63), lt=2**63)] | None)
 
 
+INVALID_MESSAGE = "Invalid message"
+
+
 def validation_error(exc: ValidationError) -> ErrorReply:
-    """OpenEnv's reply to a frame or action that fails its model: pydantic's error list."""
+    """OpenEnv's reply to a frame that fails its model: pydantic's error list."""
     # exc.json() is pydantic's JSON-safe rendering of errors() (a ctx may hold an exception).
     errors = json.loads(exc.json())
-    return ErrorReply(ErrorCode.VALIDATION_ERROR, "Invalid message", {"errors": errors})
+    return ErrorReply(ErrorCode.VALIDATION_ERROR, INVALID_MESSAGE, {"errors": errors})
 
 
-def parse_frame(text: str, action_model: type[BaseModel] | None = None) -> Command | ErrorReply:
+def action_error(exc: ActionValidationError) -> ErrorReply:
+    """OpenEnv's reply to an action the worker refused: pydantic's error list, as for a frame.
+
+    An array env's action space gives no such list: its message is then the worker's.
+    """
+    if exc.errors:
+        return ErrorReply(ErrorCode.VALIDATION_ERROR, INVALID_MESSAGE, {"errors": exc.errors})
+    return ErrorReply(ErrorCode.VALIDATION_ERROR, str(exc), {"errors": []})
+
+
+def parse_frame(text: str) -> Command | ErrorReply:
     """The command in one client text frame, or the error reply OpenEnv sends for it.
 
-    ``action_model`` (the env's Action class, when known) validates a step's data here, so a bad
-    action gets pydantic's error list as in OpenEnv; without it the worker validates.
+    A step's data is not validated here: the worker validates every action against the env's
+    model and a refused one comes back as an ``ActionValidationError`` carrying pydantic's
+    error list (see :func:`action_error`).
     """
     try:
         raw = json.loads(text)
@@ -130,8 +146,6 @@ def parse_frame(text: str, action_model: type[BaseModel] | None = None) -> Comma
             kwargs = dict(parsed.data)
             return Reset(_SEED.validate_python(kwargs.pop("seed", None)), kwargs)
         if isinstance(parsed, _StepFrame):
-            if action_model is not None:
-                action_model.model_validate(parsed.data)
             return Step(parsed.data)
         return StateRequest() if isinstance(parsed, _StateFrame) else Close()
     except ValidationError as exc:

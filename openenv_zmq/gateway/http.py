@@ -17,7 +17,7 @@ from fastapi import APIRouter, Body, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from openenv_zmq.errors import ActionValidationError, EnvNotFound, OpenEnvZmqError
-from openenv_zmq.gateway.frames import observation_frame, state_frame, validation_error
+from openenv_zmq.gateway.frames import observation_frame, state_frame
 from openenv_zmq.gateway.sessions import SessionPool
 from openenv_zmq.registry import EnvTypes, env_types, resolve_env
 
@@ -111,7 +111,8 @@ async def borrowed_slot(pool: SessionPool) -> AsyncIterator[int]:
     try:
         yield slot
     except ActionValidationError as exc:
-        raise HTTPException(422, str(exc)) from exc
+        # pydantic's error list, as FastAPI's own 422 for a bad body
+        raise HTTPException(422, exc.errors or str(exc)) from exc
     except OpenEnvZmqError as exc:
         raise HTTPException(500, {"type": type(exc).__name__, "message": str(exc)}) from exc
     finally:
@@ -194,11 +195,6 @@ def http_router(env: str) -> APIRouter:
     @router.post("/step", response_model=StepResponse)
     async def step(request: Request, body: StepRequest) -> dict[str, Any]:
         pool: SessionPool = request.app.state.pool
-        if pool.action_model is not None:
-            try:
-                pool.action_model.model_validate(body.action)
-            except ValidationError as exc:
-                raise HTTPException(422, validation_error(exc).extra["errors"]) from exc
         async with borrowed_slot(pool) as slot:
             # the pool resets a slot before its first step, so each request is a new episode
             return _frame_data(observation_frame(await pool.step(slot, body.action)))

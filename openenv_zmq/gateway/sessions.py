@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Generic, Self, TypeVar
 
 import numpy as np
-from pydantic import BaseModel
 
 from openenv_zmq.client.aio import AsyncBatchClient, AsyncEnvGroup
 from openenv_zmq.client.results import BatchResult
-from openenv_zmq.errors import EnvNotFound, MessageTooLarge
-from openenv_zmq.registry import env_types, resolve_env
+from openenv_zmq.errors import MessageTooLarge
 
 P = TypeVar("P")
 
@@ -95,19 +93,15 @@ class SessionPool:
     session has not reset it yet is reset (without a seed) before its first step or state, so
     no session sees another's episode.
 
-    ``reset`` and ``step`` return the env's Observation (a model, or a dict when this process
-    cannot import the model); ``state`` returns its State. A failing env raises its ``EnvError``
-    (``ActionValidationError`` for a bad action); a failed call raises the client's error
-    (``RequestTimeout``, ``RemoteError``, ...).
+    ``reset`` and ``step`` return the env's observation and ``state`` its state, as the decoded
+    dicts when the group was made with ``as_dicts`` (as :meth:`open` makes it: the gateway
+    forwards them as JSON, so no model is built). A failing env raises its ``EnvError``
+    (``ActionValidationError``, with pydantic's error list, for a bad action); a failed call
+    raises the client's error (``RequestTimeout``, ``RemoteError``, ...).
     """
 
-    def __init__(
-        self,
-        group: AsyncEnvGroup,
-        action_model: type[BaseModel] | None = None,
-    ) -> None:
+    def __init__(self, group: AsyncEnvGroup) -> None:
         self.group = group
-        self.action_model = action_model
         self.max_sessions = len(group)
         self._free: list[int] = group.env_ids.tolist()[::-1]
         self._ready: set[int] = set()
@@ -122,13 +116,7 @@ class SessionPool:
         max_sessions: int,
     ) -> Self:
         """Make ``max_sessions`` instances of ``env`` on ``client``'s broker."""
-        group = await client.make(env, num_envs=max_sessions)
-        try:
-            # Validating here gives OpenEnv's pydantic error list; the worker validates otherwise.
-            action_model: type[BaseModel] | None = env_types(resolve_env(env)).action
-        except EnvNotFound:
-            action_model = None
-        return cls(group, action_model)
+        return cls(await client.make(env, num_envs=max_sessions, as_dicts=True))
 
     @property
     def active_sessions(self) -> int:

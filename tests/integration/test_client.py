@@ -148,9 +148,15 @@ def test_async_timeout_names_the_late_requests_and_the_client_carries_on(
             await slow.reset()
             with pytest.raises(RequestTimeout, match=r"1 of 1 request\(s\) .* within 0.3 s"):
                 await slow.step([EchoAction(message="late")])
-            # the one worker answers late, meanwhile; that answer is dropped, the next call
-            # gets its own
-            await asyncio.sleep(1.0)
+            # the premise: the slow step is still out when the client gives up on it
+            assert (await client.status())["in_flight"] == 1
+            # the one worker answers late; once the broker has passed that answer on (and the
+            # client dropped it), the next call gets its own
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while (await client.status())["in_flight"]:
+                assert loop.time() < deadline, "the late answer never came back"
+                await asyncio.sleep(0.05)
             step = await fast.step([EchoAction(message="on time")])
             assert step.observations[0].echoed_message == "on time"
 

@@ -16,9 +16,8 @@ from openenv.core.client_types import (  # type: ignore[import-untyped]
 from openenv.core.env_client import EnvClient as OpenEnvClient  # type: ignore[import-untyped]
 from openenv.core.generic_client import GenericEnvClient  # type: ignore[import-untyped]
 
-from openenv_zmq import AsyncBatchClient, BatchResult, State
-from openenv_zmq.errors import ActionValidationError, MessageTooLarge
-from openenv_zmq.gateway import SessionPool, create_gateway_app
+from openenv_zmq import State
+from openenv_zmq.gateway import create_gateway_app
 from tests.integration.conftest import Processes, serving
 
 MAX_SESSIONS = 8
@@ -139,42 +138,6 @@ def test_bad_frames_keep_the_session_open(gateway: str) -> None:
     asyncio.run(run())
 
 
-class CountingPool(SessionPool):
-    """Records the size of every batched step call it sends."""
-
-    batches: list[int]
-
-    async def _send_steps(self, slots: list[int], actions: list[dict[str, Any]]) -> BatchResult:
-        self.batches.append(len(slots))
-        return await super()._send_steps(slots, actions)
-
-
-def test_many_sessions_few_batches(procs: Processes) -> None:
-    broker = procs.broker(workers=1, envs=("echo",))
-
-    async def run() -> None:
-        async with AsyncBatchClient(broker.frontend) as client:
-            pool = await CountingPool.open(client, "echo", max_sessions=16)
-            pool.batches = []
-            slots = [s for s in (pool.acquire() for _ in range(16)) if s is not None]
-            assert len(slots) == 16 and pool.acquire() is None
-            await asyncio.gather(*(pool.reset(s, seed=1) for s in slots))
-            observations = await asyncio.gather(
-                *(pool.step(s, {"message": "x" * i}) for i, s in enumerate(slots))
-            )
-            assert [o.message_length for o in observations] == list(range(16))
-            assert sum(pool.batches) == 16 and len(pool.batches) <= 2
-            with pytest.raises(ActionValidationError):
-                await pool.step(slots[0], {"message": 5})
-            pool.release(slots[0])
-            assert pool.acquire() == slots[0]
-            # a reused slot starts a fresh episode for its new session
-            assert (await pool.state(slots[0])).step_count == 0
-            await pool.close()
-
-    asyncio.run(run())
-
-
 class TypedEchoClient(OpenEnvClient):  # type: ignore[misc]
     """A typed client written against openenv-core's own ``EnvClient``, as OpenEnv envs ship."""
 
@@ -279,26 +242,3 @@ def test_bad_input_never_disturbs_another_session(procs: Processes) -> None:
 
     with serving(app, ws_max_size=WS_MAX_SIZE) as url:
         assert asyncio.run(run(url)) > 0
-
-
-def test_an_oversized_request_fails_alone(procs: Processes) -> None:
-    broker = procs.broker(workers=1, extra=("--max-message-mb", str(BROKER_MESSAGE_MB)))
-
-    async def run() -> None:
-        async with AsyncBatchClient(broker.frontend) as client:
-            pool = await CountingPool.open(client, "echo", max_sessions=8)
-            pool.batches = []
-            slots = [s for s in (pool.acquire() for _ in range(8)) if s is not None]
-            await asyncio.gather(*(pool.reset(s) for s in slots))
-            messages = ["x" * 2**21 if i == 3 else f"m{i}" for i in range(8)]
-            outcomes = await asyncio.gather(
-                *(pool.step(s, {"message": m}) for s, m in zip(slots, messages, strict=True)),
-                return_exceptions=True,
-            )
-            assert pool.batches == [8] + [1] * 8  # they went out together, then one by one
-            assert isinstance(outcomes[3], MessageTooLarge)
-            echoed = [getattr(o, "echoed_message", None) for o in outcomes]
-            assert echoed == [None if i == 3 else f"m{i}" for i in range(8)]
-            await pool.close()
-
-    asyncio.run(run())

@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 from echo_env import EchoAction, EchoObservation
 
-from openenv_zmq.autoreset import AutoresetMode
-from openenv_zmq.client.batching import Placement, split_by_worker
+from openenv_zmq.client.batching import Placement, assemble, split_by_worker
 from openenv_zmq.client.flows import (
     Flow,
-    GroupState,
     alloc_flow,
     completed_steps,
     dump_actions,
@@ -21,12 +19,15 @@ from openenv_zmq.client.flows import (
     step_flow,
     step_requests,
 )
+from openenv_zmq.client.results import BatchResult
+from openenv_zmq.client.state import GroupSpec, GroupState
 from openenv_zmq.errors import (
     ActionValidationError,
     AlreadyPendingCall,
     BatchSizeMismatch,
     ClosedError,
     EnvIdsNotInGroup,
+    NoPendingCall,
     NoWorkerAvailable,
     SessionLost,
     WorkerLost,
@@ -78,7 +79,7 @@ def echo_reply(request: Message, errors: list[list[Any]] | None = None) -> Messa
 
 
 def group(ids: list[int], workers: list[int]) -> GroupState:
-    state = GroupState("echo", {}, Placement.of(np.array(ids), np.array(workers)))
+    state = GroupState(GroupSpec("echo"), Placement.of(np.array(ids), np.array(workers)))
     state.learn_types({"types": OBS_TYPES})
     return state
 
@@ -121,7 +122,7 @@ def test_step_answers_come_back_in_request_order_as_models() -> None:
         seen_workers.extend(r.worker for r in requests if r.worker is not None)
         return [echo_reply(r) for r in requests]
 
-    r = run(step_flow(state, actions, order), answer)
+    r = run(step_flow(state, actions, state.resolve(order)), answer)
     assert sorted(seen_workers) == [7, 8]
     assert r.env_ids.tolist() == [3, 0, 2]
     assert [o.echoed_message for o in r.observations] == ["ccc", "a", "bb"]
@@ -141,7 +142,7 @@ def test_per_env_errors_and_whole_worker_failures() -> None:
                 out.append(error_message(r.request_id, "WorkerLost", "died", r.env_ids))
         return out
 
-    r = run(step_flow(state, [{"message": "m"}] * 4, state.env_ids), answer)
+    r = run(step_flow(state, [{"message": "m"}] * 4, state.resolve(None)), answer)
     assert isinstance(r.errors[2], ActionValidationError) and r.errors[2].env_id == 2
     assert isinstance(r.errors[1], WorkerLost) and isinstance(r.errors[3], WorkerLost)
     assert r.dones.tolist() == [False, True, True, True]
@@ -186,7 +187,7 @@ def test_reset_re_places_lost_envs_first_and_retries_newly_lost_ones() -> None:
                 out.append(echo_reply(r))
         return out
 
-    r = run(reset_flow(state, state.env_ids, 5, None), answer)
+    r = run(reset_flow(state, state.resolve(None), 5, None), answer)
     assert not r.errors
     assert {o.echoed_message for o in r.observations} == {"Echo environment ready!"}
     assert log[0] == ("ALLOC", None, [1]) and log[1] == ("CREATE", 9, [1])
@@ -206,10 +207,10 @@ def test_reset_seeds_and_kwargs_are_spread_per_env() -> None:
                 sent[env_id] = (r.parts["seeds"][i], r.parts["kwargs"][i])
         return [echo_reply(r) for r in requests]
 
-    run(reset_flow(state, state.env_ids, 10, [{"a": 0}, {"a": 1}, {"a": 2}]), answer)
+    run(reset_flow(state, state.resolve(None), 10, [{"a": 0}, {"a": 1}, {"a": 2}]), answer)
     assert sent == {0: (10, {"a": 0}), 1: (11, {"a": 1}), 2: (12, {"a": 2})}
     with pytest.raises(BatchSizeMismatch, match="2 seeds for 3 env ids"):
-        run(reset_flow(state, state.env_ids, [1, 2], None), answer)
+        run(reset_flow(state, state.resolve(None), [1, 2], None), answer)
 
 
 def test_alloc_creates_and_a_refusal_is_raised_typed() -> None:
@@ -235,7 +236,7 @@ def test_alloc_creates_and_a_refusal_is_raised_typed() -> None:
             for q in requests
         ]
 
-    state = run(alloc_flow("echo", 4, {}, AutoresetMode.DISABLED), answer)
+    state = run(alloc_flow(GroupSpec("echo", 4)), answer)
     assert state.env_ids.tolist() == [0, 1, 2, 3]
     assert state.observation_model is EchoObservation
 
@@ -243,7 +244,7 @@ def test_alloc_creates_and_a_refusal_is_raised_typed() -> None:
         return [error_message(requests[0].request_id, "NoWorkerAvailable", "none host 'x'")]
 
     with pytest.raises(NoWorkerAvailable, match="none host 'x'"):
-        run(alloc_flow("x", 1, {}, AutoresetMode.DISABLED), refuse)
+        run(alloc_flow(GroupSpec("x", 1)), refuse)
 
 
 def test_state_flow_builds_models_and_raises_env_errors() -> None:
@@ -260,30 +261,89 @@ def test_state_flow_builds_models_and_raises_env_errors() -> None:
             for r in requests
         ]
 
-    states = run(state_flow(state, state.env_ids), answer)
+    states = run(state_flow(state, state.resolve(None)), answer)
     assert states == [State(episode_id="e", step_count=3)] * 2
 
     def lost(requests: list[Message]) -> list[Message]:
         return [error_message(r.request_id, "SessionLost", "gone", r.env_ids) for r in requests]
 
     with pytest.raises(SessionLost):
-        run(state_flow(state, state.env_ids), lost)
+        run(state_flow(state, state.resolve(None)), lost)
 
 
 def test_send_guards_and_completed_steps_follow_completion_order() -> None:
     state = group([0, 1, 2, 3], [1, 2, 1, 2])
-    subs, requests = step_requests(state, [{"message": "x"}] * 4, state.env_ids)
-    state.in_flight.update([0, 1, 2, 3])
-    with pytest.raises(AlreadyPendingCall):
-        step_requests(state, [{"message": "y"}], np.array([2]))
+    subs, requests = step_requests(state, [{"message": "x"}] * 4, state.resolve(None))
+    assert len(subs) == 2  # the premise: two sub-batches, one per worker
+    for request_id, sub in enumerate(subs, start=1):
+        state.sent(request_id, sub)
+    with pytest.raises(AlreadyPendingCall, match=r"\[2\]"):
+        step_requests(state, [{"message": "y"}], state.resolve([2]))
+    assert state.awaited() == [1, 2]
     second = subs[1]
     answer = wire(echo_reply(wire(requests[1])))
-    r = completed_steps(state, [(second, answer)])
+    r = completed_steps(state, {2: answer})
     assert r.env_ids.tolist() == second.env_ids.tolist()
-    assert state.in_flight == set(subs[0].env_ids.tolist())
+    assert state.awaited() == [1]
     state.closed = True
     with pytest.raises(ClosedError):
-        step_requests(state, [{"message": "y"}], np.array([0]))
+        step_requests(state, [{"message": "y"}], state.resolve([0]))
+
+
+def test_recv_without_send_is_refused() -> None:
+    with pytest.raises(NoPendingCall):
+        group([0], [1]).awaited()
+
+
+def test_env_ids_are_located_once_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = group([0, 1, 2, 3], [7, 8, 7, 8])
+    calls: list[list[int]] = []
+    locate = Placement.locate
+
+    def counting(self: Placement, env_ids: Any) -> Any:
+        calls.append(list(env_ids))
+        return locate(self, env_ids)
+
+    monkeypatch.setattr(Placement, "locate", counting)
+    run(step_flow(state, [{"message": "m"}] * 2, state.resolve([3, 0])), echo_answers)
+    run(state_flow(state, state.resolve([1])), state_answers)
+    run(reset_flow(state, state.resolve([2]), None, None), echo_answers)
+    assert calls == [[3, 0], [1], [2]]
+    run(step_flow(state, [{"message": "m"}] * 4, state.resolve(None)), echo_answers)
+    assert len(calls) == 3  # the whole group needs no locating
+
+
+def echo_answers(requests: list[Message]) -> list[Message]:
+    return [echo_reply(r) for r in requests]
+
+
+def state_answers(requests: list[Message]) -> list[Message]:
+    return [
+        Message(
+            Op.REPLY,
+            r.request_id,
+            env_ids=r.env_ids,
+            parts={"states": [{"episode_id": "e", "step_count": 3}], "errors": []},
+        )
+        for r in requests
+    ]
+
+
+def test_one_sub_batch_in_request_order_is_returned_without_a_copy() -> None:
+    n = 3
+    part = BatchResult(
+        np.array([5, 6, 7]),
+        [{"o": i} for i in range(n)],
+        np.arange(n, dtype=np.float32),
+        np.zeros(n, np.bool_),
+        np.ones(n, np.bool_),
+    )
+    whole = assemble(np.array([5, 6, 7]), [(np.arange(n), part)])
+    assert whole.observations is part.observations and whole.rewards is part.rewards
+    assert whole.truncated is part.truncated and whole.env_ids.tolist() == [5, 6, 7]
+    moved = assemble(np.array([7, 6, 5]), [(np.array([2, 1, 0]), part)])
+    assert moved.rewards is not part.rewards and moved.rewards.tolist() == [2, 1, 0]
+    assert moved.observations == [{"o": 2}, {"o": 1}, {"o": 0}]
 
 
 def test_dump_actions_dumps_a_repeated_model_once() -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 from echo_env import EchoAction, EchoObservation
+from pydantic import ValidationError
 
+from openenv_zmq.errors import ActionValidationError
 from openenv_zmq.gateway.frames import (
     Close,
     ErrorCode,
@@ -15,6 +16,7 @@ from openenv_zmq.gateway.frames import (
     Reset,
     StateRequest,
     Step,
+    action_error,
     error_frame,
     observation_frame,
     parse_frame,
@@ -23,8 +25,8 @@ from openenv_zmq.gateway.frames import (
 from openenv_zmq.types import State
 
 
-def error_of(text: str, action_model: Any = None) -> ErrorReply:
-    reply = parse_frame(text, action_model)
+def error_of(text: str) -> ErrorReply:
+    reply = parse_frame(text)
     assert isinstance(reply, ErrorReply), reply
     return reply
 
@@ -34,9 +36,7 @@ def test_commands_parse() -> None:
     assert parse_frame('{"type":"reset","data":{"seed":3,"episode_id":"e"}}') == Reset(
         3, {"episode_id": "e"}
     )
-    assert parse_frame('{"type":"step","data":{"message":"hi"}}', EchoAction) == Step(
-        {"message": "hi"}
-    )
+    assert parse_frame('{"type":"step","data":{"message":"hi"}}') == Step({"message": "hi"})
     assert parse_frame('{"type":"state"}') == StateRequest()
     assert parse_frame('{"type":"close"}') == Close()
 
@@ -81,17 +81,25 @@ def test_invalid_frames_are_validation_errors(text: str, error_type: str) -> Non
     assert error_type in [e["type"] for e in reply.extra["errors"]]
 
 
-def test_invalid_action_carries_pydantic_errors() -> None:
-    reply = error_of('{"type":"step","data":{"msg":"hi"}}', EchoAction)
-    assert reply.code is ErrorCode.VALIDATION_ERROR
+def test_a_refused_action_carries_pydantic_errors() -> None:
+    with pytest.raises(ValidationError) as caught:
+        EchoAction.model_validate({"msg": "hi"})
+    errors = json.loads(caught.value.json())
+    refused = ActionValidationError(str(caught.value), 3, details={"errors": errors})
+    reply = action_error(refused)
+    assert reply.code is ErrorCode.VALIDATION_ERROR and reply.message == "Invalid message"
     kinds = {(e["type"], tuple(e["loc"])) for e in reply.extra["errors"]}
     assert kinds == {("missing", ("message",)), ("extra_forbidden", ("msg",))}
     frame = json.loads(reply.frame())
     assert frame["type"] == "error"
     assert frame["data"]["code"] == "VALIDATION_ERROR"
+    # an array env's action space gives no error list: the worker's message is kept
+    out_of_space = action_error(ActionValidationError("action 7 is not in Discrete(2)", 3))
+    assert out_of_space.message == "action 7 is not in Discrete(2)"
+    assert out_of_space.extra == {"errors": []}
 
 
-def test_without_action_model_any_object_is_an_action() -> None:
+def test_any_object_is_an_action_the_worker_validates() -> None:
     assert parse_frame('{"type":"step","data":{"anything":1}}') == Step({"anything": 1})
 
 
@@ -100,7 +108,7 @@ def test_parse_never_raises_on_garbage() -> None:
     samples += ['{"type":"reset","data":{"seed":1.5}}', "NaN", "\x00", '{"type":"state"}' * 2]
     for text in samples:
         for cut in range(len(text) + 1):
-            parse_frame(text[:cut], EchoAction)
+            parse_frame(text[:cut])
 
 
 def test_observation_frame_matches_openenv() -> None:

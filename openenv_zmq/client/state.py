@@ -1,0 +1,184 @@
+"""Everything a client knows, with no I/O: its env groups, what is in flight, what the broker said.
+
+The sync and asyncio facades keep no state of their own beyond their transport: all of it lives
+here, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from openenv_zmq.autoreset import AutoresetMode
+from openenv_zmq.client.batching import ArrayLayout, Placement, Positions, SubBatch, Targets
+from openenv_zmq.client.results import BatchResult
+from openenv_zmq.errors import (
+    AlreadyPendingCall,
+    BrokerUnreachable,
+    ClientError,
+    ClosedError,
+    EnvNotFound,
+    NoPendingCall,
+    NoWorkerAvailable,
+    SessionLost,
+    WorkerLost,
+)
+from openenv_zmq.protocol import EnvIds
+from openenv_zmq.registry import import_object
+
+WORKER_POLL_SECONDS = 0.05
+"""How often ``wait_for_workers`` asks the broker again."""
+
+
+def _import_model(path: str | None) -> type[BaseModel] | None:
+    """The model class at ``path`` if this process can import it; dicts are returned otherwise."""
+    if path is None:
+        return None
+    try:
+        model = import_object(path)
+    except EnvNotFound:
+        return None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """What ``make`` was asked for."""
+
+    env: str
+    num_envs: int = 1
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    autoreset: AutoresetMode = AutoresetMode.DISABLED
+    as_dicts: bool = False
+    """Observations and states stay the decoded dicts: no env models are built."""
+
+
+@dataclass
+class GroupState:
+    """Everything a client knows about one env group."""
+
+    spec: GroupSpec
+    placement: Placement
+    observation_model: type[BaseModel] | None = None
+    state_model: type[BaseModel] | None = None
+    observation_layout: ArrayLayout | None = None
+    """Set for array envs: observations come back as one array."""
+    action_layout: ArrayLayout | None = None
+    lost: set[int] = field(default_factory=set)
+    in_flight: dict[int, SubBatch] = field(default_factory=dict)
+    """Request id -> the STEP sub-batch ``send()`` sent with it and ``recv()`` has not returned."""
+    closed: bool = False
+
+    @property
+    def env(self) -> str:
+        return self.spec.env
+
+    @property
+    def env_ids(self) -> EnvIds:
+        return self.placement.env_ids
+
+    def learn_types(self, meta: Mapping[str, Any]) -> None:
+        """Read what a CREATE answer says about the env's models and array spaces."""
+        spaces = meta.get("spaces", {})
+        if "observation" in spaces:
+            self.observation_layout = ArrayLayout.from_wire(spaces["observation"])
+        if "action" in spaces:
+            self.action_layout = ArrayLayout.from_wire(spaces["action"])
+        if self.spec.as_dicts:
+            return
+        types = meta.get("types", {})
+        if self.observation_model is None:
+            self.observation_model = _import_model(types.get("observation"))
+        if self.state_model is None:
+            self.state_model = _import_model(types.get("state"))
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ClosedError(f"the {self.env!r} env group is closed")
+
+    def resolve(self, env_ids: Sequence[int] | EnvIds | None) -> Targets:
+        """The env ids a call names (all the group's when ``None``) and their workers.
+
+        Raises :class:`EnvIdsNotInGroup` for ids not in the group.
+        """
+        if env_ids is None:
+            return Targets(self.placement.env_ids, self.placement.workers)
+        ids = np.asarray(env_ids, dtype=np.int64).reshape(-1)
+        return Targets(ids, self.placement.locate(ids))
+
+    def note_lost(self, pieces: Sequence[tuple[Positions, BatchResult]]) -> None:
+        for _, piece in pieces:
+            for env_id, error in piece.errors.items():
+                if isinstance(error, WorkerLost | SessionLost):
+                    self.lost.add(env_id)
+
+    def check_not_in_flight(self, env_ids: EnvIds) -> None:
+        """Raise :class:`AlreadyPendingCall` if ``send()`` has any of ``env_ids`` in flight."""
+        if not self.in_flight:
+            return
+        busy = np.concatenate([sub.env_ids for sub in self.in_flight.values()])
+        clash = env_ids[np.isin(env_ids, busy)]
+        if len(clash):
+            shown = np.unique(clash)[:10].tolist()
+            raise AlreadyPendingCall(
+                f"env ids still in flight from send(): {shown}; recv() them first"
+            )
+
+    def sent(self, request_id: int, sub: SubBatch) -> None:
+        """``send()`` sent ``sub`` as request ``request_id``."""
+        self.in_flight[request_id] = sub
+
+    def awaited(self) -> list[int]:
+        """The request ids ``recv()`` waits for; raises :class:`NoPendingCall` when none."""
+        if not self.in_flight:
+            raise NoPendingCall("recv() without a send() in flight")
+        return list(self.in_flight)
+
+
+@dataclass
+class ClientState:
+    """Everything a client knows beyond its groups' states: its groups and its lifecycle."""
+
+    default_spec: GroupSpec | None
+    """The group the constructor's ``env=`` asked for, made on connect."""
+    connect_timeout: float
+    groups: list[GroupState] = field(default_factory=list)
+    default: GroupState | None = None
+    connected: bool = False
+    closed: bool = False
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ClosedError("the client is closed")
+
+    def default_group(self) -> GroupState:
+        """The group made by the constructor's ``env=``; raises :class:`ClientError` if none."""
+        if self.default is None:
+            raise ClientError(
+                "this client has no default env group: pass env=... to the constructor or use"
+                " make()"
+            )
+        return self.default
+
+    def open_groups(self) -> list[GroupState]:
+        return [group for group in self.groups if not group.closed]
+
+
+def live_workers(status: dict[str, Any], env: str | None) -> list[dict[str, Any]]:
+    """The live workers of a ``status()`` answer, those hosting ``env`` when given."""
+    return [
+        w for w in status["workers"] if w["state"] == "READY" and (env is None or env in w["envs"])
+    ]
+
+
+def too_few_workers(joined: int, count: int, env: str | None, timeout: float) -> NoWorkerAvailable:
+    hosting = f" hosting {env!r}" if env is not None else ""
+    return NoWorkerAvailable(f"{joined} of {count} workers{hosting} joined within {timeout:g} s")
+
+
+def unreachable(address: str, timeout: float) -> BrokerUnreachable:
+    return BrokerUnreachable(f"no broker answered at {address} within {timeout:g} s")

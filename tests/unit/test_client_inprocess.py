@@ -1,0 +1,155 @@
+"""BatchClient and AsyncBatchClient over the in-process transport: real broker and worker cores,
+no sockets, no processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from echo_env import EchoAction, EchoObservation
+
+from broker.inprocess import InProcessBroker
+from openenv_zmq import AsyncBatchClient, BatchClient, State
+from openenv_zmq.errors import (
+    ActionValidationError,
+    AlreadyPendingCall,
+    ClientError,
+    ClosedError,
+    EnvIdsNotInGroup,
+    NoPendingCall,
+    NoWorkerAvailable,
+    SessionLost,
+)
+
+
+@pytest.fixture
+def broker() -> Iterator[InProcessBroker]:
+    broker = InProcessBroker(["echo"], workers=2, capacity=64)
+    yield broker
+    broker.close()
+
+
+def test_workers_register_through_ready_and_welcome(broker: InProcessBroker) -> None:
+    with BatchClient(transport=broker.connect()) as client:
+        workers = client.workers("echo")
+        assert client.address == "inprocess://broker"
+    assert sorted(w["name"] for w in workers) == ["inprocess-0", "inprocess-1"]
+    assert {w["capacity"] for w in workers} == {64}
+
+
+def test_make_reset_step_state_close(broker: InProcessBroker) -> None:
+    with BatchClient(transport=broker.connect()) as client:
+        envs = client.make("echo", num_envs=8)
+        r = envs.reset(seed=0)
+        assert all(isinstance(o, EchoObservation) for o in r.observations)
+        assert sorted(w["used"] for w in client.workers()) == [4, 4]  # the premise: 2 workers
+        subset = envs.env_ids[[6, 1, 3]]
+        r = envs.step([EchoAction(message=m) for m in ("a", "bb", "ccc")], env_ids=subset)
+        assert r.env_ids.tolist() == subset.tolist()
+        assert [o.echoed_message for o in r.observations] == ["a", "bb", "ccc"]
+        np.testing.assert_allclose(r.rewards, [0.1, 0.2, 0.3], rtol=1e-6)
+        states = envs.state(env_ids=subset)
+        assert all(isinstance(s, State) and s.step_count == 1 for s in states)
+        envs.close()
+        assert client.status()["env_slots"]["used"] == 0
+        with pytest.raises(ClosedError):
+            envs.step([EchoAction(message="x")] * 8)
+
+
+def test_send_recv_keeps_env_ids_in_flight_until_received(broker: InProcessBroker) -> None:
+    with BatchClient(transport=broker.connect(), env="echo", num_envs=8) as client:
+        client.reset()
+        with pytest.raises(NoPendingCall):
+            client.recv()
+        first, rest = client.envs.env_ids[:3], client.envs.env_ids[3:]
+        client.send([EchoAction(message="a")] * 3, env_ids=first)
+        with pytest.raises(AlreadyPendingCall, match=str(first[0])):
+            client.step([EchoAction(message="b")], env_ids=first[:1])
+        client.send([EchoAction(message="b")] * 5, env_ids=rest)
+        seen: list[int] = []
+        while len(seen) < 8:
+            seen += client.recv().env_ids.tolist()
+        assert sorted(seen) == client.envs.env_ids.tolist()
+        with pytest.raises(NoPendingCall):
+            client.recv()
+
+
+def test_as_dicts_returns_the_decoded_rows(broker: InProcessBroker) -> None:
+    with BatchClient(transport=broker.connect(), env="echo", num_envs=2, as_dicts=True) as client:
+        r = client.reset()
+        assert r.observations[0]["echoed_message"] == "Echo environment ready!"
+        r = client.step([{"message": "hi"}] * 2)
+        assert r.observations[0] == {
+            "done": False,
+            "reward": pytest.approx(0.2),
+            "metadata": {},
+            "echoed_message": "hi",
+            "message_length": 2,
+        }
+        assert isinstance(client.state()[0], dict)
+
+
+def test_a_refused_action_carries_pydantic_errors(broker: InProcessBroker) -> None:
+    with BatchClient(transport=broker.connect(), env="echo", num_envs=2) as client:
+        client.reset()
+        r = client.step([{"msg": "wrong"}, {"message": "fine"}])
+        error = r.errors[int(client.envs.env_ids[0])]
+        assert isinstance(error, ActionValidationError)
+        kinds = {(e["type"], tuple(e["loc"])) for e in error.errors}
+        assert kinds == {("missing", ("message",)), ("extra_forbidden", ("msg",))}
+        assert r.observations[1].echoed_message == "fine"
+
+
+def test_a_lost_worker_s_envs_are_placed_again_on_reset(broker: InProcessBroker) -> None:
+    with BatchClient(transport=broker.connect(), env="echo", num_envs=4) as client:
+        client.reset()
+        broker.remove_worker("inprocess-0")
+        r = client.step([EchoAction(message="x")] * 4)
+        lost = {i for i, e in r.errors.items() if isinstance(e, SessionLost)}
+        assert len(lost) == 2  # the premise: half the envs lived on the removed worker
+        r = client.reset()
+        assert not r.errors
+        assert [w["used"] for w in client.workers()] == [4]
+        assert not client.step([EchoAction(message="y")] * 4).errors
+
+
+def test_misuse_gets_clear_errors(broker: InProcessBroker) -> None:
+    with pytest.raises(ClientError, match="either a broker address or a transport"):
+        BatchClient()
+    with pytest.raises(ClientError, match="either a broker address or a transport"):
+        BatchClient("tcp://127.0.0.1:1", transport=broker.connect())
+    with BatchClient(transport=broker.connect()) as client:
+        envs = client.make("echo", num_envs=2)
+        with pytest.raises(EnvIdsNotInGroup, match=r"\[999\]"):
+            envs.step([EchoAction(message="x")], env_ids=[999])
+        with pytest.raises(NoWorkerAvailable, match="no live worker hosts env 'nope'"):
+            client.make("nope")
+        with pytest.raises(ClientError, match="no default env group"):
+            client.step([])
+    with pytest.raises(ClosedError):
+        client.make("echo")
+
+
+def test_async_client_serves_concurrent_coroutines(broker: InProcessBroker) -> None:
+    async def main() -> None:
+        transport = broker.connect_async()
+        async with AsyncBatchClient(transport=transport, env="echo", num_envs=4) as client:
+            other = await client.make("echo", num_envs=4, as_dicts=True)
+            await asyncio.gather(client.reset(seed=0), other.reset())
+            a, b = await asyncio.gather(
+                client.step([EchoAction(message="a")] * 4),
+                other.step([EchoAction(message="bbbb")] * 4),
+            )
+            np.testing.assert_allclose(a.rewards, 0.1, rtol=1e-6)
+            assert [o["echoed_message"] for o in b.observations] == ["bbbb"] * 4
+            await other.send([EchoAction(message="c")] * 4)
+            got = 0
+            while got < 4:
+                got += len(await other.recv())
+            assert [s["step_count"] for s in await other.state()] == [2] * 4
+            assert (await client.status())["env_slots"]["used"] == 8
+        assert client.envs.closed and other.closed
+
+    asyncio.run(main())

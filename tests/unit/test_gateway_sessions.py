@@ -1,0 +1,126 @@
+"""The gateway's SessionPool and its batching, over the in-process transport (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from broker.core import BrokerConfig
+from broker.inprocess import InProcessBroker
+from openenv_zmq import AsyncBatchClient, BatchResult
+from openenv_zmq.errors import ActionValidationError, MessageTooLarge
+from openenv_zmq.gateway import SessionPool, Step
+from openenv_zmq.gateway.app import answer
+from openenv_zmq.protocol import Limits
+
+BROKER_MESSAGE_BYTES = 2**20
+
+
+class CountingPool(SessionPool):
+    """Records the size of every batched step call it sends."""
+
+    batches: list[int]
+
+    async def _send_steps(self, slots: list[int], actions: list[dict[str, Any]]) -> BatchResult:
+        self.batches.append(len(slots))
+        return await super()._send_steps(slots, actions)
+
+
+def with_pool(
+    max_sessions: int, test: Callable[[CountingPool], Awaitable[None]], **broker: Any
+) -> None:
+    """Run ``test`` on a pool of ``max_sessions`` echo slots of an in-process broker."""
+    inprocess = InProcessBroker(["echo"], **broker)
+
+    async def main() -> None:
+        async with AsyncBatchClient(transport=inprocess.connect_async()) as client:
+            pool = await CountingPool.open(client, "echo", max_sessions)
+            pool.batches = []
+            try:
+                await test(pool)
+            finally:
+                await pool.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        inprocess.close()
+
+
+def take_all(pool: SessionPool) -> list[int]:
+    slots = [s for s in (pool.acquire() for _ in range(pool.max_sessions)) if s is not None]
+    assert len(slots) == pool.max_sessions and pool.acquire() is None
+    return slots
+
+
+def test_many_sessions_few_batches() -> None:
+    async def test(pool: CountingPool) -> None:
+        slots = take_all(pool)
+        await asyncio.gather(*(pool.reset(s, seed=1) for s in slots))
+        observations = await asyncio.gather(
+            *(pool.step(s, {"message": "x" * i}) for i, s in enumerate(slots))
+        )
+        assert [o["message_length"] for o in observations] == list(range(16))
+        assert sum(pool.batches) == 16 and len(pool.batches) <= 2
+        with pytest.raises(ActionValidationError):
+            await pool.step(slots[0], {"message": 5})
+        pool.release(slots[0])
+        assert pool.acquire() == slots[0]
+        # a reused slot starts a fresh episode for its new session
+        assert (await pool.state(slots[0]))["step_count"] == 0
+
+    with_pool(16, test, workers=2)
+
+
+def test_observations_and_states_are_forwarded_as_dicts() -> None:
+    async def test(pool: CountingPool) -> None:
+        [slot] = take_all(pool)
+        observation = await pool.step(slot, {"message": "hi"})
+        assert observation == {
+            "done": False,
+            "reward": pytest.approx(0.2),
+            "metadata": {},
+            "echoed_message": "hi",
+            "message_length": 2,
+        }
+        assert (await pool.state(slot))["step_count"] == 1
+
+    with_pool(1, test)
+
+
+def test_a_bad_action_is_openenv_s_validation_error_from_the_worker() -> None:
+    async def test(pool: CountingPool) -> None:
+        [slot] = take_all(pool)
+        frame = json.loads(await answer(pool, slot, Step({"msg": "wrong field"})))
+        assert pool.batches == [1]  # the premise: the worker validated it, not the gateway
+        assert frame["type"] == "error"
+        data = frame["data"]
+        assert data["code"] == "VALIDATION_ERROR" and data["message"] == "Invalid message"
+        kinds = {(e["type"], tuple(e["loc"])) for e in data["errors"]}
+        assert kinds == {("missing", ("message",)), ("extra_forbidden", ("msg",))}
+        ok = json.loads(await answer(pool, slot, Step({"message": "ok"})))
+        assert ok["data"]["observation"]["echoed_message"] == "ok"
+
+    with_pool(1, test)
+
+
+def test_an_oversized_request_fails_alone() -> None:
+    async def test(pool: CountingPool) -> None:
+        slots = take_all(pool)
+        await asyncio.gather(*(pool.reset(s) for s in slots))
+        messages = ["x" * 2 * BROKER_MESSAGE_BYTES if i == 3 else f"m{i}" for i in range(8)]
+        outcomes = await asyncio.gather(
+            *(pool.step(s, {"message": m}) for s, m in zip(slots, messages, strict=True)),
+            return_exceptions=True,
+        )
+        assert pool.batches == [8] + [1] * 8  # they went out together, then one by one
+        assert isinstance(outcomes[3], MessageTooLarge)
+        echoed = [o.get("echoed_message") if isinstance(o, dict) else None for o in outcomes]
+        assert echoed == [None if i == 3 else f"m{i}" for i in range(8)]
+
+    config = BrokerConfig(limits=Limits(max_message_bytes=BROKER_MESSAGE_BYTES))
+    with_pool(8, test, config=config)
