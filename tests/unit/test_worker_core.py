@@ -226,8 +226,8 @@ def test_every_op_answers_ids_not_here_in_their_rows(
     op: Op, parts: dict[str, Any], hosted: str
 ) -> None:
     core = WorkerCore(["echo", COUNTER], capacity=4)
-    create(core, hosted, [0])
-    call(core, Op.RESET, [0])
+    assert create(core, hosted, [0]).parts["errors"] == []
+    assert call(core, Op.RESET, [0]).parts["errors"] == []
     if hosted == COUNTER:
         parts = {"actions": np.array([1, 1])} if op is Op.STEP else parts
     reply = call(core, op, [0, 3], parts=parts)
@@ -239,8 +239,8 @@ def test_every_op_answers_ids_not_here_in_their_rows(
 
 def test_structured_and_array_envs_do_not_mix_in_one_request() -> None:
     core = WorkerCore(["echo", COUNTER], capacity=4)
-    create(core, COUNTER, [1])
-    create(core, "echo", [2])
+    assert create(core, COUNTER, [1]).parts["errors"] == []
+    assert create(core, "echo", [2]).parts["errors"] == []
     reply = call(core, Op.RESET, [1, 2])
     assert reply.op is Op.ERROR
     assert "mixes array and structured envs" in reply.meta["message"]
