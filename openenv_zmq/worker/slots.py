@@ -108,7 +108,11 @@ class SlotTable:
         return errors
 
     def select(self, env_ids: EnvIds) -> SlotSelection:
-        return SlotSelection(self._slots, env_ids.tolist())
+        """The request's env ids located here, each looked up once."""
+        ids: list[int] = env_ids.tolist()
+        slots = self._slots
+        found = [(row, env_id, slots[env_id]) for row, env_id in enumerate(ids) if env_id in slots]
+        return SlotSelection(slots, ids, found)
 
     def drop_all(self) -> tuple[int, int]:
         """Close and forget every env; returns how many there were and how many raised."""
@@ -123,20 +127,19 @@ class SlotTable:
 
 
 class SlotSelection:
-    """The slots a request names, located once; an env id not hosted here gets its error row.
+    """The slots of one request, from :meth:`SlotTable.select`; an env id not hosted here gets
+    its error row.
 
     Answer the request with one call of :meth:`reset`, :meth:`step`, :meth:`state` or
     :meth:`close`, before the table changes.
     """
 
-    def __init__(self, slots: dict[int, Slot], env_ids: list[int]) -> None:
+    def __init__(self, slots: dict[int, Slot], env_ids: list[int], found: Located) -> None:
         self._slots = slots
         self.env_ids = env_ids
-        self.found: Located = [
-            (row, env_id, slots[env_id]) for row, env_id in enumerate(env_ids) if env_id in slots
-        ]
+        self.found = found
         self.errors: list[ErrorRow] = []
-        if len(self.found) < len(env_ids):
+        if len(found) < len(env_ids):
             self.errors = [not_on_worker_row(i) for i in env_ids if i not in slots]
 
     def reset(self, seeds: list[Any] | None, kwargs: list[Any] | None) -> ModelRows:

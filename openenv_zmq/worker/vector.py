@@ -103,23 +103,20 @@ class VectorTable:
         return self._positions(env_ids)[0]
 
     def select(self, env_ids: EnvIds) -> VectorSelection | None:
-        """The request's env ids located here; ``None`` when none of them is hosted here."""
+        """The request's env ids located here and grouped by host; ``None`` when none of them
+        is hosted here."""
         found, at = self._positions(env_ids)
         if not found.any():
             return None
-        return VectorSelection(self, env_ids, found, self._host_of[at], self._index_of[at])
-
-    def groups(
-        self, env_ids: EnvIds, found: npt.NDArray[np.bool_], hosts: RowNumbers, indices: RowNumbers
-    ) -> Groups:
-        """Group located rows by host (``hosts`` are positions in this table's host list)."""
+        hosts, indices = self._host_of[at], self._index_of[at]
         if len(self._hosts) == 1 and found.all():
-            return [(self._hosts[0], np.arange(len(env_ids)), indices)]
-        groups = []
-        for number in np.unique(hosts[found]).tolist():
-            rows = np.flatnonzero(found & (hosts == number))
-            groups.append((self._hosts[number], rows, indices[rows]))
-        return groups
+            groups = [(self._hosts[0], np.arange(len(env_ids)), indices)]
+        else:
+            groups = []
+            for number in np.unique(hosts[found]).tolist():
+                rows = np.flatnonzero(found & (hosts == number))
+                groups.append((self._hosts[number], rows, indices[rows]))
+        return VectorSelection(self, env_ids, found, groups)
 
     def create(
         self,
@@ -151,8 +148,8 @@ class VectorTable:
 
 
 class VectorSelection:
-    """The vector-hosted env ids of one request, located once and grouped by host; an env id
-    not hosted here gets its error row.
+    """The vector-hosted env ids of one request, from :meth:`VectorTable.select`; an env id not
+    hosted here gets its error row.
 
     Answer the request with one call of :meth:`reset`, :meth:`step`, :meth:`state` or
     :meth:`close`, before the table changes.
@@ -163,8 +160,7 @@ class VectorSelection:
         table: VectorTable,
         env_ids: EnvIds,
         found: npt.NDArray[np.bool_],
-        hosts: RowNumbers,
-        indices: RowNumbers,
+        groups: Groups,
     ) -> None:
         self._table = table
         self.env_ids = env_ids
@@ -174,7 +170,7 @@ class VectorSelection:
         if not self.whole:
             missing = env_ids[~found].tolist()
             self.errors = [not_on_worker_row(env_id) for env_id in missing]
-        self.groups = table.groups(env_ids, found, hosts, indices)
+        self.groups = groups
 
     def _rows(self) -> ArrayRows:
         """Empty rows shaped by the first host's observation space."""
