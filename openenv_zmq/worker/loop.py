@@ -25,7 +25,8 @@ import zmq
 from openenv_zmq.errors import ProtocolError
 from openenv_zmq.protocol import CONTROL_ROUTE, Frame, Message, Op, decode, encode
 from openenv_zmq.sockets import configure
-from openenv_zmq.worker.core import BrokerLink, LinkOutput, WorkerCore, WorkerLifecycle
+from openenv_zmq.worker.core import WorkerCore
+from openenv_zmq.worker.link import BrokerLink, LinkOutput, WorkerLifecycle
 
 __all__ = ["WorkerLifecycle", "run_worker"]
 

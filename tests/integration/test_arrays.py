@@ -11,7 +11,7 @@ from openenv_zmq import AsyncBatchClient, BatchClient
 from openenv_zmq.errors import ActionValidationError, EnvNotFound
 from tests.integration.conftest import Processes
 
-COUNTER = "tests.unit.test_worker_vector:CounterEnvs"
+COUNTER = "tests.unit.worker_envs:CounterEnvs"
 
 
 def test_gymnasium_env_by_name_follows_its_spaces(procs: Processes) -> None:

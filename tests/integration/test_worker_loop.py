@@ -255,14 +255,23 @@ def test_sigterm_while_stepping_still_says_bye(broker: MiniBroker, spawn_worker:
     broker.request(identity, reset(n))
     for request_id in (40, 41, 42):
         broker.send(identity, CLIENT, step(n, request_id))
-    time.sleep(0.05)
+    # The first answer shows the worker is stepping the queued batches: signal it now.
+    first, _ = broker.expect(Op.REPLY, CLIENT)
+    assert first.message.request_id == 40
     process.terminate()
+    answered_after_signal = []
     deadline = time.monotonic() + 10.0
     while True:
         got = broker.recv(max(deadline - time.monotonic(), 0.001))
         if got.message.op is Op.BYE:
             break
         assert got.message.op in (Op.HEARTBEAT, Op.REPLY), got
+        if got.message.op is Op.REPLY:
+            answered_after_signal.append(got.message.request_id)
+    # the premise: SIGTERM came while a batch was stepping, and that batch was answered first
+    assert answered_after_signal, "every batch was answered before SIGTERM was sent"
+    assert answered_after_signal == sorted(answered_after_signal)
+    assert set(answered_after_signal) <= {41, 42}
     process.join(10)
     assert process.exitcode == 0
 

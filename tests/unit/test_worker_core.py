@@ -1,140 +1,20 @@
-"""WorkerCore and BrokerLink driven with real encoded messages and a fake clock; no sockets."""
+"""WorkerCore's dispatch with real encoded messages: decode, pick the table, answer. No sockets.
+
+What each table does with a request is tested beside it: test_worker_slots.py (structured envs)
+and test_worker_vector.py (array envs).
+"""
 
 from __future__ import annotations
 
-import json
-from typing import Any, ClassVar
+from typing import Any
 
 import msgpack
 import numpy as np
 import pytest
-from echo_env.models import EchoAction
-from pydantic import ValidationError
 
-from openenv_zmq.env import Environment
 from openenv_zmq.protocol import Limits, Message, Op, decode, encode
-from openenv_zmq.types import Action, Observation, State
-from openenv_zmq.worker.core import (
-    READY_RETRY_SECONDS,
-    BrokerLink,
-    SlotStatus,
-    WorkerCore,
-    WorkerLifecycle,
-)
-
-# ---- small envs, reachable as f"{__name__}:Class" --------------------------------------------
-
-
-class ValueAction(Action):
-    value: int
-
-
-class ValueObservation(Observation):
-    value: int = 0
-    payload: Any = None
-
-
-class FlakyEnv(Environment[ValueAction, ValueObservation, State]):
-    """Raises in step on negative values, in reset on seed 13, in close when asked to."""
-
-    closed: ClassVar[list[int]] = []
-
-    def __init__(self, explode: bool = False, fail_close: bool = False, tag: int = 0) -> None:
-        super().__init__()
-        if explode:
-            raise OSError("cannot construct: exploded on purpose")
-        self.fail_close = fail_close
-        self.tag = tag
-        self._state = State()
-
-    def reset(
-        self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any
-    ) -> ValueObservation:
-        if seed == 13:
-            raise KeyError("unlucky seed")
-        self._state = State(episode_id=episode_id, step_count=0)
-        return ValueObservation(value=0, reward=0.0)
-
-    def step(
-        self, action: ValueAction, timeout_s: float | None = None, **kwargs: Any
-    ) -> ValueObservation:
-        if action.value < 0:
-            raise RuntimeError(f"negative value {action.value}")
-        self._state.step_count += 1
-        payload = object() if action.value == 666 else None  # msgpack cannot carry it
-        return ValueObservation(value=action.value, reward=action.value, payload=payload)
-
-    @property
-    def state(self) -> State:
-        return self._state
-
-    def close(self) -> None:
-        FlakyEnv.closed.append(self.tag)
-        if self.fail_close:
-            raise RuntimeError("close failed")
-
-
-class SeedObservation(Observation):
-    seed: int | None = None
-
-
-class SeedOnlyEnv(Environment[Action, SeedObservation, State]):
-    """Its reset takes only ``seed``: every other reset argument must be dropped."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._state = State()
-
-    def reset(self, seed: int | None = None) -> SeedObservation:  # type: ignore[override]
-        return SeedObservation(seed=seed)
-
-    def step(
-        self, action: Action, timeout_s: float | None = None, **kwargs: Any
-    ) -> SeedObservation:
-        return SeedObservation()
-
-    @property
-    def state(self) -> State:
-        return self._state
-
-
-class CountdownObservation(Observation):
-    left: int
-
-
-class CountdownEnv(Environment[Action, CountdownObservation, State]):
-    """Done after ``horizon`` steps; ``horizon`` can be changed at reset (no ``**kwargs``)."""
-
-    def __init__(self, horizon: int = 2) -> None:
-        super().__init__()
-        self.horizon = horizon
-        self.left = horizon
-        self._state = State()
-
-    def reset(  # type: ignore[override]
-        self, seed: int | None = None, episode_id: str | None = None, horizon: int | None = None
-    ) -> CountdownObservation:
-        if horizon is not None:
-            self.horizon = horizon
-        self.left = self.horizon
-        self._state = State(episode_id=episode_id)
-        return CountdownObservation(left=self.left, done=self.left <= 0)
-
-    def step(
-        self, action: Action, timeout_s: float | None = None, **kwargs: Any
-    ) -> CountdownObservation:
-        self.left -= 1
-        self._state.step_count += 1
-        return CountdownObservation(left=self.left, done=self.left <= 0, reward=1.0)
-
-    @property
-    def state(self) -> State:
-        return self._state
-
-
-FLAKY = f"{__name__}:FlakyEnv"
-SEED_ONLY = f"{__name__}:SeedOnlyEnv"
-COUNTDOWN = f"{__name__}:CountdownEnv"
+from openenv_zmq.worker import SlotStatus, WorkerCore
+from tests.unit.worker_envs import COUNTER, FLAKY, FlakyEnv
 
 # ---- helpers -----------------------------------------------------------------------------------
 
@@ -172,17 +52,10 @@ def errors_by_id(reply: Message) -> dict[int, list[Any]]:
     return {row[0]: row for row in reply.parts["errors"]}
 
 
-def assert_row_zeroed(reply: Message, index: int) -> None:
-    assert reply.parts["obs"][index] is None
-    assert reply.parts["rew"][index] == 0.0
-    assert not reply.parts["term"][index]
-    assert not reply.parts["trunc"][index]
-
-
 @pytest.fixture
 def core() -> WorkerCore:
     FlakyEnv.closed.clear()
-    return WorkerCore(["echo", FLAKY, SEED_ONLY, COUNTDOWN], capacity=8)
+    return WorkerCore(["echo", FLAKY], capacity=8)
 
 
 # ---- construction ------------------------------------------------------------------------------
@@ -258,7 +131,7 @@ def test_create_is_all_or_nothing_on_existing_ids_and_capacity() -> None:
     assert create(core, "echo", [2]).parts["errors"] == []
 
 
-# ---- RESET ---------------------------------------------------------------------------------------
+# ---- RESET / STEP / STATE / CLOSE: one table per request -----------------------------------------
 
 
 def test_echo_reset_and_step_semantics(core: WorkerCore) -> None:
@@ -297,61 +170,6 @@ def test_echo_reset_and_step_semantics(core: WorkerCore) -> None:
     assert [s["step_count"] for s in state.parts["states"]] == [2, 1]
 
 
-def test_reset_kwargs_reach_envs_that_take_them(core: WorkerCore) -> None:
-    create(core, "echo", [0])
-    call(core, Op.RESET, [0], parts={"kwargs": [{"episode_id": "ep-1", "anything": 1}]})
-    state = call(core, Op.STATE, [0])
-    assert state.parts["states"][0]["episode_id"] == "ep-1"
-
-
-def test_reset_drops_kwargs_the_signature_does_not_take(core: WorkerCore) -> None:
-    create(core, SEED_ONLY, [0, 1])
-    create(core, COUNTDOWN, [2])
-    reply = call(
-        core,
-        Op.RESET,
-        [0, 1, 2],
-        parts={
-            "seeds": [11, None, 5],
-            "kwargs": [{"episode_id": "x", "difficulty": 3}, {}, {"horizon": 0, "junk": True}],
-        },
-    )
-    assert reply.parts["errors"] == []
-    assert reply.parts["obs"][0]["seed"] == 11
-    assert reply.parts["obs"][1]["seed"] is None
-    # horizon reached CountdownEnv.reset, junk was dropped
-    assert reply.parts["obs"][2]["left"] == 0
-    assert reply.parts["term"].tolist() == [False, False, True]
-    assert core.status(2) is SlotStatus.DONE
-
-
-def test_seeds_part_wins_over_a_seed_kwarg(core: WorkerCore) -> None:
-    create(core, SEED_ONLY, [0, 1])
-    reply = call(
-        core, Op.RESET, [0, 1], parts={"seeds": [1, 2], "kwargs": [{"seed": 9}, {"seed": 9}]}
-    )
-    assert [o["seed"] for o in reply.parts["obs"]] == [1, 2]
-    reply = call(core, Op.RESET, [0], parts={"kwargs": [{"seed": 9}]})
-    assert reply.parts["obs"][0]["seed"] == 9
-
-
-def test_reset_errors_are_per_env_and_need_a_new_reset(core: WorkerCore) -> None:
-    create(core, FLAKY, [0, 1])
-    reply = call(core, Op.RESET, [0, 1, 42], parts={"seeds": [13, 0, 0]})
-    rows = errors_by_id(reply)
-    assert set(rows) == {0, 42}
-    assert rows[0][1:3] == ["KeyError", "'unlucky seed'"]
-    assert "unlucky seed" in rows[0][3]
-    assert rows[42][1] == "EnvNotOnWorker"
-    assert_row_zeroed(reply, 0)
-    assert_row_zeroed(reply, 2)
-    assert reply.parts["obs"][1]["value"] == 0
-    assert core.status(0) is SlotStatus.NEEDS_RESET
-    step = call(core, Op.STEP, [0, 1], parts={"actions": [{"value": 1}, {"value": 2}]})
-    assert errors_by_id(step)[0][1] == "NeedsReset"
-    assert step.parts["obs"][1]["value"] == 2
-
-
 @pytest.mark.parametrize(
     ("parts", "expected"),
     [
@@ -374,82 +192,6 @@ def test_reset_with_wrong_parts_is_a_protocol_error(
     assert core.status(0) is SlotStatus.NEEDS_RESET
 
 
-# ---- STEP ----------------------------------------------------------------------------------------
-
-
-def test_step_errors_stay_in_their_row(core: WorkerCore) -> None:
-    create(core, FLAKY, [0, 1, 2])
-    call(core, Op.RESET, [0, 1, 2])
-    reply = call(
-        core, Op.STEP, [0, 1, 2], parts={"actions": [{"value": 3}, {"value": -4}, {"value": 5}]}
-    )
-    (row,) = reply.parts["errors"]
-    env_id, type_name, message, tb = row
-    assert (env_id, type_name, message) == (1, "RuntimeError", "negative value -4")
-    assert "Traceback (most recent call last)" in tb
-    assert "in step" in tb
-    assert "RuntimeError: negative value -4" in tb
-    assert_row_zeroed(reply, 1)
-    assert [reply.parts["obs"][i]["value"] for i in (0, 2)] == [3, 5]
-    assert reply.parts["rew"].tolist() == [3.0, 0.0, 5.0]
-    # the failed step left its env stepping, as OpenEnv keeps the session
-    assert core.status(1) is SlotStatus.RUNNING
-    again = call(core, Op.STEP, [1], parts={"actions": [{"value": 1}]})
-    assert again.parts["errors"] == []
-
-
-def test_action_validation_error_carries_pydantic_message(core: WorkerCore) -> None:
-    create(core, "echo", [0, 1, 2])
-    call(core, Op.RESET, [0, 1, 2])
-    bad: dict[str, Any] = {"msg": "no such field"}
-    with pytest.raises(ValidationError) as expected:
-        EchoAction.model_validate(bad)
-    reply = call(core, Op.STEP, [0, 1, 2], parts={"actions": [bad, {"message": "ok"}, "not a map"]})
-    rows = errors_by_id(reply)
-    assert set(rows) == {0, 2}
-    pydantic_errors = json.loads(expected.value.json())
-    assert rows[0][1:] == [
-        "ActionValidationError",
-        str(expected.value),
-        "",
-        {"errors": pydantic_errors},
-    ]
-    assert rows[2][1] == "ActionValidationError"
-    assert rows[2][4]["errors"][0]["type"] == "model_type"
-    assert "valid dictionary" in rows[2][2]
-    assert reply.parts["obs"][1]["echoed_message"] == "ok"
-    assert_row_zeroed(reply, 0)
-
-
-def test_step_before_reset_and_unknown_ids(core: WorkerCore) -> None:
-    create(core, "echo", [0])
-    reply = call(core, Op.STEP, [0, 5], parts={"actions": [{"message": "a"}] * 2})
-    rows = errors_by_id(reply)
-    assert rows[0][1:] == ["NeedsReset", "call reset() before step()", ""]
-    assert rows[5][1] == "EnvNotOnWorker"
-    assert "5" in rows[5][2]
-    assert_row_zeroed(reply, 0)
-    assert_row_zeroed(reply, 1)
-
-
-def test_done_slots_can_still_be_stepped_and_reset(core: WorkerCore) -> None:
-    create(core, COUNTDOWN, [0], horizon=2)
-    call(core, Op.RESET, [0])
-    first = call(core, Op.STEP, [0], parts={"actions": [{}]})
-    assert first.parts["term"].tolist() == [False]
-    assert core.status(0) is SlotStatus.RUNNING
-    second = call(core, Op.STEP, [0], parts={"actions": [{}]})
-    assert second.parts["term"].tolist() == [True]
-    assert second.parts["obs"][0]["done"] is True
-    assert core.status(0) is SlotStatus.DONE
-    # autoreset is disabled (OpenEnv behaviour): stepping a finished episode is the env's call
-    third = call(core, Op.STEP, [0], parts={"actions": [{}]})
-    assert third.parts["errors"] == []
-    assert third.parts["obs"][0]["left"] == -1
-    call(core, Op.RESET, [0])
-    assert core.status(0) is SlotStatus.RUNNING
-
-
 @pytest.mark.parametrize(
     ("parts", "expected"),
     [
@@ -470,41 +212,38 @@ def test_step_with_wrong_actions_is_a_protocol_error(
     assert expected in reply.meta["message"]
 
 
-def test_unencodable_observation_fails_only_its_env(core: WorkerCore) -> None:
-    create(core, FLAKY, [0, 1])
-    call(core, Op.RESET, [0, 1])
-    reply = call(core, Op.STEP, [0, 1], parts={"actions": [{"value": 666}, {"value": 2}]})
-    (row,) = reply.parts["errors"]
-    assert row[:2] == [0, "EnvExecutionError"]
-    assert "cannot be encoded" in row[2]
-    assert_row_zeroed(reply, 0)
-    assert reply.parts["obs"][1]["value"] == 2
-
-
-# ---- STATE / CLOSE / drop_all -----------------------------------------------------------------
-
-
-def test_state_of_known_and_unknown_ids(core: WorkerCore) -> None:
-    create(core, "echo", [0])
-    call(core, Op.RESET, [0], parts={"kwargs": [{"episode_id": "e"}]})
-    reply = call(core, Op.STATE, [0, 9])
-    assert reply.op is Op.REPLY
-    assert reply.parts["states"] == [{"episode_id": "e", "step_count": 0}, None]
-    assert errors_by_id(reply)[9][1] == "EnvNotOnWorker"
-
-
-def test_close_frees_slots_even_when_close_raises(core: WorkerCore) -> None:
-    create(core, FLAKY, [0], tag=1)
-    create(core, FLAKY, [1], tag=2, fail_close=True)
-    reply = call(core, Op.CLOSE, [0, 1, 2])
+@pytest.mark.parametrize("hosted", ["echo", COUNTER])
+@pytest.mark.parametrize(
+    ("op", "parts"),
+    [
+        (Op.RESET, {}),
+        (Op.STEP, {"actions": [{"message": "a"}, {"message": "b"}]}),
+        (Op.STATE, {}),
+        (Op.CLOSE, {}),
+    ],
+)
+def test_every_op_answers_ids_not_here_in_their_rows(
+    op: Op, parts: dict[str, Any], hosted: str
+) -> None:
+    core = WorkerCore(["echo", COUNTER], capacity=4)
+    assert create(core, hosted, [0]).parts["errors"] == []
+    assert call(core, Op.RESET, [0]).parts["errors"] == []
+    if hosted == COUNTER:
+        parts = {"actions": np.array([1, 1])} if op is Op.STEP else parts
+    reply = call(core, op, [0, 3], parts=parts)
     assert reply.op is Op.REPLY
     rows = errors_by_id(reply)
-    assert set(rows) == {1, 2}
-    assert rows[1][1:3] == ["RuntimeError", "close failed"]
-    assert rows[2][1] == "EnvNotOnWorker"
-    assert FlakyEnv.closed == [1, 2]
-    assert core.slots_used == 0
-    assert errors_by_id(call(core, Op.STATE, [0]))[0][1] == "EnvNotOnWorker"
+    assert set(rows) == {3}
+    assert rows[3][1:] == ["EnvNotOnWorker", "this worker hosts no env with id 3", ""]
+
+
+def test_structured_and_array_envs_do_not_mix_in_one_request() -> None:
+    core = WorkerCore(["echo", COUNTER], capacity=4)
+    assert create(core, COUNTER, [1]).parts["errors"] == []
+    assert create(core, "echo", [2]).parts["errors"] == []
+    reply = call(core, Op.RESET, [1, 2])
+    assert reply.op is Op.ERROR
+    assert "mixes array and structured envs" in reply.meta["message"]
 
 
 def test_drop_all_closes_and_forgets_every_env(core: WorkerCore) -> None:
@@ -572,151 +311,3 @@ def test_ops_a_worker_does_not_handle_are_refused(core: WorkerCore, message: Mes
     assert reply.request_id == 4
     assert reply.meta["type"] == "ProtocolError"
     assert message.op.name in reply.meta["message"]
-
-
-# ---- BrokerLink ----------------------------------------------------------------------------------
-
-READY = Message(Op.READY, meta={"envs": ["echo"], "capacity": 4, "name": "w", "pid": 1})
-
-
-def welcome(heartbeat: float = 0.5, worker: int = 3) -> Message:
-    return Message(Op.WELCOME, meta={"worker": worker, "heartbeat": heartbeat})
-
-
-def state_of(link: BrokerLink) -> WorkerLifecycle:
-    # a call, so the type checker does not keep a narrowed state across link methods
-    return link.state
-
-
-def sent_ops(output: Any) -> list[Op]:
-    return [m.op for m in output.send]
-
-
-def test_link_resends_ready_every_interval_until_welcome() -> None:
-    link = BrokerLink(READY, interval=1.0, liveness=2.5, now=100.0)
-    assert state_of(link) is WorkerLifecycle.STARTING
-    assert link.deadline == 100.0
-    first = link.on_tick(100.0)
-    assert first.send == (READY,)
-    assert not first.drop_all
-    assert link.on_tick(100.5).send == ()
-    assert link.deadline == 101.0
-    # no liveness verdict while unregistered: READY keeps going out
-    assert sent_ops(link.on_tick(110.0)) == [Op.READY]
-    assert link.on_control(welcome(heartbeat=0.5, worker=3), 110.2).send == ()
-    assert state_of(link) is WorkerLifecycle.READY
-    assert link.worker_id == 3
-    assert link.interval == 0.5
-    assert sent_ops(link.on_tick(111.0)) == [Op.HEARTBEAT]
-    link.on_control(Message(Op.HEARTBEAT), 111.1)
-    assert link.on_tick(111.2).send == ()
-    assert sent_ops(link.on_tick(111.5)) == [Op.HEARTBEAT]
-
-
-def test_link_retries_unsent_ready_soon() -> None:
-    link = BrokerLink(READY, interval=1.0, liveness=2.5, now=0.0)
-    (ready,) = link.on_tick(0.0).send
-    link.not_sent(ready, 0.0)  # not connected yet
-    assert link.deadline == READY_RETRY_SECONDS
-    assert link.on_tick(READY_RETRY_SECONDS).send == (READY,)
-    assert link.deadline == READY_RETRY_SECONDS + 1.0
-    link.on_control(welcome(heartbeat=1.0), 0.1)
-    (heartbeat,) = link.on_tick(1.1).send
-    link.not_sent(heartbeat, 1.1)  # heartbeats keep their pace
-    assert link.deadline == 2.1
-
-
-def test_link_silent_broker_means_drop_all_and_register_again() -> None:
-    link = BrokerLink(READY, interval=1.0, liveness=2.5, now=0.0)
-    link.on_tick(0.0)
-    link.on_control(welcome(heartbeat=1.0), 0.1)
-    assert link.deadline == 1.0
-    link.on_tick(1.0)
-    link.on_control(Message(Op.HEARTBEAT), 1.5)
-    link.heard(2.5)  # any request counts as a sign of life
-    assert link.deadline == 2.0  # next heartbeat
-    link.on_tick(2.0)
-    link.on_tick(3.0)
-    link.on_tick(4.0)
-    assert state_of(link) is WorkerLifecycle.READY
-    output = link.on_tick(5.1)  # 2.6 s after the broker was last heard
-    assert output.drop_all
-    assert output.send == (READY,)
-    assert state_of(link) is WorkerLifecycle.STARTING
-    assert link.worker_id is None
-    assert link.on_tick(5.5).send == ()
-    assert sent_ops(link.on_tick(6.1)) == [Op.READY]
-
-
-def test_link_disconnect_drops_all_and_resends_ready() -> None:
-    link = BrokerLink(READY, interval=1.0, liveness=2.5, now=0.0)
-    link.on_control(welcome(), 0.0)
-    output = link.on_control(Message(Op.DISCONNECT, meta={"reason": "unknown worker"}), 1.0)
-    assert output.drop_all
-    assert output.send == (READY,)
-    assert state_of(link) is WorkerLifecycle.STARTING
-    link.on_control(welcome(worker=4), 1.1)
-    assert state_of(link) is WorkerLifecycle.READY
-    assert link.worker_id == 4
-
-
-def test_link_errors_and_odd_control_messages_change_nothing() -> None:
-    link = BrokerLink(READY, interval=1.0, liveness=2.5, now=0.0)
-    link.on_control(welcome(), 0.0)
-    error = Message(Op.ERROR, meta={"type": "ProtocolError", "message": "bad"})
-    for message in (error, Message(Op.BYE), welcome(heartbeat=0)):
-        output = link.on_control(message, 0.5)
-        assert output.send == ()
-        assert not output.drop_all
-        assert state_of(link) is WorkerLifecycle.READY
-    assert link.interval == 0.5  # a non-positive interval from the broker is ignored
-
-
-def test_link_drain_then_dead() -> None:
-    link = BrokerLink(READY, interval=1.0, liveness=2.5, now=0.0)
-    link.on_control(welcome(), 0.0)
-    assert link.drain().op is Op.BYE
-    assert state_of(link) is WorkerLifecycle.DRAINING
-    assert link.on_tick(100.0).send == ()
-    assert link.on_control(Message(Op.DISCONNECT, meta={"reason": "x"}), 100.0).send == ()
-    link.dead()
-    assert state_of(link) is WorkerLifecycle.DEAD
-    with pytest.raises(RuntimeError, match="DEAD to DRAINING"):
-        link.drain()
-
-
-def test_link_needs_ready_and_positive_timings() -> None:
-    with pytest.raises(ValueError, match="READY"):
-        BrokerLink(Message(Op.HEARTBEAT), 1.0, 2.5, 0.0)
-    with pytest.raises(ValueError, match="positive"):
-        BrokerLink(READY, 0.0, 2.5, 0.0)
-
-
-@pytest.mark.parametrize(
-    ("mode", "expected"),
-    [
-        # (left, reward, done) over three steps of a horizon-2 countdown
-        ("disabled", [(1, 1.0, False), (0, 1.0, True), (-1, 1.0, True)]),
-        ("next_step", [(1, 1.0, False), (0, 1.0, True), (2, 0.0, False)]),
-        ("same_step", [(1, 1.0, False), (2, 1.0, True), (1, 1.0, False)]),
-    ],
-)
-def test_structured_envs_autoreset_like_gymnasium(
-    core: WorkerCore, mode: str, expected: list[tuple[int, float, bool]]
-) -> None:
-    reply = call(core, Op.CREATE, [0], meta={"env": COUNTDOWN, "autoreset": mode})
-    assert reply.parts["errors"] == []
-    call(core, Op.RESET, [0])
-    seen, finals = [], []
-    for _ in range(3):
-        step = call(core, Op.STEP, [0], parts={"actions": [{}]})
-        obs = step.parts["obs"][0]
-        seen.append((obs["left"], float(step.parts["rew"][0]), bool(step.parts["term"][0])))
-        finals.append(step.parts.get("final_obs", [None])[0])
-    assert seen == expected
-    if mode == "same_step":
-        assert finals[1] is not None
-        assert finals[1]["left"] == 0
-        assert finals[1]["done"] is True
-    else:
-        assert finals == [None, None, None]

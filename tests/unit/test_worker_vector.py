@@ -2,66 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
-from openenv_zmq.env import VectorEnvironment
 from openenv_zmq.protocol import Message, Op, decode, encode
-from openenv_zmq.spaces import Box, Discrete
-from openenv_zmq.worker.core import WorkerCore
-
-COUNTER = "tests.unit.test_worker_vector:CounterEnvs"
-
-
-class CounterEnvs(VectorEnvironment):
-    """Each instance counts up by its action (0, 1 or 2); the episode ends at ``limit``.
-
-    The observation is ``[count, seed or -1]``; reward is the action; terminated at the limit.
-    """
-
-    observation_space = Box(-1, 1_000, (2,), np.float32)
-    action_space = Discrete(3)
-
-    def __init__(self, num_envs: int, limit: int = 3, fail_on: int = -1) -> None:
-        super().__init__(num_envs)
-        self.limit, self.fail_on = limit, fail_on
-        self.count = np.zeros(num_envs, np.float32)
-        self.seed = np.full(num_envs, -1, np.float32)
-        self.closed = False
-
-    def _obs(self, indices: npt.NDArray[np.intp]) -> npt.NDArray[np.float32]:
-        return np.stack([self.count[indices], self.seed[indices]], axis=1)
-
-    def reset(self, indices: npt.NDArray[np.intp], seeds: Sequence[int | None]) -> npt.NDArray[Any]:
-        self.count[indices] = 0
-        self.seed[indices] = [-1 if s is None else s for s in seeds]
-        return self._obs(indices)
-
-    def step(
-        self, indices: npt.NDArray[np.intp], actions: npt.NDArray[Any]
-    ) -> tuple[
-        npt.NDArray[Any], npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.bool_]
-    ]:
-        if self.fail_on in actions.tolist():
-            raise RuntimeError("asked to fail")
-        self.count[indices] += actions
-        terminated = self.count[indices] >= self.limit
-        return (
-            self._obs(indices),
-            actions.astype(np.float32),
-            terminated,
-            np.zeros(len(indices), np.bool_),
-        )
-
-    def state(self, indices: npt.NDArray[np.intp]) -> list[dict[str, Any]]:
-        return [{"episode_id": None, "step_count": int(self.count[i])} for i in indices.tolist()]
-
-    def close(self) -> None:
-        self.closed = True
+from openenv_zmq.worker import WorkerCore
+from tests.unit.worker_envs import COUNTER
 
 
 def call(core: WorkerCore, op: Op, ids: list[int], **fields: Any) -> Message:
@@ -133,14 +81,6 @@ def test_an_env_that_raises_fails_its_host_rows_only(core: WorkerCore) -> None:
     assert errors(reply) == {1: "RuntimeError", 2: "RuntimeError"}
     assert "asked to fail" in reply.parts["errors"][0][3]
     assert reply.parts["obs"][2].tolist() == [2, -1]
-
-
-def test_structured_and_array_envs_do_not_mix_in_one_request(core: WorkerCore) -> None:
-    create(core, [1])
-    call(core, Op.CREATE, [2], meta={"env": "echo"})
-    reply = call(core, Op.RESET, [1, 2])
-    assert reply.op is Op.ERROR
-    assert "mixes array and structured envs" in reply.meta["message"]
 
 
 @pytest.mark.parametrize(

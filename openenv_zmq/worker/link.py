@@ -1,0 +1,176 @@
+"""The worker's link with its broker, sans I/O: registration, heartbeats, liveness.
+
+:class:`BrokerLink` decides when to send ``READY`` / ``HEARTBEAT`` / ``BYE`` and when the broker
+counts as gone. It opens no socket and reads no clock: the zmq loop in
+:mod:`openenv_zmq.worker.loop` feeds it messages and passes ``now`` in.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+
+from openenv_zmq.protocol import Message, Op
+
+log = logging.getLogger(__name__)
+
+
+class WorkerLifecycle(Enum):
+    """Where a worker is in its registration with the broker."""
+
+    STARTING = "starting"
+    """READY sent (and re-sent every interval) until the broker answers WELCOME."""
+    READY = "ready"
+    """Registered: heartbeats flow both ways."""
+    DRAINING = "draining"
+    """Leaving on purpose: BYE sent, sockets closing."""
+    DEAD = "dead"
+
+
+READY_RETRY_SECONDS = 0.05
+"""How soon a READY that could not be sent (no connection yet) is tried again."""
+
+_LIFECYCLE_TRANSITIONS: dict[WorkerLifecycle, frozenset[WorkerLifecycle]] = {
+    WorkerLifecycle.STARTING: frozenset({WorkerLifecycle.READY, WorkerLifecycle.DRAINING}),
+    WorkerLifecycle.READY: frozenset({WorkerLifecycle.STARTING, WorkerLifecycle.DRAINING}),
+    WorkerLifecycle.DRAINING: frozenset({WorkerLifecycle.DEAD}),
+    WorkerLifecycle.DEAD: frozenset(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOutput:
+    """What the I/O side must do after feeding :class:`BrokerLink` an event."""
+
+    send: tuple[Message, ...] = ()
+    """Control messages for the broker, in order."""
+    drop_all: bool = False
+    """Every env slot must be dropped (the broker no longer knows this worker)."""
+
+
+_NOTHING = LinkOutput()
+
+
+class BrokerLink:
+    """Registration and liveness of one worker with its broker, sans I/O.
+
+    Call :meth:`on_control` with every control message (route ``b""``), :meth:`heard` with any
+    other message from the broker, and :meth:`on_tick` whenever :attr:`deadline` has passed; send
+    what they return. :meth:`drain` returns the ``BYE`` to send when leaving, :meth:`dead` ends it.
+    """
+
+    def __init__(self, ready: Message, interval: float, liveness: float, now: float) -> None:
+        if ready.op is not Op.READY:
+            raise ValueError(f"BrokerLink needs the READY message to send, not {ready.op.name}")
+        if interval <= 0 or liveness <= 0:
+            raise ValueError("heartbeat interval and liveness must be positive")
+        self.state = WorkerLifecycle.STARTING
+        self.worker_id: int | None = None
+        self.interval = interval
+        self._liveness = liveness
+        self._ready = ready
+        self._last_heard = now
+        self._next_send = now  # READY goes out at the first tick
+
+    def _to(self, state: WorkerLifecycle) -> None:
+        """The one place the lifecycle changes."""
+        if state not in _LIFECYCLE_TRANSITIONS[self.state]:
+            raise RuntimeError(f"worker cannot go from {self.state.name} to {state.name}")
+        log.debug("worker lifecycle %s -> %s", self.state.name, state.name)
+        self.state = state
+
+    @property
+    def deadline(self) -> float:
+        """When :meth:`on_tick` must next be called."""
+        if self.state is WorkerLifecycle.READY:
+            return min(self._next_send, self._last_heard + self._liveness * self.interval)
+        return self._next_send
+
+    def heard(self, now: float) -> None:
+        """Any message from the broker shows it is alive."""
+        self._last_heard = now
+
+    def on_control(self, message: Message, now: float) -> LinkOutput:
+        self._last_heard = now
+        if self.state in (WorkerLifecycle.DRAINING, WorkerLifecycle.DEAD):
+            return _NOTHING
+        if message.op is Op.WELCOME:
+            heartbeat = float(message.meta["heartbeat"])
+            if heartbeat > 0:
+                self.interval = heartbeat
+            else:
+                log.warning(
+                    "ignoring WELCOME heartbeat interval %r; keeping %s", heartbeat, self.interval
+                )
+            self.worker_id = message.meta["worker"]
+            if self.state is WorkerLifecycle.STARTING:
+                self._to(WorkerLifecycle.READY)
+                log.info("registered with the broker as worker %d", self.worker_id)
+            return _NOTHING
+        if message.op is Op.HEARTBEAT:
+            return _NOTHING
+        if message.op is Op.DISCONNECT:
+            log.warning("broker disconnected this worker: %s", message.meta["reason"])
+            return self._register_again(now)
+        if message.op is Op.ERROR:
+            log.warning(
+                "broker refused a control message: %s: %s",
+                message.meta["type"],
+                message.meta["message"],
+            )
+        else:
+            log.warning("ignoring unexpected control message %s", message.op.name)
+        return _NOTHING
+
+    def on_tick(self, now: float) -> LinkOutput:
+        if self.state is WorkerLifecycle.READY and (
+            now - self._last_heard > self._liveness * self.interval
+        ):
+            log.warning("broker silent for %.1f s; registering again", now - self._last_heard)
+            return self._register_again(now)
+        if self.state not in (WorkerLifecycle.STARTING, WorkerLifecycle.READY):
+            return _NOTHING
+        if now < self._next_send:
+            return _NOTHING
+        self._next_send = now + self.interval
+        if self.state is WorkerLifecycle.STARTING:
+            return LinkOutput(send=(self._ready,))
+        return LinkOutput(send=(Message(Op.HEARTBEAT),))
+
+    def keepalive(self, now: float) -> Message | None:
+        """The heartbeat due at ``now`` while a batch steps and nobody reads the socket.
+
+        Broker silence is not judged here: the broker's own heartbeats wait unread until the
+        batch is done, and :meth:`on_tick` judges after they have been read.
+        """
+        if self.state is not WorkerLifecycle.READY or now < self._next_send:
+            return None
+        self._next_send = now + self.interval
+        return Message(Op.HEARTBEAT)
+
+    def _register_again(self, now: float) -> LinkOutput:
+        if self.state is WorkerLifecycle.READY:
+            self._to(WorkerLifecycle.STARTING)
+        self.worker_id = None
+        self._last_heard = now
+        self._next_send = now + self.interval
+        return LinkOutput(send=(self._ready,), drop_all=True)
+
+    def not_sent(self, message: Message, now: float) -> None:
+        """The I/O side could not send ``message``: no broker is connected yet (or any more).
+
+        READY is then retried soon rather than an interval later, so a worker registers as soon as
+        its connection is up.
+        """
+        if message.op is Op.READY:
+            self._next_send = min(self._next_send, now + min(self.interval, READY_RETRY_SECONDS))
+
+    def drain(self) -> Message:
+        """Start leaving; returns the ``BYE`` to send. Call once."""
+        self._to(WorkerLifecycle.DRAINING)
+        return Message(Op.BYE)
+
+    def dead(self) -> None:
+        """The sockets are closed; nothing more will be sent."""
+        self._to(WorkerLifecycle.DEAD)

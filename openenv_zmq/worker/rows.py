@@ -1,0 +1,208 @@
+"""The rows of a worker's replies, one per env id of the request, and its per-env error rows.
+
+Both kinds of env answer in the same vocabulary. A RESET / STEP reply carries ``obs``, ``rew``,
+``term``, ``trunc``, ``errors`` and, after a same-step autoreset, ``final_obs``; a STATE reply
+``states`` and ``errors``; a CREATE / CLOSE reply ``errors``. A failed env's row holds zeros and
+its error row ``[env_id, type name, message, traceback]`` is in ``errors``, optionally followed by
+a map of details (pydantic's error list for a refused action).
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ValidationError
+
+from openenv_zmq.batch_models import dump_many
+from openenv_zmq.errors import ProtocolError
+from openenv_zmq.protocol import EnvIds, Frame, Message, Op, encode, pack
+from openenv_zmq.spaces import Space, batch_shape
+
+ErrorRow = list[Any]
+"""``[env_id, type name, message, traceback]`` (+ details), one per failed env in ``errors``."""
+
+RowNumbers = npt.NDArray[np.intp]
+"""Positions in a request's env ids."""
+
+NEEDS_RESET = ("NeedsReset", "call reset() before step()")
+"""Type name and message for a step of an env that was never reset (or whose reset raised)."""
+
+
+def error_row(env_id: int, type_name: str, message: str, trace: str = "") -> ErrorRow:
+    return [env_id, type_name, message, trace]
+
+
+def exception_row(env_id: int, exc: BaseException) -> ErrorRow:
+    """An error row for the exception being handled (the traceback is the current one)."""
+    return [env_id, type(exc).__name__, str(exc), traceback.format_exc()]
+
+
+def not_on_worker_row(env_id: int) -> ErrorRow:
+    return [env_id, "EnvNotOnWorker", f"this worker hosts no env with id {env_id}", ""]
+
+
+def action_validation_row(env_id: int, exc: ValidationError) -> ErrorRow:
+    """A refused action; pydantic's error list travels too, for OpenEnv's VALIDATION_ERROR."""
+    return [env_id, "ActionValidationError", str(exc), "", {"errors": json.loads(exc.json())}]
+
+
+def error_rows(
+    env_ids: EnvIds, rows: RowNumbers, type_name: str, message: str, trace: str = ""
+) -> list[ErrorRow]:
+    """The same error for each env at ``rows`` of the request."""
+    return [[int(env_ids[r]), type_name, message, trace] for r in rows.tolist()]
+
+
+def exception_rows(env_ids: EnvIds, rows: RowNumbers, exc: BaseException) -> list[ErrorRow]:
+    """The exception being handled, for each env at ``rows`` (one call failed them all)."""
+    return error_rows(env_ids, rows, type(exc).__name__, str(exc), traceback.format_exc())
+
+
+def reply_frames(
+    request: Message, parts: dict[str, Any], meta: dict[str, Any] | None = None
+) -> list[Frame]:
+    """The ``REPLY`` to ``request``. Raises :class:`ProtocolError` if a part cannot be encoded."""
+    return encode(
+        Message(Op.REPLY, request.request_id, env_ids=request.env_ids, meta=meta or {}, parts=parts)
+    )
+
+
+class Reply(Protocol):
+    """What a slot table answers a request with; the request's frames are built last."""
+
+    def encode(self, request: Message) -> list[Frame]: ...
+
+
+@dataclass(slots=True)
+class PartsReply:
+    """A reply whose parts are final as they are."""
+
+    parts: dict[str, Any]
+
+    def encode(self, request: Message) -> list[Frame]:
+        return reply_frames(request, self.parts)
+
+
+class ModelRows:
+    """The rows of a RESET / STEP (``obs``) or STATE (``states``) reply of structured envs.
+
+    Rows start zeroed, which is what a failed env's row must hold; a row is filled only once
+    everything about it has been computed, so a failure half-way leaves it zeroed. Models are
+    dumped in :meth:`encode`, in one pydantic call.
+    """
+
+    def __init__(self, env_ids: list[int], part: str, errors: list[ErrorRow]) -> None:
+        n = len(env_ids)
+        self.env_ids = env_ids
+        self.part = part
+        self.values: list[Any] = [None] * n
+        self.final: list[Any] | None = None
+        """Final observations of episodes that ended and were reset in this same step."""
+        # Plain lists while filling: a numpy item assignment per env costs ten times more.
+        self.rewards = [0.0] * n
+        self.terminated = [False] * n
+        self.errors = errors
+
+    def put_observation(self, i: int, obs: Any) -> bool:
+        """Fill row ``i`` from an observation model; returns its ``done``."""
+        reward = 0.0 if obs.reward is None else float(obs.reward)
+        done = bool(obs.done)
+        self.values[i] = obs
+        self.rewards[i] = reward
+        self.terminated[i] = done
+        return done
+
+    def put_final(self, i: int, observation: Any) -> None:
+        if self.final is None:
+            self.final = [None] * len(self.values)
+        self.final[i] = observation
+
+    def clear(self, i: int) -> None:
+        self.values[i] = None
+        self.rewards[i] = 0.0
+        self.terminated[i] = False
+
+    def _parts(self) -> dict[str, Any]:
+        parts: dict[str, Any] = {self.part: self.values}
+        if self.part == "obs":
+            parts["rew"] = np.array(self.rewards, dtype=np.float32)
+            parts["term"] = np.array(self.terminated, dtype=np.bool_)
+            parts["trunc"] = np.zeros(len(self.values), dtype=np.bool_)
+        if self.final is not None:
+            parts["final_obs"] = self.final
+        parts["errors"] = self.errors
+        return parts
+
+    def _dump(self, models: list[Any]) -> list[Any]:
+        """Every model row as a dict, in one pydantic call; a model that cannot be dumped fails
+        its env alone (found row by row, on this rare path only)."""
+        present = [m for m in models if m is not None]
+        dumped = dump_many(BaseModel, present)
+        if dumped is not None:
+            rows = iter(dumped)
+            return [None if m is None else next(rows) for m in models]
+        out: list[Any] = []
+        for i, model in enumerate(models):
+            try:
+                out.append(None if model is None else model.model_dump())
+            except Exception as exc:
+                out.append(None)
+                self.clear(i)
+                self.errors.append(exception_row(self.env_ids[i], exc))
+        return out
+
+    def encode(self, request: Message) -> list[Frame]:
+        """Dump the models and build the reply. Call once, after every row is filled."""
+        self.values = self._dump(self.values)
+        if self.final is not None:
+            self.final = self._dump(self.final)
+        try:
+            return reply_frames(request, self._parts())
+        except ProtocolError:
+            pass
+        # Some env returned a value msgpack cannot carry: fail those envs, not the whole batch.
+        # Only this rare path pays for packing rows one by one.
+        for i, value in enumerate(self.values):
+            if value is None:
+                continue
+            try:
+                pack(value)
+            except ProtocolError as exc:
+                self.clear(i)
+                self.errors.append(error_row(self.env_ids[i], "EnvExecutionError", str(exc)))
+        return reply_frames(request, self._parts())
+
+
+class ArrayRows:
+    """The rows of a RESET / STEP reply of vector envs: one array per part, filled host by host."""
+
+    def __init__(self, env_ids: EnvIds, observation_space: Space, errors: list[ErrorRow]) -> None:
+        n = len(env_ids)
+        self.env_ids = env_ids
+        self.obs = np.zeros(batch_shape(observation_space, n), observation_space.dtype)
+        self.final_obs: npt.NDArray[Any] | None = None
+        """Final observations of episodes that ended and were reset in this same step."""
+        self.rewards = np.zeros(n, np.float32)
+        self.terminated = np.zeros(n, np.bool_)
+        self.truncated = np.zeros(n, np.bool_)
+        self.errors = errors
+
+    def fail(self, rows: RowNumbers, type_name: str, message: str) -> None:
+        self.errors += error_rows(self.env_ids, rows, type_name, message)
+
+    def encode(self, request: Message) -> list[Frame]:
+        parts: dict[str, Any] = {
+            "obs": self.obs,
+            "rew": self.rewards,
+            "term": self.terminated,
+            "trunc": self.truncated,
+            "errors": self.errors,
+        }
+        if self.final_obs is not None:
+            parts["final_obs"] = self.final_obs
+        return reply_frames(request, parts)

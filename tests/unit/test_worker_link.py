@@ -1,0 +1,125 @@
+"""BrokerLink: registration, heartbeats and liveness driven with a fake clock; no sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from openenv_zmq.protocol import Message, Op
+from openenv_zmq.worker.link import READY_RETRY_SECONDS, BrokerLink, WorkerLifecycle
+
+READY = Message(Op.READY, meta={"envs": ["echo"], "capacity": 4, "name": "w", "pid": 1})
+
+
+def welcome(heartbeat: float = 0.5, worker: int = 3) -> Message:
+    return Message(Op.WELCOME, meta={"worker": worker, "heartbeat": heartbeat})
+
+
+def state_of(link: BrokerLink) -> WorkerLifecycle:
+    # a call, so the type checker does not keep a narrowed state across link methods
+    return link.state
+
+
+def sent_ops(output: Any) -> list[Op]:
+    return [m.op for m in output.send]
+
+
+def test_link_resends_ready_every_interval_until_welcome() -> None:
+    link = BrokerLink(READY, interval=1.0, liveness=2.5, now=100.0)
+    assert state_of(link) is WorkerLifecycle.STARTING
+    assert link.deadline == 100.0
+    first = link.on_tick(100.0)
+    assert first.send == (READY,)
+    assert not first.drop_all
+    assert link.on_tick(100.5).send == ()
+    assert link.deadline == 101.0
+    # no liveness verdict while unregistered: READY keeps going out
+    assert sent_ops(link.on_tick(110.0)) == [Op.READY]
+    assert link.on_control(welcome(heartbeat=0.5, worker=3), 110.2).send == ()
+    assert state_of(link) is WorkerLifecycle.READY
+    assert link.worker_id == 3
+    assert link.interval == 0.5
+    assert sent_ops(link.on_tick(111.0)) == [Op.HEARTBEAT]
+    link.on_control(Message(Op.HEARTBEAT), 111.1)
+    assert link.on_tick(111.2).send == ()
+    assert sent_ops(link.on_tick(111.5)) == [Op.HEARTBEAT]
+
+
+def test_link_retries_unsent_ready_soon() -> None:
+    link = BrokerLink(READY, interval=1.0, liveness=2.5, now=0.0)
+    (ready,) = link.on_tick(0.0).send
+    link.not_sent(ready, 0.0)  # not connected yet
+    assert link.deadline == READY_RETRY_SECONDS
+    assert link.on_tick(READY_RETRY_SECONDS).send == (READY,)
+    assert link.deadline == READY_RETRY_SECONDS + 1.0
+    link.on_control(welcome(heartbeat=1.0), 0.1)
+    (heartbeat,) = link.on_tick(1.1).send
+    link.not_sent(heartbeat, 1.1)  # heartbeats keep their pace
+    assert link.deadline == 2.1
+
+
+def test_link_silent_broker_means_drop_all_and_register_again() -> None:
+    link = BrokerLink(READY, interval=1.0, liveness=2.5, now=0.0)
+    link.on_tick(0.0)
+    link.on_control(welcome(heartbeat=1.0), 0.1)
+    assert link.deadline == 1.0
+    link.on_tick(1.0)
+    link.on_control(Message(Op.HEARTBEAT), 1.5)
+    link.heard(2.5)  # any request counts as a sign of life
+    assert link.deadline == 2.0  # next heartbeat
+    link.on_tick(2.0)
+    link.on_tick(3.0)
+    link.on_tick(4.0)
+    assert state_of(link) is WorkerLifecycle.READY
+    output = link.on_tick(5.1)  # 2.6 s after the broker was last heard
+    assert output.drop_all
+    assert output.send == (READY,)
+    assert state_of(link) is WorkerLifecycle.STARTING
+    assert link.worker_id is None
+    assert link.on_tick(5.5).send == ()
+    assert sent_ops(link.on_tick(6.1)) == [Op.READY]
+
+
+def test_link_disconnect_drops_all_and_resends_ready() -> None:
+    link = BrokerLink(READY, interval=1.0, liveness=2.5, now=0.0)
+    link.on_control(welcome(), 0.0)
+    output = link.on_control(Message(Op.DISCONNECT, meta={"reason": "unknown worker"}), 1.0)
+    assert output.drop_all
+    assert output.send == (READY,)
+    assert state_of(link) is WorkerLifecycle.STARTING
+    link.on_control(welcome(worker=4), 1.1)
+    assert state_of(link) is WorkerLifecycle.READY
+    assert link.worker_id == 4
+
+
+def test_link_errors_and_odd_control_messages_change_nothing() -> None:
+    link = BrokerLink(READY, interval=1.0, liveness=2.5, now=0.0)
+    link.on_control(welcome(), 0.0)
+    error = Message(Op.ERROR, meta={"type": "ProtocolError", "message": "bad"})
+    for message in (error, Message(Op.BYE), welcome(heartbeat=0)):
+        output = link.on_control(message, 0.5)
+        assert output.send == ()
+        assert not output.drop_all
+        assert state_of(link) is WorkerLifecycle.READY
+    assert link.interval == 0.5  # a non-positive interval from the broker is ignored
+
+
+def test_link_drain_then_dead() -> None:
+    link = BrokerLink(READY, interval=1.0, liveness=2.5, now=0.0)
+    link.on_control(welcome(), 0.0)
+    assert link.drain().op is Op.BYE
+    assert state_of(link) is WorkerLifecycle.DRAINING
+    assert link.on_tick(100.0).send == ()
+    assert link.on_control(Message(Op.DISCONNECT, meta={"reason": "x"}), 100.0).send == ()
+    link.dead()
+    assert state_of(link) is WorkerLifecycle.DEAD
+    with pytest.raises(RuntimeError, match="DEAD to DRAINING"):
+        link.drain()
+
+
+def test_link_needs_ready_and_positive_timings() -> None:
+    with pytest.raises(ValueError, match="READY"):
+        BrokerLink(Message(Op.HEARTBEAT), 1.0, 2.5, 0.0)
+    with pytest.raises(ValueError, match="positive"):
+        BrokerLink(READY, 0.0, 2.5, 0.0)

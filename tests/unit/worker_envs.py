@@ -1,0 +1,173 @@
+"""Small structured envs for the worker's unit tests, reachable as ``f"{__name__}:Class"``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from openenv_zmq.env import Environment, VectorEnvironment
+from openenv_zmq.spaces import Box, Discrete
+from openenv_zmq.types import Action, Observation, State
+
+
+class ValueAction(Action):
+    value: int
+
+
+class ValueObservation(Observation):
+    value: int = 0
+    payload: Any = None
+
+
+class FlakyEnv(Environment[ValueAction, ValueObservation, State]):
+    """Raises in step on negative values, in reset on seed 13, in close when asked to."""
+
+    closed: ClassVar[list[int]] = []
+
+    def __init__(self, explode: bool = False, fail_close: bool = False, tag: int = 0) -> None:
+        super().__init__()
+        if explode:
+            raise OSError("cannot construct: exploded on purpose")
+        self.fail_close = fail_close
+        self.tag = tag
+        self._state = State()
+
+    def reset(
+        self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any
+    ) -> ValueObservation:
+        if seed == 13:
+            raise KeyError("unlucky seed")
+        self._state = State(episode_id=episode_id, step_count=0)
+        return ValueObservation(value=0, reward=0.0)
+
+    def step(
+        self, action: ValueAction, timeout_s: float | None = None, **kwargs: Any
+    ) -> ValueObservation:
+        if action.value < 0:
+            raise RuntimeError(f"negative value {action.value}")
+        self._state.step_count += 1
+        payload = object() if action.value == 666 else None  # msgpack cannot carry it
+        return ValueObservation(value=action.value, reward=action.value, payload=payload)
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def close(self) -> None:
+        FlakyEnv.closed.append(self.tag)
+        if self.fail_close:
+            raise RuntimeError("close failed")
+
+
+class SeedObservation(Observation):
+    seed: int | None = None
+
+
+class SeedOnlyEnv(Environment[Action, SeedObservation, State]):
+    """Its reset takes only ``seed``: every other reset argument must be dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._state = State()
+
+    def reset(self, seed: int | None = None) -> SeedObservation:  # type: ignore[override]
+        return SeedObservation(seed=seed)
+
+    def step(
+        self, action: Action, timeout_s: float | None = None, **kwargs: Any
+    ) -> SeedObservation:
+        return SeedObservation()
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+
+class CountdownObservation(Observation):
+    left: int
+
+
+class CountdownEnv(Environment[Action, CountdownObservation, State]):
+    """Done after ``horizon`` steps; ``horizon`` can be changed at reset (no ``**kwargs``)."""
+
+    def __init__(self, horizon: int = 2) -> None:
+        super().__init__()
+        self.horizon = horizon
+        self.left = horizon
+        self._state = State()
+
+    def reset(  # type: ignore[override]
+        self, seed: int | None = None, episode_id: str | None = None, horizon: int | None = None
+    ) -> CountdownObservation:
+        if horizon is not None:
+            self.horizon = horizon
+        self.left = self.horizon
+        self._state = State(episode_id=episode_id)
+        return CountdownObservation(left=self.left, done=self.left <= 0)
+
+    def step(
+        self, action: Action, timeout_s: float | None = None, **kwargs: Any
+    ) -> CountdownObservation:
+        self.left -= 1
+        self._state.step_count += 1
+        return CountdownObservation(left=self.left, done=self.left <= 0, reward=1.0)
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+
+class CounterEnvs(VectorEnvironment):
+    """Each instance counts up by its action (0, 1 or 2); the episode ends at ``limit``.
+
+    The observation is ``[count, seed or -1]``; reward is the action; terminated at the limit.
+    """
+
+    observation_space = Box(-1, 1_000, (2,), np.float32)
+    action_space = Discrete(3)
+
+    def __init__(self, num_envs: int, limit: int = 3, fail_on: int = -1) -> None:
+        super().__init__(num_envs)
+        self.limit, self.fail_on = limit, fail_on
+        self.count = np.zeros(num_envs, np.float32)
+        self.seed = np.full(num_envs, -1, np.float32)
+        self.closed = False
+
+    def _obs(self, indices: npt.NDArray[np.intp]) -> npt.NDArray[np.float32]:
+        return np.stack([self.count[indices], self.seed[indices]], axis=1)
+
+    def reset(self, indices: npt.NDArray[np.intp], seeds: Sequence[int | None]) -> npt.NDArray[Any]:
+        self.count[indices] = 0
+        self.seed[indices] = [-1 if s is None else s for s in seeds]
+        return self._obs(indices)
+
+    def step(
+        self, indices: npt.NDArray[np.intp], actions: npt.NDArray[Any]
+    ) -> tuple[
+        npt.NDArray[Any], npt.NDArray[np.float32], npt.NDArray[np.bool_], npt.NDArray[np.bool_]
+    ]:
+        if self.fail_on in actions.tolist():
+            raise RuntimeError("asked to fail")
+        self.count[indices] += actions
+        terminated = self.count[indices] >= self.limit
+        return (
+            self._obs(indices),
+            actions.astype(np.float32),
+            terminated,
+            np.zeros(len(indices), np.bool_),
+        )
+
+    def state(self, indices: npt.NDArray[np.intp]) -> list[dict[str, Any]]:
+        return [{"episode_id": None, "step_count": int(self.count[i])} for i in indices.tolist()]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+FLAKY = f"{__name__}:FlakyEnv"
+SEED_ONLY = f"{__name__}:SeedOnlyEnv"
+COUNTDOWN = f"{__name__}:CountdownEnv"
+COUNTER = f"{__name__}:CounterEnvs"
