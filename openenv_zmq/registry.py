@@ -22,7 +22,7 @@ from openenv_zmq.errors import EnvNotFound
 from openenv_zmq.types import Action, Observation, State
 
 ENTRY_POINT_GROUP = "openenv_zmq.envs"
-PREFIXES: dict[str, str] = {"gym:": "openenv_zmq.adapters.gymnasium:gymnasium_env"}
+PREFIXES: dict[str, str] = {"gym:": "openenv_zmq.worker.gymnasium:gymnasium_env"}
 """Name prefix -> ``module:function`` that turns the whole name into an env class."""
 
 

@@ -208,7 +208,7 @@ def test_a_prefix_hands_the_whole_name_to_its_factory(monkeypatch: pytest.Monkey
 
 
 def test_gym_names_go_through_the_prefix_table() -> None:
-    assert PREFIXES["gym:"] == "openenv_zmq.adapters.gymnasium:gymnasium_env"
+    assert PREFIXES["gym:"] == "openenv_zmq.worker.gymnasium:gymnasium_env"
 
 
 # -- env_types ---------------------------------------------------------------------------------

@@ -6,10 +6,10 @@ import gymnasium
 import numpy as np
 import pytest
 
-from openenv_zmq.adapters.gymnasium import gymnasium_env
 from openenv_zmq.errors import EnvNotFound
 from openenv_zmq.registry import resolve_env
 from openenv_zmq.spaces import Box, Discrete, batch_shape
+from openenv_zmq.worker.gymnasium import gymnasium_env
 
 
 def test_box_broadcasts_bounds_and_checks_rows() -> None:

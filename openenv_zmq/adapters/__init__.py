@@ -1,1 +1,0 @@
-"""Adapters that host other projects' envs as openenv-zmq envs."""
