@@ -146,6 +146,17 @@ def test_openenv_zmq_imports_neither_the_broker_nor_an_env_package() -> None:
     assert not wrong, wrong
 
 
+def test_the_client_loads_types_without_the_env_interfaces() -> None:
+    # A client reads models by their module:Class path; it never needs Environment itself.
+    graph = import_graph(PACKAGE_DIRS)
+    client = [module for module in graph if module.startswith("openenv_zmq.client")]
+    assert "openenv_zmq.client.flows" in client
+    assert "openenv_zmq.registry" in graph["openenv_zmq.client.state"]
+    wrong = sorted(module for module in client if "openenv_zmq.env" in graph[module])
+    assert not wrong, wrong
+    assert "openenv_zmq.env" not in graph["openenv_zmq.registry"]
+
+
 # ---------------------------------------------------------------- the checker itself
 
 
