@@ -218,7 +218,8 @@ def assemble(
     """Join sub-results into one BatchResult; row ``positions[i]`` is the sub-result's row i.
 
     One sub-result that covers the request in order (one worker's answer) is returned as it is,
-    with the request's env ids: its arrays are then views of the received frames (read-only).
+    with the request's env ids: its arrays are then views of the received frames (writable, as
+    received zmq frames are).
     """
     n = len(env_ids)
     if len(pieces) == 1 and in_order(pieces[0][0], n):

@@ -254,8 +254,8 @@ def decode_header(frames: Sequence[Frame], limits: Limits = DEFAULT_LIMITS) -> M
 
 
 def decode(frames: Sequence[Frame], limits: Limits = DEFAULT_LIMITS) -> Message:
-    """Decode a whole message. Arrays are views of their frames (no copy; read-only when the
-    frames are, as received zmq frames are).
+    """Decode a whole message. Arrays are views of their frames (no copy): writable for
+    received zmq frames, read-only for ``bytes``.
 
     Raises :class:`ProtocolError` (or :class:`MessageTooLarge`) and nothing else.
     """

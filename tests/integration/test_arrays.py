@@ -71,6 +71,11 @@ def test_async_client_steps_arrays(procs: Processes) -> None:
             await c.reset()
             r = await c.step(np.array([0, 1, 2, 1]))
             assert r.observations[:, 0].tolist() == [0, 1, 2, 1]
+            # one worker's answer is returned without a copy, still as writable arrays
+            r.observations[0, 0] = 9
+            r.rewards[0] = 1.0
+            r.terminated[0] = True
+            assert r.dones[0]
 
     asyncio.run(main())
 
