@@ -141,6 +141,12 @@ class InProcessBroker:
             worker.core.drop_all()
         self._workers.clear()
 
+    def __enter__(self) -> InProcessBroker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _tick(self) -> None:
         """What is due: each worker's READY or heartbeat first, then the broker's liveness."""
         now = self._clock()
