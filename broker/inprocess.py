@@ -172,7 +172,7 @@ class InProcessBroker:
             if isinstance(output, ToClient):
                 table = self._clients.get(output.client)
                 if table is not None:
-                    table.receive(output.frames)
+                    table.receive(_received(output.frames))
             elif isinstance(output, ToWorker):
                 queue.extend(self._to_worker(output))
             else:
@@ -188,8 +188,14 @@ class InProcessBroker:
             self._apply(worker, worker.link.on_control(decode(body), now))
             return []
         worker.link.heard(now)
-        answer = worker.core.handle(body)
+        answer = worker.core.handle(_received(body))
         return self.core.on_worker(worker.identity, [route, *answer], self._clock())
+
+
+def _received(frames: Sequence[Frame]) -> list[Frame]:
+    """``frames`` as a socket delivers them: the receiver's own writable copy, as a zmq frame is
+    (so arrays decoded from them are writable, and no peer shares memory with another)."""
+    return [bytearray(frame) for frame in frames]
 
 
 class InProcessTransport:
@@ -204,17 +210,22 @@ class InProcessTransport:
         self._identity: bytes | None = broker.attach(self._table)
 
     def send(self, message: Message) -> int:
-        if self._identity is None:
-            raise ClosedError("the transport is closed")
-        request_id, frames = self._table.stamp(message)
-        self._broker.from_client(self._identity, frames)
+        [request_id] = self._send_all([message])
         return request_id
 
+    def _send_all(self, messages: Sequence[Message]) -> list[int]:
+        if self._identity is None:
+            raise ClosedError("the transport is closed")
+        stamped = self._table.stamp_all(messages)
+        for _, frames in stamped:
+            self._broker.from_client(self._identity, frames)
+        return [request_id for request_id, _ in stamped]
+
     def exchange(self, messages: list[Message], timeout: float | None = None) -> list[Message]:
-        request_ids = [self.send(m) for m in messages]
+        request_ids = self._send_all(messages)
+        missing = self._table.give_up(request_ids)
         answers = self._table.take(request_ids)
-        if len(answers) < len(request_ids):
-            missing = self._table.give_up(request_ids)
+        if missing:
             timeout = self.timeout if timeout is None else timeout
             raise late_answers(len(missing), len(request_ids), self.address, timeout)
         return [answers[rid] for rid in request_ids]

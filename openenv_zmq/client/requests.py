@@ -37,9 +37,21 @@ class RequestTable:
         self.arrived: dict[int, Message] = {}
 
     def stamp(self, message: Message) -> tuple[int, list[Frame]]:
-        request_id = next(self._ids)
-        self.awaited.add(request_id)
-        return request_id, encode(replace(message, request_id=request_id))
+        """``message`` with a fresh request id, encoded; raises :class:`ProtocolError` (and
+        awaits nothing) when it cannot be encoded."""
+        [stamped] = self.stamp_all([message])
+        return stamped
+
+    def stamp_all(self, messages: Sequence[Message]) -> list[tuple[int, list[Frame]]]:
+        """Every message stamped and encoded before any is awaited: a round whose last message
+        cannot be encoded raises :class:`ProtocolError` before the first is sent, so no env
+        steps without its caller seeing the answer."""
+        stamped = [
+            (request_id, encode(replace(message, request_id=request_id)))
+            for message, request_id in zip(messages, self._ids, strict=False)
+        ]
+        self.awaited.update(request_id for request_id, _ in stamped)
+        return stamped
 
     def forget(self, request_ids: Sequence[int]) -> None:
         self.awaited.difference_update(request_ids)

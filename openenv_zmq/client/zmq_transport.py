@@ -31,13 +31,20 @@ class ZmqTransport:
         self._socket.connect(address)
 
     def send(self, message: Message) -> int:
-        request_id, frames = self._table.stamp(message)
-        try:
-            self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            self._table.forget([request_id])
-            raise TransportError(f"send queue to {self.address} is full") from None
+        [request_id] = self._send_all([message])
         return request_id
+
+    def _send_all(self, messages: Sequence[Message]) -> list[int]:
+        """Encode every message, then send each; raises :class:`ProtocolError` before sending
+        anything when one cannot be encoded."""
+        stamped = self._table.stamp_all(messages)
+        for _, frames in stamped:
+            try:
+                self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self._table.forget([rid for rid, _ in stamped])
+                raise TransportError(f"send queue to {self.address} is full") from None
+        return [request_id for request_id, _ in stamped]
 
     def _wait(self, request_ids: Sequence[int], needed: int, timeout: float) -> bool:
         """Receive until ``needed`` of ``request_ids`` have answers; ``False`` on timeout."""
@@ -53,7 +60,7 @@ class ZmqTransport:
 
     def exchange(self, messages: list[Message], timeout: float | None = None) -> list[Message]:
         timeout = self.timeout if timeout is None else timeout
-        request_ids = [self.send(m) for m in messages]
+        request_ids = self._send_all(messages)
         if not self._wait(request_ids, len(request_ids), timeout):
             missing = self._table.give_up(request_ids)
             self._table.take(request_ids)
@@ -99,19 +106,27 @@ class AsyncZmqTransport:
                     waiter.set_result(answer)
 
     async def send(self, message: Message) -> int:
+        [request_id] = await self._send_all([message])
+        return request_id
+
+    async def _send_all(self, messages: Sequence[Message]) -> list[int]:
+        """Encode every message, then send each; raises :class:`ProtocolError` before sending
+        anything when one cannot be encoded."""
         loop = asyncio.get_running_loop()
         if self._reader is None:
             self._reader = loop.create_task(self._read())
-        request_id, frames = self._table.stamp(message)
-        self._waiters[request_id] = loop.create_future()
-        await self._socket.send_multipart(frames, copy=False)
-        return request_id
+        stamped = self._table.stamp_all(messages)
+        for request_id, _ in stamped:
+            self._waiters[request_id] = loop.create_future()
+        for _, frames in stamped:
+            await self._socket.send_multipart(frames, copy=False)
+        return [request_id for request_id, _ in stamped]
 
     async def exchange(
         self, messages: list[Message], timeout: float | None = None
     ) -> list[Message]:
         timeout = self.timeout if timeout is None else timeout
-        request_ids = [await self.send(m) for m in messages]
+        request_ids = await self._send_all(messages)
         waiters = [self._waiters[rid] for rid in request_ids]
         try:
             async with asyncio.timeout(timeout):
@@ -137,10 +152,11 @@ class AsyncZmqTransport:
         done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if not done:
             raise no_answer(self.address, timeout)
+        # Another coroutine woken by the same answer may have taken it already.
         return {
-            rid: self._waiters.pop(rid).result()
+            rid: waiter.result()
             for rid, waiter in zip(request_ids, waiters, strict=True)
-            if waiter in done
+            if waiter in done and self._waiters.pop(rid, None) is not None
         }
 
     async def close(self) -> None:

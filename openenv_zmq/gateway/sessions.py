@@ -15,7 +15,7 @@ import numpy as np
 
 from openenv_zmq.client.aio import AsyncBatchClient, AsyncEnvGroup
 from openenv_zmq.client.results import BatchResult
-from openenv_zmq.errors import MessageTooLarge
+from openenv_zmq.errors import ProtocolError
 
 P = TypeVar("P")
 
@@ -61,8 +61,9 @@ class _Batcher(Generic[P]):
         try:
             result = await self._send([p.slot for p in batch], [p.payload for p in batch])
         except Exception as exc:
-            if isinstance(exc, MessageTooLarge) and len(batch) > 1:
-                # One session's oversized request must not fail the sessions batched with it.
+            if isinstance(exc, ProtocolError) and len(batch) > 1:
+                # A request refused whole (too large for the broker, or a value the wire cannot
+                # carry) fails its own session alone, not the sessions batched with it.
                 for pending in batch:
                     await self._send_batch([pending])
                 return

@@ -217,6 +217,11 @@ def test_bad_input_never_disturbs_another_session(procs: Processes) -> None:
             over_broker = json.dumps({"type": "step", "data": {"message": "x" * 2**21}})
             refused = await ask(ws, over_broker)
             assert refused["code"] == "EXECUTION_ERROR" and "over the limit" in refused["message"]
+            # valid JSON that the wire cannot carry (msgpack's ints stop at 2**64): this alone
+            unpackable = '{"type":"step","data":{"message":18446744073709551616}}'
+            refused = await ask(ws, unpackable)
+            assert refused["code"] == "EXECUTION_ERROR"
+            assert "cannot be encoded" in refused["message"]
             assert (await ask(ws, '{"type":"step","data":{"message":"still"}}'))["reward"] > 0
         async with websockets.connect(ws_url) as ws:
             binary = await ask(ws, b'{"type":"reset"}')

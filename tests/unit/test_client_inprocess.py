@@ -118,8 +118,10 @@ def test_a_lost_worker_s_envs_are_placed_again_on_reset(broker: InProcessBroker)
 def test_misuse_gets_clear_errors(broker: InProcessBroker) -> None:
     with pytest.raises(ClientError, match="either a broker address or a transport"):
         BatchClient()
+    transport = broker.connect()
     with pytest.raises(ClientError, match="either a broker address or a transport"):
-        BatchClient("tcp://127.0.0.1:1", transport=broker.connect())
+        BatchClient("tcp://127.0.0.1:1", transport=transport)
+    transport.close()
     with BatchClient(transport=broker.connect()) as client:
         envs = client.make("echo", num_envs=2)
         with pytest.raises(EnvIdsNotInGroup, match=r"\[999\]"):

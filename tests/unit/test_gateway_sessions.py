@@ -12,7 +12,7 @@ import pytest
 from broker.core import BrokerConfig
 from broker.inprocess import InProcessBroker
 from openenv_zmq import AsyncBatchClient, BatchResult
-from openenv_zmq.errors import ActionValidationError, MessageTooLarge
+from openenv_zmq.errors import ActionValidationError, MessageTooLarge, ProtocolError
 from openenv_zmq.gateway import SessionPool, Step
 from openenv_zmq.gateway.app import answer
 from openenv_zmq.protocol import Limits
@@ -124,3 +124,25 @@ def test_an_oversized_request_fails_alone() -> None:
 
     config = BrokerConfig(limits=Limits(max_message_bytes=BROKER_MESSAGE_BYTES))
     with_pool(8, test, config=config)
+
+
+def test_an_action_the_wire_cannot_carry_fails_alone() -> None:
+    async def test(pool: CountingPool) -> None:
+        slots = take_all(pool)
+        await asyncio.gather(*(pool.reset(s) for s in slots))
+        # JSON has integers msgpack cannot encode; the gateway does not validate actions
+        messages: list[Any] = [2**64 if i == 2 else f"m{i}" for i in range(4)]
+        outcomes = await asyncio.gather(
+            *(pool.step(s, {"message": m}) for s, m in zip(slots, messages, strict=True)),
+            return_exceptions=True,
+        )
+        assert pool.batches == [4] + [1] * 4  # refused whole, then sent one by one
+        assert isinstance(outcomes[2], ProtocolError)
+        assert "cannot be encoded" in str(outcomes[2])
+        echoed = [o.get("echoed_message") if isinstance(o, dict) else None for o in outcomes]
+        assert echoed == [None if i == 2 else f"m{i}" for i in range(4)]
+        # nothing was left awaited for the batch that never left
+        again = await pool.step(slots[2], {"message": "fine"})
+        assert again["echoed_message"] == "fine"
+
+    with_pool(4, test)
