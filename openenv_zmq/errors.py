@@ -122,6 +122,7 @@ class EnvError(OpenEnvZmqError):
         message: str,
         env_id: int = -1,
         remote_traceback: str = "",
+        *,
         details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
@@ -142,10 +143,11 @@ class EnvExecutionError(EnvError):
         message: str,
         env_id: int = -1,
         remote_traceback: str = "",
-        details: dict[str, Any] | None = None,
         original_type: str = "",
+        *,
+        details: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(message, env_id, remote_traceback, details)
+        super().__init__(message, env_id, remote_traceback, details=details)
         self.original_type = original_type
 
 
@@ -212,9 +214,9 @@ def env_error_from_wire(
     cls = _ENV_TYPES.get(type_name)
     if cls is None:
         return EnvExecutionError(
-            f"{type_name}: {message}", env_id, traceback, details, original_type=type_name
+            f"{type_name}: {message}", env_id, traceback, type_name, details=details
         )
-    return cls(message, env_id, traceback, details)
+    return cls(message, env_id, traceback, details=details)
 
 
 def error_from_wire(type_name: str, message: str, traceback: str = "") -> OpenEnvZmqError:

@@ -123,12 +123,31 @@ def env_errors(message: Message) -> dict[int, EnvError]:
             )
             for env_id in message.env_ids.tolist()
         }
+    rows = message.parts.get("errors", [])
+    if type(rows) is not list:
+        raise ProtocolError("an answer's 'errors' part must be a list of error rows")
     errors: dict[int, EnvError] = {}
-    for env_id, type_name, text, traceback, *details in message.parts.get("errors", ()):
+    for row in rows:
+        if not _is_error_row(row):
+            raise ProtocolError(
+                f"malformed error row {row!r:.200}: expected [env_id, type, message, traceback]"
+                " and an optional map of details"
+            )
+        env_id, type_name, text, traceback, *details = row
         errors[env_id] = env_error_from_wire(
             type_name, text, traceback, env_id, details[0] if details else None
         )
     return errors
+
+
+def _is_error_row(row: Any) -> bool:
+    return (
+        type(row) is list
+        and len(row) in (4, 5)
+        and type(row[0]) is int
+        and all(type(field) is str for field in row[1:4])
+        and (len(row) == 4 or type(row[4]) is dict)
+    )
 
 
 def build_models(rows: list[Any], model: type[BaseModel] | None) -> list[Any]:

@@ -194,8 +194,9 @@ class BatchClient:
     ) -> EnvGroup:
         """Place ``num_envs`` instances of ``env`` on workers and create them.
 
-        ``kwargs`` go to every instance's constructor. With ``as_dicts``, observations and
-        states come back as the decoded dicts instead of the env's models. Raises
+        ``kwargs`` go to every instance's constructor (``autoreset`` and ``as_dicts`` are the
+        client's own, so an env argument of either name cannot be passed). With ``as_dicts``,
+        observations and states come back as the decoded dicts instead of the env's models. Raises
         :class:`NoWorkerAvailable` when the live workers hosting ``env`` lack the slots, or
         the first env's constructor error.
         """

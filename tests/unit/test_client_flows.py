@@ -29,6 +29,7 @@ from openenv_zmq.errors import (
     EnvIdsNotInGroup,
     NoPendingCall,
     NoWorkerAvailable,
+    ProtocolError,
     SessionLost,
     WorkerLost,
 )
@@ -353,3 +354,37 @@ def test_dump_actions_dumps_a_repeated_model_once() -> None:
     assert rows[3] == {"message": "raw"}
     with pytest.raises(BatchSizeMismatch):
         dump_actions([action], 2)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        [3, "NeedsReset", "call reset()"],  # too short
+        [3, "NeedsReset", "m", "", {"errors": []}, "extra"],  # too long
+        ["3", "NeedsReset", "m", ""],  # env id not an int
+        [3, "NeedsReset", 5, ""],  # message not a str
+        [3, "ActionValidationError", "m", "", ["not", "a", "map"]],  # details not a map
+        "not a row",
+    ],
+)
+def test_a_malformed_error_row_is_a_protocol_error(row: Any) -> None:
+    state = group([3], [1])
+    with pytest.raises(ProtocolError, match="malformed error row"):
+        run(
+            step_flow(state, [EchoAction(message="x")], state.resolve(None)),
+            lambda requests: [echo_reply(r, errors=[row]) for r in requests],
+        )
+
+
+def test_an_error_row_may_carry_details() -> None:
+    state = group([3], [1])
+    details = {"errors": [{"type": "missing", "loc": ["message"], "msg": "Field required"}]}
+    row = [3, "ActionValidationError", "1 validation error", "", details]
+    result = run(
+        step_flow(state, [EchoAction(message="x")], state.resolve(None)),
+        lambda requests: [echo_reply(r, errors=[row]) for r in requests],
+    )
+    error = result.errors[3]
+    assert isinstance(error, ActionValidationError)
+    assert error.details == details
+    assert error.errors == details["errors"]
