@@ -28,7 +28,7 @@ from openenv_zmq.worker.rows import (
     exception_row,
     not_on_worker_row,
 )
-from openenv_zmq.worker.status import SlotStatus, settled
+from openenv_zmq.worker.status import SlotStatus, after_reset, settled
 
 
 @dataclass(slots=True)
@@ -217,9 +217,9 @@ def _reset(env_id: int, slot: Slot, call: dict[str, Any], rows: ModelRows, i: in
         done = rows.put_observation(i, slot.env.reset(**call))
     except Exception as exc:
         rows.errors.append(exception_row(env_id, exc))
-        slot.status = SlotStatus.NEEDS_RESET  # no episode left to step
+        slot.status = after_reset(raised=True)
         return
-    slot.status = settled(done)
+    slot.status = after_reset(ended=done)
 
 
 def _validated_actions(ready: Located, actions: list[Any], rows: ModelRows) -> list[Any]:

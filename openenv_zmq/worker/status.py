@@ -6,9 +6,10 @@ NEEDS_RESET --reset returned--> RUNNING <--step / reset returned--> DONE
      +---------------------- a reset raised --------------------------+
 ```
 
-A reset or step that returned settles the slot (:func:`settled`, :func:`settled_many`): DONE when
-its episode ended, else RUNNING. A reset that raised leaves no episode to step (NEEDS_RESET); a
-step that raised leaves the episode as it was (OpenEnv keeps the session). Stepping a DONE env is
+Every status that follows a reset or step is decided here. A step that returned settles the
+slot (:func:`settled`, :func:`settled_many`): DONE when its episode ended, else RUNNING. A reset
+goes through :func:`after_reset`: one that raised leaves no episode to step (NEEDS_RESET). A step
+that raised leaves the episode as it was (OpenEnv keeps the session). Stepping a DONE env is
 allowed: with autoreset off it is the env's call. A structured slot is forgotten when closed; a
 vector index is marked CLOSED, as its vector env lives on until all its indices are closed.
 """
@@ -40,6 +41,11 @@ _DONE = np.uint8(SlotStatus.DONE)
 def settled(ended: bool) -> SlotStatus:
     """The status of a slot whose reset or step returned; ``ended`` is its episode's end."""
     return SlotStatus.DONE if ended else SlotStatus.RUNNING
+
+
+def after_reset(raised: bool = False, ended: bool = False) -> SlotStatus:
+    """The status of a slot after a reset: NEEDS_RESET if it raised, else :func:`settled`."""
+    return SlotStatus.NEEDS_RESET if raised else settled(ended)
 
 
 def settled_many(ended: npt.NDArray[np.bool_]) -> StatusArray:

@@ -27,7 +27,7 @@ from openenv_zmq.worker.rows import (
     exception_rows,
     not_on_worker_row,
 )
-from openenv_zmq.worker.status import SlotStatus, StatusArray, settled_many
+from openenv_zmq.worker.status import SlotStatus, StatusArray, after_reset, settled_many
 
 
 def space_meta(space: Space) -> dict[str, Any]:
@@ -185,9 +185,9 @@ class VectorSelection:
                 reply.obs[rows] = host.env.reset(indices, host_seeds)
             except Exception as exc:
                 reply.errors += exception_rows(self.env_ids, rows, exc)
-                host.status[indices] = SlotStatus.NEEDS_RESET
+                host.status[indices] = after_reset(raised=True)
                 continue
-            host.status[indices] = SlotStatus.RUNNING
+            host.status[indices] = after_reset()
         return reply
 
     def step(self, actions: Any) -> ArrayRows:
@@ -239,7 +239,7 @@ def _step_host(
         if ended.any():
             # Gymnasium's next_step: this call resets them; reward 0, flags false.
             reply.obs[rows[ended]] = host.env.reset(indices[ended], [None] * int(ended.sum()))
-            host.status[indices[ended]] = SlotStatus.RUNNING
+            host.status[indices[ended]] = after_reset()
             rows, indices, actions = rows[~ended], indices[~ended], actions[~ended]
     if not len(rows):
         return
@@ -255,7 +255,7 @@ def _step_host(
             reply.final_obs = np.zeros_like(reply.obs)
         reply.final_obs[rows[ended]] = obs[ended]
         reply.obs[rows[ended]] = host.env.reset(indices[ended], [None] * int(ended.sum()))
-        host.status[indices[ended]] = SlotStatus.RUNNING
+        host.status[indices[ended]] = after_reset()
 
 
 def _actions(actions: Any, rows: RowNumbers, space: Space, reply: ArrayRows) -> Any:
