@@ -30,6 +30,21 @@ def configure(socket: SocketT, high_water_mark: int = HIGH_WATER_MARK) -> Socket
     return socket
 
 
+WORKER_HIGH_WATER_MARK = 10_000
+"""Messages queued each way between a worker and its broker."""
+
+
+def worker_dealer(socket: SocketT, identity: bytes) -> SocketT:
+    """The DEALER a worker reaches its broker with, before it connects; returns ``socket``.
+
+    It queues nothing for a broker that is not connected (``IMMEDIATE``): stale heartbeats and
+    answers would reach a restarted broker, and READY is re-sent every interval anyway.
+    """
+    socket.setsockopt(zmq.IDENTITY, identity)
+    socket.setsockopt(zmq.IMMEDIATE, 1)
+    return configure(socket, WORKER_HIGH_WATER_MARK)
+
+
 def router(context: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
     """A ROUTER bound to ``address`` that fails sends to unknown peers (``ROUTER_MANDATORY``).
 

@@ -24,7 +24,7 @@ import zmq
 
 from openenv_zmq.errors import ProtocolError
 from openenv_zmq.protocol import CONTROL_ROUTE, Frame, Message, Op, decode, encode
-from openenv_zmq.sockets import configure
+from openenv_zmq.sockets import worker_dealer
 from openenv_zmq.worker.core import WorkerCore
 from openenv_zmq.worker.link import BrokerLink, LinkOutput, WorkerLifecycle
 
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 0.05
 """Longest the socket is polled (with the lock held) before stop flags and ticks are checked."""
-_DEALER_HWM = 10_000
 _BYE_LINGER_MS = 500
 """How long closing the DEALER may wait for BYE to leave: bounded, so a dead broker cannot hang."""
 _RECV_BATCH = 1_000
@@ -81,11 +80,7 @@ def run_worker(
     try:
         # A fresh identity per process: the broker must not mistake a restarted worker of the
         # same name for the one it knew.
-        dealer.setsockopt(zmq.IDENTITY, f"{name}-{secrets.token_hex(4)}".encode())
-        configure(dealer, _DEALER_HWM)
-        # Queue nothing for a broker that is not connected: stale heartbeats and answers would
-        # reach a restarted broker; READY is re-sent every interval anyway.
-        dealer.setsockopt(zmq.IMMEDIATE, 1)
+        worker_dealer(dealer, f"{name}-{secrets.token_hex(4)}".encode())
         dealer.connect(connect)
         log.info("worker %s hosting %s (capacity %d) -> %s", name, list(envs), capacity, connect)
         keepalive.start()

@@ -11,7 +11,7 @@ import pytest
 import zmq
 from echo_env import EchoAction
 
-from openenv_zmq import BatchClient
+from openenv_zmq import BatchClient, sockets
 from openenv_zmq.protocol import Message, Op, decode, encode
 from tests.integration.conftest import Broker, Processes, wait_until
 
@@ -64,8 +64,7 @@ def still_stepping(counts: dict[str, int]) -> None:
 
 def ask(address: str, frames: list[Any], route: bytes | None = None) -> Message:
     """Send raw frames from a fresh DEALER and decode the one answer."""
-    socket: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-    socket.setsockopt(zmq.LINGER, 0)
+    socket: zmq.Socket[bytes] = sockets.configure(zmq.Context.instance().socket(zmq.DEALER))
     try:
         socket.connect(address)
         socket.send_multipart(frames if route is None else [route, *frames])

@@ -12,6 +12,7 @@ import zmq
 
 from broker.core import BrokerConfig
 from broker.loop import BrokerServer
+from openenv_zmq import sockets
 from openenv_zmq.protocol import Message, Op, decode, encode
 
 pytestmark = pytest.mark.integration
@@ -68,8 +69,7 @@ class Running:
 
 
 def dealer(context: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
-    socket = context.socket(zmq.DEALER)
-    socket.setsockopt(zmq.LINGER, 0)
+    socket = sockets.configure(context.socket(zmq.DEALER))
     socket.connect(address)
     return socket
 
