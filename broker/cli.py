@@ -33,11 +33,19 @@ _env_option = click.option(
     show_default=True,
     help="Env the workers host: a registered name or module:Class. Repeat for several.",
 )
+_POSITIVE_INT = click.IntRange(min=1)
+_POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
+_PORT = click.IntRange(1, 65535)
 _capacity_option = click.option(
-    "--capacity", default=4096, show_default=True, help="Env instances one worker may host."
+    "--capacity",
+    type=_POSITIVE_INT,
+    default=4096,
+    show_default=True,
+    help="Env instances one worker may host.",
 )
 _heartbeat_option = click.option(
     "--heartbeat",
+    type=_POSITIVE_FLOAT,
     default=1.0,
     show_default=True,
     help="Seconds between heartbeats; a peer silent for 2.5 of them is dead.",
@@ -46,14 +54,14 @@ _heartbeat_option = click.option(
 
 _max_sessions_option = click.option(
     "--max-sessions",
-    type=click.IntRange(min=1),
+    type=_POSITIVE_INT,
     default=64,
     show_default=True,
     help="Concurrent gateway sessions; one more is refused with CAPACITY_REACHED.",
 )
 _idle_timeout_option = click.option(
     "--idle-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_POSITIVE_FLOAT,
     default=None,
     help="Close a gateway session (socket and env slot) idle for this many seconds.",
 )
@@ -64,7 +72,7 @@ _web_option = click.option(
 )
 _max_frame_option = click.option(
     "--max-frame-mb",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_POSITIVE_FLOAT,
     default=100.0,
     show_default=True,
     help="A bigger WebSocket frame closes its connection with 1009 (message too big).",
@@ -92,6 +100,7 @@ def main(log_level: str) -> None:
 )
 @click.option(
     "--workers",
+    type=click.IntRange(min=0),
     default=2,
     show_default=True,
     help="Local worker processes to start; 0 for a bare broker that workers join.",
@@ -101,7 +110,7 @@ def main(log_level: str) -> None:
 @_heartbeat_option
 @click.option(
     "--gateway-port",
-    type=int,
+    type=_PORT,
     default=None,
     help="Also serve OpenEnv's protocol for the first --env on this port.",
 )
@@ -117,6 +126,7 @@ def main(log_level: str) -> None:
 @_max_frame_option
 @click.option(
     "--max-message-mb",
+    type=_POSITIVE_FLOAT,
     default=DEFAULT_LIMITS.max_message_bytes / 2**20,
     show_default=True,
     help="Messages over this size are refused with MessageTooLarge.",
@@ -206,7 +216,7 @@ def worker(
 @click.option("--connect", default=DEFAULT_FRONTEND, show_default=True, help="Broker address.")
 @click.option("--env", default="echo", show_default=True, help="Env every session gets.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
-@click.option("--port", default=8000, show_default=True, help="Port to serve on.")
+@click.option("--port", type=_PORT, default=8000, show_default=True, help="Port to serve on.")
 @_max_sessions_option
 @_idle_timeout_option
 @_web_option
@@ -240,7 +250,13 @@ def gateway(
 
 @main.command()
 @click.option("--connect", default=DEFAULT_FRONTEND, show_default=True, help="Broker address.")
-@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the broker.")
+@click.option(
+    "--timeout",
+    type=_POSITIVE_FLOAT,
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for the broker.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
 def status(connect: str, timeout: float, as_json: bool) -> None:
     """Print a broker's workers, their liveness, env slots and steps served."""
@@ -313,11 +329,23 @@ def _print_report(report: BenchReport) -> None:
     "--connect", default=None, help="A running broker; without it an embedded one is started."
 )
 @click.option("--env", default="echo", show_default=True, help="Env to step.")
-@click.option("--num-envs", default=1024, show_default=True, help="Env instances in the batch.")
 @click.option(
-    "--workers", default=2, show_default=True, help="Local workers of the embedded broker."
+    "--num-envs",
+    type=_POSITIVE_INT,
+    default=1024,
+    show_default=True,
+    help="Env instances in the batch.",
 )
-@click.option("--duration", default=5.0, show_default=True, help="Seconds to measure.")
+@click.option(
+    "--workers",
+    type=_POSITIVE_INT,
+    default=2,
+    show_default=True,
+    help="Local workers of the embedded broker.",
+)
+@click.option(
+    "--duration", type=_POSITIVE_FLOAT, default=5.0, show_default=True, help="Seconds to measure."
+)
 @click.option(
     "--action",
     default='{"message": "hello"}',

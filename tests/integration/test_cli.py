@@ -162,8 +162,20 @@ def test_start_serves_a_gateway_that_openenv_clients_use(procs: Processes) -> No
         (("gateway", "--max-sessions", "0"), "--max-sessions"),
         (("gateway", "--idle-timeout", "0"), "--idle-timeout"),
         (("start", "--gateway-port", "1", "--max-frame-mb", "-1"), "--max-frame-mb"),
+        (("start", "--gateway-port", "70000"), "--gateway-port"),
+        (("start", "--workers", "-1"), "--workers"),
+        (("start", "--capacity", "0"), "--capacity"),
+        (("start", "--heartbeat", "0"), "--heartbeat"),
+        (("start", "--max-message-mb", "0"), "--max-message-mb"),
+        (("worker", "--connect", "tcp://127.0.0.1:9", "--capacity", "-5"), "--capacity"),
+        (("gateway", "--port", "0"), "--port"),
+        (("status", "--timeout", "-1"), "--timeout"),
+        (("bench", "--num-envs", "0"), "--num-envs"),
+        (("bench", "--workers", "0"), "--workers"),
+        (("bench", "--duration", "-1"), "--duration"),
     ],
 )
-def test_gateway_options_are_checked(args: tuple[str, ...], named: str) -> None:
+def test_numeric_options_are_range_checked(args: tuple[str, ...], named: str) -> None:
     done = subprocess.run(cli(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and named in done.stderr
+    assert done.returncode == 2, done
+    assert named in done.stderr and "Traceback" not in done.stderr
