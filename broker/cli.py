@@ -18,7 +18,7 @@ from broker.cluster import ClusterSpec, run_cluster
 from broker.core import BrokerConfig
 from broker.loop import BrokerServer
 from openenv_zmq.client.sync import BatchClient
-from openenv_zmq.errors import OpenEnvZmqError
+from openenv_zmq.errors import EnvNotFound, OpenEnvZmqError
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits
 
 console = Console()
@@ -147,6 +147,8 @@ def start(
     max_message_mb: float,
 ) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM."""
+    if workers:
+        _check_envs(envs)
     gateway = None
     if gateway_port is not None:
         from openenv_zmq.gateway.server import GatewaySpec
@@ -187,6 +189,18 @@ def start(
     click.echo("broker stopped")
 
 
+def _check_envs(envs: tuple[str, ...]) -> None:
+    """Each env resolves here, else a usage error naming it and why (exit code 2): a worker that
+    cannot import its env would only die and be restarted."""
+    from openenv_zmq.registry import resolve_env
+
+    for env in envs:
+        try:
+            resolve_env(env)
+        except EnvNotFound as exc:
+            raise click.BadParameter(str(exc), param_hint="'--env'") from None
+
+
 @main.command()
 @click.option("--connect", required=True, help="The broker's worker address (--worker-bind).")
 @_env_option
@@ -197,11 +211,9 @@ def worker(
     connect: str, envs: tuple[str, ...], capacity: int, heartbeat: float, name: str | None
 ) -> None:
     """Run one worker that joins a broker (what a container or another host runs)."""
-    from openenv_zmq.registry import resolve_env
     from openenv_zmq.worker.loop import run_worker
 
-    for env in envs:
-        resolve_env(env)  # fail here, with the reason, rather than in the broker's log
+    _check_envs(envs)
     run_worker(
         connect=connect,
         envs=list(envs),
@@ -408,5 +420,5 @@ def run() -> None:
     try:
         main(standalone_mode=True)
     except OpenEnvZmqError as exc:
-        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", soft_wrap=True)
         sys.exit(1)

@@ -56,6 +56,10 @@ def import_object(path: str) -> Any:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise EnvNotFound(f"cannot import module {module_name!r} for {path!r}: {exc}") from exc
+    except Exception as exc:  # the module's own code failed: a syntax error, a bad import-time call
+        raise EnvNotFound(
+            f"importing module {module_name!r} for {path!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
     for attr in qualname.split("."):
         try:
             obj = getattr(obj, attr)

@@ -157,6 +157,26 @@ def test_start_serves_a_gateway_that_openenv_clients_use(procs: Processes) -> No
 
 
 @pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (("start", "--env", "nope"), "no env named 'nope'"),
+        (
+            ("start", "--workers", "1", "--env", "tests.unit.env_module_failing_at_import:Env"),
+            "raised RuntimeError: this env module is broken on purpose",
+        ),
+        (("worker", "--connect", "tcp://127.0.0.1:9", "--env", "no_such_module_xyz:Env"), "xyz"),
+    ],
+)
+def test_an_env_that_does_not_import_is_a_usage_error(args: tuple[str, ...], reason: str) -> None:
+    # Before: start's workers died at import and were restarted forever.
+    done = subprocess.run(cli(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert "'--env'" in error and reason in error
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
     ("args", "named"),
     [
         (("gateway", "--max-sessions", "0"), "--max-sessions"),

@@ -183,6 +183,11 @@ def test_unknown_name_lists_the_registered_envs() -> None:
         (f"{HERE}:NoStep", r"is not an environment class"),
         ("echo_env.models:EchoAction", r"is not an environment class"),
         ("builtins:int", r"is not an environment class"),
+        (
+            "tests.unit.env_module_failing_at_import:Env",
+            r"importing module 'tests.unit.env_module_failing_at_import' for .* raised"
+            r" RuntimeError: this env module is broken on purpose",
+        ),
         ("echo_env.server.echo_environment:", r"is not of the form 'module:Class'"),
         (":EchoEnvironment", r"is not of the form 'module:Class'"),
         (":", r"is not of the form 'module:Class'"),
