@@ -52,6 +52,12 @@ _heartbeat_option = click.option(
 )
 
 
+_app_dir_option = click.option(
+    "--app-dir",
+    type=click.Path(exists=True, file_okay=False, resolve_path=True),
+    default=None,
+    help="Import envs from this folder too, ahead of installed packages (uvicorn's --app-dir).",
+)
 _max_sessions_option = click.option(
     "--max-sessions",
     type=_POSITIVE_INT,
@@ -106,6 +112,7 @@ def main(log_level: str) -> None:
     help="Local worker processes to start; 0 for a bare broker that workers join.",
 )
 @_env_option
+@_app_dir_option
 @_capacity_option
 @_heartbeat_option
 @click.option(
@@ -136,6 +143,7 @@ def start(
     worker_bind: str,
     workers: int,
     envs: tuple[str, ...],
+    app_dir: str | None,
     capacity: int,
     heartbeat: float,
     gateway_port: int | None,
@@ -148,7 +156,7 @@ def start(
 ) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM."""
     if workers:
-        _check_envs(envs)
+        _check_envs(envs, app_dir)
     gateway = None
     if gateway_port is not None:
         from openenv_zmq.gateway.server import GatewaySpec
@@ -161,6 +169,7 @@ def start(
             idle_timeout_s=idle_timeout,
             web=web,
             max_frame_mb=max_frame_mb,
+            app_dir=app_dir,
         )
     limits = Limits(
         max_header_bytes=min(DEFAULT_LIMITS.max_header_bytes, int(max_message_mb * 2**20)),
@@ -174,6 +183,7 @@ def start(
         capacity=capacity,
         config=BrokerConfig(heartbeat_interval=heartbeat, limits=limits),
         gateway=gateway,
+        app_dir=app_dir,
     )
 
     def ready(server: BrokerServer) -> None:
@@ -189,11 +199,13 @@ def start(
     click.echo("broker stopped")
 
 
-def _check_envs(envs: tuple[str, ...]) -> None:
-    """Each env resolves here, else a usage error naming it and why (exit code 2): a worker that
-    cannot import its env would only die and be restarted."""
-    from openenv_zmq.registry import resolve_env
+def _check_envs(envs: tuple[str, ...], app_dir: str | None) -> None:
+    """Each env resolves here (from ``app_dir`` too), else a usage error naming it and why (exit
+    code 2): a worker that cannot import its env would only die and be restarted."""
+    from openenv_zmq.registry import add_app_dir, resolve_env
 
+    if app_dir is not None:
+        add_app_dir(app_dir)
     for env in envs:
         try:
             resolve_env(env)
@@ -204,16 +216,22 @@ def _check_envs(envs: tuple[str, ...]) -> None:
 @main.command()
 @click.option("--connect", required=True, help="The broker's worker address (--worker-bind).")
 @_env_option
+@_app_dir_option
 @_capacity_option
 @_heartbeat_option
 @click.option("--name", default=None, help="Worker name shown in status [default: host-pid].")
 def worker(
-    connect: str, envs: tuple[str, ...], capacity: int, heartbeat: float, name: str | None
+    connect: str,
+    envs: tuple[str, ...],
+    app_dir: str | None,
+    capacity: int,
+    heartbeat: float,
+    name: str | None,
 ) -> None:
     """Run one worker that joins a broker (what a container or another host runs)."""
     from openenv_zmq.worker.loop import run_worker
 
-    _check_envs(envs)
+    _check_envs(envs, app_dir)
     run_worker(
         connect=connect,
         envs=list(envs),
@@ -229,6 +247,7 @@ def worker(
 @click.option("--env", default="echo", show_default=True, help="Env every session gets.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
 @click.option("--port", type=_PORT, default=8000, show_default=True, help="Port to serve on.")
+@_app_dir_option
 @_max_sessions_option
 @_idle_timeout_option
 @_web_option
@@ -238,6 +257,7 @@ def gateway(
     env: str,
     host: str,
     port: int,
+    app_dir: str | None,
     max_sessions: int,
     idle_timeout: float | None,
     web: bool | None,
@@ -256,6 +276,7 @@ def gateway(
         idle_timeout_s=idle_timeout,
         web=web,
         max_frame_mb=max_frame_mb,
+        app_dir=app_dir,
     )
     run_gateway(connect, spec)
 

@@ -33,6 +33,8 @@ class ClusterSpec:
     config: BrokerConfig = field(default_factory=BrokerConfig)
     gateway: GatewaySpec | None = None
     """Serve OpenEnv's protocol as this says, in a process of its own."""
+    app_dir: str | None = None
+    """A folder the workers (and the gateway) import envs from, ahead of installed packages."""
 
 
 def run_cluster(
@@ -47,6 +49,7 @@ def run_cluster(
     provider = (
         LocalProvider(
             spec.workers,
+            app_dir=spec.app_dir,
             envs=list(spec.envs),
             capacity=spec.capacity,
             heartbeat_interval=spec.config.heartbeat_interval,

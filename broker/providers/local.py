@@ -22,10 +22,13 @@ SHORT_LIFE_SECONDS = 5.0
 _PARENT_CHECK_SECONDS = 0.5
 
 
-def _run_local_worker(parent_pid: int, **worker_kwargs: Any) -> None:
+def _run_local_worker(parent_pid: int, app_dir: str | None, **worker_kwargs: Any) -> None:
     """Entry point of a local worker process: a worker that exits when its broker does."""
+    from openenv_zmq.registry import add_app_dir
     from openenv_zmq.worker.loop import run_worker
 
+    if app_dir is not None:
+        add_app_dir(app_dir)
     stop = threading.Event()
 
     def watch_parent() -> None:
@@ -55,12 +58,14 @@ class LocalProvider:
     """Keeps ``count`` worker processes running on this host.
 
     ``worker_kwargs`` are passed to :func:`openenv_zmq.worker.loop.run_worker` (``envs``,
-    ``capacity``, ``heartbeat_interval``, ...). A worker that exits is restarted at once, or after
-    a growing delay (up to 10 s) when it keeps dying right after starting.
+    ``capacity``, ``heartbeat_interval``, ...); ``app_dir`` is a folder the workers import envs
+    from (``--app-dir``). A worker that exits is restarted at once, or after a growing delay (up
+    to 10 s) when it keeps dying right after starting.
     """
 
-    def __init__(self, count: int, **worker_kwargs: Any) -> None:
+    def __init__(self, count: int, app_dir: str | None = None, **worker_kwargs: Any) -> None:
         self.count = count
+        self.app_dir = app_dir
         self.worker_kwargs = worker_kwargs
         self._context = multiprocessing.get_context("spawn")
         self._slots = [_Slot(i) for i in range(count)]
@@ -80,6 +85,7 @@ class LocalProvider:
             target=_run_local_worker,
             kwargs={
                 "parent_pid": os.getpid(),
+                "app_dir": self.app_dir,
                 "connect": self._connect,
                 "name": slot.name,
                 **self.worker_kwargs,

@@ -8,6 +8,7 @@ import uvicorn
 
 from openenv_zmq.client.sync import BatchClient
 from openenv_zmq.gateway.app import DEFAULT_MAX_SESSIONS, create_gateway_app
+from openenv_zmq.registry import add_app_dir
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_FRAME_MB = 100.0
@@ -27,6 +28,8 @@ class GatewaySpec:
     web: bool | None = None
     """Serve the web interface at ``/web/``; ``None``: as ``ENABLE_WEB_INTERFACE`` says."""
     max_frame_mb: float = DEFAULT_MAX_FRAME_MB
+    app_dir: str | None = None
+    """A folder to import the env from (for ``/schema`` and ``/metadata``), as the workers do."""
 
 
 def run_gateway(connect: str, spec: GatewaySpec) -> None:
@@ -35,6 +38,8 @@ def run_gateway(connect: str, spec: GatewaySpec) -> None:
     Every session is one env slot of the broker at ``connect``. Waits (up to a minute) for a
     worker hosting the env to join first, so a gateway started beside its broker finds one.
     """
+    if spec.app_dir is not None:
+        add_app_dir(spec.app_dir)
     with BatchClient(connect) as client:
         client.wait_for_workers(1, spec.env, timeout=WORKER_WAIT_SECONDS)
     app = create_gateway_app(

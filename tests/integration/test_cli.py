@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from openenv_zmq import BatchClient
 from tests.integration.conftest import (
     REPO_ROOT,
     Processes,
@@ -199,3 +201,54 @@ def test_numeric_options_are_range_checked(args: tuple[str, ...], named: str) ->
     done = subprocess.run(cli(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done
     assert named in done.stderr and "Traceback" not in done.stderr
+
+
+USERS_ENV_MODULE = """
+from openenv_zmq import Action, Environment, Observation, State
+
+
+class Shout(Action):
+    text: str
+
+
+class Shouted(Observation):
+    loud: str
+
+
+class ShoutEnv(Environment[Shout, Shouted, State]):
+    def __init__(self) -> None:
+        super().__init__()
+        self._state = State()
+
+    def reset(self, seed=None, episode_id=None, **kwargs):
+        self._state = State(episode_id=episode_id)
+        return Shouted(loud="")
+
+    def step(self, action, timeout_s=None, **kwargs):
+        self._state.step_count += 1
+        return Shouted(loud=action.text.upper(), reward=1.0)
+
+    @property
+    def state(self):
+        return self._state
+"""
+
+
+def test_app_dir_hosts_an_env_from_the_users_own_folder(procs: Processes, tmp_path: Path) -> None:
+    (tmp_path / "shout_envs.py").write_text(USERS_ENV_MODULE)
+    spec = "shout_envs:ShoutEnv"
+    # the premise: nothing installed provides it, so without --app-dir it is refused
+    refused = subprocess.run(
+        cli("start", "--env", spec), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2 and "shout_envs" in refused.stderr
+    broker = procs.broker(workers=1, envs=(spec,), extra=("--app-dir", str(tmp_path)))
+    with BatchClient(broker.frontend) as client:
+        envs = client.make(spec, num_envs=2)
+        envs.reset()
+        r = envs.step([{"text": "hi"}, {"text": "yo"}])
+        r.raise_for_errors()
+        # this process cannot import the env's models: observations come back as dicts
+        assert [o["loud"] for o in r.observations] == ["HI", "YO"]
+        assert r.rewards.tolist() == [1.0, 1.0]
+    assert broker.stop() == 0
