@@ -213,7 +213,7 @@ def test_a_failing_env_fails_only_its_slot(procs: Processes) -> None:
 def test_worker_command_refuses_an_env_it_cannot_import(procs: Processes) -> None:
     broker = procs.broker(workers=0)
     worker = procs.worker(broker.backend, envs=("no_such_module:Env",))
-    assert worker.wait(30) == 1
+    assert worker.wait(30) == 2  # a usage error, as for any other CLI mistake
 
 
 def test_unreachable_broker_raises_after_the_connect_timeout() -> None:
