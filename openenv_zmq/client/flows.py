@@ -111,7 +111,7 @@ def create_flow(state: GroupState, targets: Targets) -> Flow[None]:
     failures = {}
     for answer in answers:
         raise_if_error(answer)
-        state.learn_types(answer.meta)
+        state.learn_spaces(answer.meta)
         failures.update(env_errors(answer))
     if failures:
         raise failures[min(failures)]

@@ -21,28 +21,30 @@ from openenv_zmq.errors import (
     BrokerUnreachable,
     ClientError,
     ClosedError,
-    EnvNotFound,
     NoPendingCall,
     NoWorkerAvailable,
     SessionLost,
     WorkerLost,
 )
 from openenv_zmq.protocol import EnvIds
-from openenv_zmq.registry import import_object
+from openenv_zmq.registry import env_types, resolve_env
+from openenv_zmq.types import Observation
 
 WORKER_POLL_SECONDS = 0.05
 """How often ``wait_for_workers`` asks the broker again."""
 
 
-def _import_model(path: str | None) -> type[BaseModel] | None:
-    """The model class at ``path`` if this process can import it; dicts are returned otherwise."""
-    if path is None:
-        return None
+def local_models(env: str) -> tuple[type[BaseModel] | None, type[BaseModel] | None]:
+    """The Observation and State models of ``env`` as this process finds it, by the name the
+    client itself asked for: never from a module a worker names. ``None`` (dicts with every
+    field) where this process cannot import the env, and for an observation the env does not
+    declare: the base class would refuse the fields of whatever subclass the env returns."""
     try:
-        model = import_object(path)
-    except EnvNotFound:
-        return None
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+        types = env_types(resolve_env(env))
+    except Exception:  # the env may be installed only where the workers run: dicts, never an error
+        return None, None
+    observation = None if types.observation is Observation else types.observation
+    return observation, types.state
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,9 @@ class GroupState:
 
     spec: GroupSpec
     placement: Placement
-    observation_model: type[BaseModel] | None = None
-    state_model: type[BaseModel] | None = None
+    observation_model: type[BaseModel] | None = field(init=False, default=None)
+    """Found by :func:`local_models` from the env name asked for; ``None``: dicts."""
+    state_model: type[BaseModel] | None = field(init=False, default=None)
     observation_layout: ArrayLayout | None = None
     """Set for array envs: observations come back as one array."""
     action_layout: ArrayLayout | None = None
@@ -81,20 +84,17 @@ class GroupState:
     def env_ids(self) -> EnvIds:
         return self.placement.env_ids
 
-    def learn_types(self, meta: Mapping[str, Any]) -> None:
-        """Read what a CREATE answer says about the env's models and array spaces."""
+    def __post_init__(self) -> None:
+        if not self.spec.as_dicts:
+            self.observation_model, self.state_model = local_models(self.spec.env)
+
+    def learn_spaces(self, meta: Mapping[str, Any]) -> None:
+        """Read what a CREATE answer says about an array env's spaces."""
         spaces = meta.get("spaces", {})
         if "observation" in spaces:
             self.observation_layout = ArrayLayout.from_wire(spaces["observation"])
         if "action" in spaces:
             self.action_layout = ArrayLayout.from_wire(spaces["action"])
-        if self.spec.as_dicts:
-            return
-        types = meta.get("types", {})
-        if self.observation_model is None:
-            self.observation_model = _import_model(types.get("observation"))
-        if self.state_model is None:
-            self.state_model = _import_model(types.get("state"))
 
     def check_open(self) -> None:
         if self.closed:

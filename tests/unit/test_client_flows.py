@@ -20,7 +20,7 @@ from openenv_zmq.client.flows import (
     step_requests,
 )
 from openenv_zmq.client.results import BatchResult
-from openenv_zmq.client.state import GroupSpec, GroupState
+from openenv_zmq.client.state import GroupSpec, GroupState, local_models
 from openenv_zmq.errors import (
     ActionValidationError,
     AlreadyPendingCall,
@@ -41,6 +41,7 @@ OBS_TYPES = {
     "observation": "echo_env.models:EchoObservation",
     "state": "openenv_zmq.types:State",
 }
+"""What a worker's CREATE answer says; the client does not import from it."""
 
 
 def wire(message: Message) -> Message:
@@ -80,9 +81,7 @@ def echo_reply(request: Message, errors: list[list[Any]] | None = None) -> Messa
 
 
 def group(ids: list[int], workers: list[int]) -> GroupState:
-    state = GroupState(GroupSpec("echo"), Placement.of(np.array(ids), np.array(workers)))
-    state.learn_types({"types": OBS_TYPES})
-    return state
+    return GroupState(GroupSpec("echo"), Placement.of(np.array(ids), np.array(workers)))
 
 
 def run(flow: Flow[Any], answer: Any) -> Any:
@@ -388,3 +387,49 @@ def test_an_error_row_may_carry_details() -> None:
     assert isinstance(error, ActionValidationError)
     assert error.details == details
     assert error.errors == details["errors"]
+
+
+IMPORTED_BY_PATH: list[str] = []
+
+
+class Poison(EchoObservation):
+    """A model a worker could name; importing it by path would be the client trusting a peer."""
+
+    def __init__(self, **data: Any) -> None:
+        IMPORTED_BY_PATH.append("Poison")
+        super().__init__(**data)
+
+
+def test_models_come_from_the_env_asked_for_never_from_a_path_a_worker_sends() -> None:
+    named = {"observation": f"{__name__}:Poison", "state": f"{__name__}:Poison"}
+
+    def answer(requests: list[Message]) -> list[Message]:
+        if requests[0].op is Op.ALLOC:
+            return [
+                Message(
+                    Op.REPLY,
+                    requests[0].request_id,
+                    env_ids=np.arange(2),
+                    parts={"workers": np.array([1, 1])},
+                )
+            ]
+        if requests[0].op is Op.CREATE:
+            return [
+                Message(Op.REPLY, q.request_id, env_ids=q.env_ids, meta={"types": named})
+                for q in requests
+            ]
+        return [echo_reply(q) for q in requests]
+
+    state = run(alloc_flow(GroupSpec("echo", 2)), answer)
+    assert state.observation_model is EchoObservation and state.state_model is State
+    r = run(step_flow(state, [EchoAction(message="a")] * 2, state.resolve(None)), answer)
+    assert all(type(o) is EchoObservation for o in r.observations)
+    assert IMPORTED_BY_PATH == []
+
+
+def test_an_env_the_client_cannot_import_or_that_declares_no_observation_gives_dicts() -> None:
+    assert local_models("no_such_module_xyz:Env") == (None, None)
+    assert local_models("gym:NoSuchEnv-v0") == (None, None)
+    # an OpenEnv-style env with no generic parameters: the base Observation would refuse the
+    # fields of the subclass it returns
+    assert local_models("tests.unit.worker_envs:UndeclaredEnv") == (None, State)

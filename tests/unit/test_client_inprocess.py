@@ -155,3 +155,19 @@ def test_async_client_serves_concurrent_coroutines(broker: InProcessBroker) -> N
         assert client.envs.closed and other.closed
 
     asyncio.run(main())
+
+
+def test_an_openenv_style_env_without_declared_types_answers_with_every_field() -> None:
+    # Before: the client rebuilt the base Observation from the wire and refused the extra fields.
+    with (
+        InProcessBroker(["tests.unit.worker_envs:UndeclaredEnv"]) as broker,
+        BatchClient(transport=broker.connect()) as client,
+    ):
+        envs = client.make("tests.unit.worker_envs:UndeclaredEnv", num_envs=2)
+        r = envs.reset()
+        assert r.observations[0]["board"] == [".", ".", "."]
+        r = envs.step([{}, {}])
+        r.raise_for_errors()
+        assert [o["legal"] for o in r.observations] == [[1, 2], [1, 2]]
+        assert r.rewards.tolist() == [1.0, 1.0]
+        assert [s.step_count for s in envs.state()] == [1, 1]

@@ -171,3 +171,28 @@ FLAKY = f"{__name__}:FlakyEnv"
 SEED_ONLY = f"{__name__}:SeedOnlyEnv"
 COUNTDOWN = f"{__name__}:CountdownEnv"
 COUNTER = f"{__name__}:CounterEnvs"
+
+
+class UndeclaredObservation(Observation):
+    board: list[str]
+    legal: list[int]
+
+
+class UndeclaredEnv(Environment):  # type: ignore[type-arg]
+    """Written as OpenEnv's own envs are: no generic parameters, no annotations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._state = State()
+
+    def reset(self, seed=None, episode_id=None, **kwargs):
+        self._state = State(episode_id=episode_id)
+        return UndeclaredObservation(board=["."] * 3, legal=[0, 1, 2])
+
+    def step(self, action, timeout_s=None, **kwargs):
+        self._state.step_count += 1
+        return UndeclaredObservation(board=["x", ".", "."], legal=[1, 2], reward=1.0)
+
+    @property
+    def state(self):
+        return self._state
