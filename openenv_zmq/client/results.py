@@ -16,7 +16,8 @@ class BatchResult:
     """One answer per env id, in the order the env ids were asked for.
 
     ``observations`` is one array (rows of zeros where an env failed) for an array env, else a
-    list of the env's Observation models (dicts when the model class cannot be imported here) with
+    list of the env's Observation models (dicts with every field when this process cannot import
+    the env, or the env declares no observation type; see ``client.state.local_models``) with
     ``None`` where an env failed. A failed env has its error in ``errors[env_id]`` and
     ``dones[i]`` set; the rest of the batch is unaffected. ``final_observations`` is set in
     ``same_step`` autoreset mode when an episode ended in this step: the last observation of
