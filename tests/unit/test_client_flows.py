@@ -249,19 +249,7 @@ def test_alloc_creates_and_a_refusal_is_raised_typed() -> None:
 
 def test_state_flow_builds_models_and_raises_env_errors() -> None:
     state = group([0, 1], [1, 2])
-
-    def answer(requests: list[Message]) -> list[Message]:
-        return [
-            Message(
-                Op.REPLY,
-                r.request_id,
-                env_ids=r.env_ids,
-                parts={"states": [{"episode_id": "e", "step_count": 3}], "errors": []},
-            )
-            for r in requests
-        ]
-
-    states = run(state_flow(state, state.resolve(None)), answer)
+    states = run(state_flow(state, state.resolve(None)), state_answers)
     assert states == [State(episode_id="e", step_count=3)] * 2
 
     def lost(requests: list[Message]) -> list[Message]:
