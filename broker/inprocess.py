@@ -39,6 +39,8 @@ from openenv_zmq.protocol import (
     encode,
 )
 from openenv_zmq.worker import BrokerLink, LinkOutput, WorkerCore, WorkerLifecycle
+from openenv_zmq.worker.core import Pending
+from openenv_zmq.worker.runner import CallRunner
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class InProcessBroker:
     ) -> None:
         self.core = BrokerCore(config)
         self._clock = clock
+        self._runner = CallRunner()
         self._workers: dict[bytes, _Worker] = {}
         self._clients: dict[bytes, RequestTable] = {}
         self._client_ids = itertools.count(1)
@@ -140,6 +143,7 @@ class InProcessBroker:
         for worker in self._workers.values():
             worker.core.drop_all()
         self._workers.clear()
+        self._runner.close()
 
     def __enter__(self) -> InProcessBroker:
         return self
@@ -189,6 +193,9 @@ class InProcessBroker:
             return []
         worker.link.heard(now)
         answer = worker.core.handle(_received(body))
+        if isinstance(answer, Pending):
+            self._runner.run(answer)  # async and threaded envs still run concurrently, but
+            answer = worker.core.finish(answer)  # the sender waits for them
         return self.core.on_worker(worker.identity, [route, *answer], self._clock())
 
 

@@ -31,6 +31,10 @@ class Environment(ABC, Generic[ActT, ObsT, StateT]):
     """
 
     SUPPORTS_CONCURRENT_SESSIONS: bool = False
+    STEP_CONCURRENCY: int | None = None
+    """Set it (to the number of steps that may wait at once on a worker) when ``step`` blocks on
+    I/O: the env's resets and steps then run on that many threads instead of one after the other
+    on the worker's thread. ``make(..., concurrency=N)`` overrides it."""
 
     def __init__(self, transform: Any = None, rubric: Any = None) -> None:
         self.transform = transform
@@ -43,6 +47,17 @@ class Environment(ABC, Generic[ActT, ObsT, StateT]):
     @abstractmethod
     def step(self, action: ActT, timeout_s: float | None = None, **kwargs: Any) -> ObsT:
         """Apply one action and return the next observation."""
+
+    async def reset_async(
+        self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any
+    ) -> ObsT:
+        """OpenEnv's async reset. Override it with a real ``async def`` (one that awaits) and
+        the worker awaits it on its event loop, concurrently with the rest of the batch."""
+        return self.reset(seed=seed, episode_id=episode_id, **kwargs)
+
+    async def step_async(self, action: ActT, timeout_s: float | None = None, **kwargs: Any) -> ObsT:
+        """OpenEnv's async step; overriding it makes the env async, as for :meth:`reset_async`."""
+        return self.step(action, timeout_s=timeout_s, **kwargs)
 
     @property
     @abstractmethod

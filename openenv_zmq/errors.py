@@ -21,7 +21,9 @@ OpenEnvZmqError
 └── EnvError                    one env instance failed; travels per env in ``BatchResult.errors``
     ├── EnvExecutionError       the env's own code raised
     ├── ActionValidationError   the action failed the env's pydantic model
-    ├── NeedsReset              step() before the first reset()
+    ├── NeedsReset              step() before the first reset(), or after a StepTimeout
+    ├── StepTimeout             the step outran its deadline; the instance was discarded
+    ├── EnvBusy                 the env is still answering an earlier request
     ├── EnvNotOnWorker          the worker it was sent to hosts no env with this id
     ├── WorkerLost              the worker died while the request was in flight
     └── SessionLost             the env lived on a worker that died; reset() re-places it
@@ -166,6 +168,17 @@ class NeedsReset(EnvError):
     """The env was stepped before it was reset."""
 
 
+class StepTimeout(EnvError):
+    """The step did not return within its deadline. The worker abandoned it and discarded the
+    instance (a thread cannot be stopped); the env answers :class:`NeedsReset` until ``reset()``
+    builds a fresh one."""
+
+
+class EnvBusy(EnvError):
+    """The env is still answering an earlier reset or step (requests for one env must not
+    overlap)."""
+
+
 class EnvNotOnWorker(EnvError):
     """The worker hosts no env with this id."""
 
@@ -188,6 +201,8 @@ _ENV_TYPES: dict[str, type[EnvError]] = {
         EnvExecutionError,
         ActionValidationError,
         NeedsReset,
+        StepTimeout,
+        EnvBusy,
         EnvNotOnWorker,
         WorkerLost,
         SessionLost,

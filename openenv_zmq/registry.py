@@ -135,13 +135,76 @@ def _generic_args(cls: type, bound: dict[Any, Any] | None = None) -> tuple[Any, 
     return ()
 
 
+_BASES = ("Action", "Observation", "State")
+
+
+def _base_of(model: type[BaseModel]) -> str | None:
+    """Which of OpenEnv's three bases ``model`` subclasses (ours or either openenv package's,
+    recognised by name), or ``None``; a base itself has none."""
+    for klass in model.__mro__[1:]:
+        if klass.__name__ in _BASES and issubclass(klass, BaseModel):
+            return klass.__name__
+    return None
+
+
+def mcp_actions(cls: type) -> dict[str, type[BaseModel]]:
+    """OpenEnv's MCP actions by their ``type`` tag (``list_tools``, ``call_tool``) for an
+    ``MCPEnvironment`` subclass, taken from the module that defines ``MCPEnvironment``; empty for
+    any other env."""
+    for klass in cls.__mro__:
+        if klass.__name__ == "MCPEnvironment":
+            module = sys.modules[klass.__module__]
+            return {"list_tools": module.ListToolsAction, "call_tool": module.CallToolAction}
+    return {}
+
+
+def _model_layers(cls: type) -> list[dict[str, type[BaseModel]]]:
+    """The Action / Observation / State models (bases included) an env class's own code holds,
+    nearest first: the names of its module (and its bases' modules), then of its package's
+    ``models`` module (OpenEnv's layout, when imported), then OpenEnv's MCP models for an MCP
+    env."""
+    parts = cls.__module__.split(".")
+    layers = [
+        [sys.modules.get(klass.__module__) for klass in cls.__mro__],
+        [sys.modules.get(".".join([*parts[:n], "models"])) for n in range(len(parts), -1, -1)],
+        [sys.modules.get(k.__module__) for k in cls.__mro__ if k.__name__ == "MCPEnvironment"],
+    ]
+    found = []
+    for modules in layers:
+        layer: dict[str, type[BaseModel]] = {}
+        for module in modules:
+            for value in vars(module).values() if module is not None else ():
+                model = _as_model(value)
+                if model is not None and (_base_of(model) or model.__name__ in _BASES):
+                    layer[type_path(model)] = model
+        found.append(layer)
+    return found
+
+
+def related_models(cls: type) -> dict[str, type[BaseModel]]:
+    """Every model :func:`_model_layers` finds, by :func:`type_path`. Imports nothing."""
+    return {path: model for layer in _model_layers(cls) for path, model in layer.items()}
+
+
+def _only(layers: list[dict[str, type[BaseModel]]], base: str, leave_out: set[type]) -> Any:
+    """The one model deriving from ``base`` (leaving out ``leave_out``) in the nearest layer
+    that has any; ``None`` when that layer has several."""
+    for layer in layers:
+        matching = [m for m in layer.values() if _base_of(m) == base and m not in leave_out]
+        if matching:
+            return matching[0] if len(matching) == 1 else None
+    return None
+
+
 @cache
 def env_types(cls: type) -> EnvTypes:
     """The Action / Observation / State models of an env class.
 
     Read, in order, from class attributes ``action_type`` / ``observation_type`` / ``state_type``,
-    from the ``Environment[...]`` generic parameters, then from the annotations of ``step`` and
-    ``state``; OpenEnv's base models are the fallback.
+    from the ``Environment[...]`` generic parameters, from the annotations of ``step`` and
+    ``state`` (unless they name a base class), then from the models its own code holds
+    (:func:`related_models`) when exactly one fits (OpenEnv's own envs often name their types
+    nowhere else); OpenEnv's base models are the fallback.
     """
     args = _generic_args(cls)
     try:
@@ -155,21 +218,27 @@ def env_types(cls: type) -> EnvTypes:
         )
     except Exception:
         state_hints = {}
+    layers = _model_layers(cls)
+    mcp = {*mcp_actions(cls).values()}
+    mcp_observations = {m for m in layers[-1].values() if m.__name__ in _MCP_OBSERVATIONS}
     candidates = {
         "action": (
             getattr(cls, "action_type", None),
             args[0] if len(args) > 0 else None,
             step_hints.get("action"),
+            _only(layers, "Action", mcp),
         ),
         "observation": (
             getattr(cls, "observation_type", None),
             args[1] if len(args) > 1 else None,
             step_hints.get("return"),
+            _only(layers, "Observation", mcp_observations),
         ),
         "state": (
             getattr(cls, "state_type", None),
             args[2] if len(args) > 2 else None,
             state_hints.get("return"),
+            _only(layers, "State", set()),
         ),
     }
     fallbacks: dict[str, type[BaseModel]] = {
@@ -178,6 +247,18 @@ def env_types(cls: type) -> EnvTypes:
         "state": State,
     }
     found: dict[str, type[BaseModel]] = {}
-    for role, options in candidates.items():
-        found[role] = next((m for m in map(_as_model, options) if m is not None), fallbacks[role])
+    for role, (attribute, generic, *inferred) in candidates.items():
+        declared = [m for m in map(_as_model, (attribute, generic)) if m is not None]
+        # an annotation naming a base class (MCPEnvironment's ``-> Observation``) says nothing
+        inferred_models = [m for m in map(_as_model, inferred) if m is not None and not _is_base(m)]
+        found[role] = next(iter(declared + inferred_models), fallbacks[role])
     return EnvTypes(found["action"], found["observation"], found["state"])
+
+
+_MCP_OBSERVATIONS = frozenset({"ListToolsObservation", "CallToolObservation"})
+
+
+def _is_base(model: type[BaseModel]) -> bool:
+    """OpenEnv's base Action / Observation / State (either package's, or ours): saying it is
+    the type says nothing, so the search goes on."""
+    return model.__name__ in _BASES and _base_of(model) is None

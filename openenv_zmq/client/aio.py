@@ -34,6 +34,7 @@ from openenv_zmq.client.state import (
     ClientState,
     GroupSpec,
     GroupState,
+    constructor_kwargs,
     live_workers,
     too_few_workers,
     unreachable,
@@ -77,13 +78,19 @@ class AsyncEnvGroup(GroupView):
         state = self._state
         return await drive(self._transport, reset_flow(state, state.resolve(env_ids), seed, kwargs))
 
-    async def step(self, actions: Actions, env_ids: EnvIdsArg = None) -> BatchResult:
+    async def step(
+        self, actions: Actions, env_ids: EnvIdsArg = None, *, timeout_s: float | None = None
+    ) -> BatchResult:
         state = self._state
-        return await drive(self._transport, step_flow(state, actions, state.resolve(env_ids)))
+        return await drive(
+            self._transport, step_flow(state, actions, state.resolve(env_ids), timeout_s)
+        )
 
-    async def send(self, actions: Actions, env_ids: EnvIdsArg = None) -> None:
+    async def send(
+        self, actions: Actions, env_ids: EnvIdsArg = None, *, timeout_s: float | None = None
+    ) -> None:
         state = self._state
-        subs, requests = step_requests(state, actions, state.resolve(env_ids))
+        subs, requests = step_requests(state, actions, state.resolve(env_ids), timeout_s)
         for sub, request in zip(subs, requests, strict=True):
             state.sent(await self._transport.send(request), sub)
 
@@ -120,18 +127,29 @@ class AsyncBatchClient:
         *,
         autoreset: AutoresetMode | str = AutoresetMode.DISABLED,
         as_dicts: bool = False,
+        concurrency: int | None = None,
+        timeout_s: float | None = None,
+        env_kwargs: dict[str, Any] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         limits: Limits = DEFAULT_LIMITS,
         transport: AsyncTransport | None = None,
-        **env_kwargs: Any,
+        **kwargs: Any,
     ) -> None:
         if (address is None) == (transport is None):
             raise ClientError("pass either a broker address or a transport")
         self._transport = transport or AsyncZmqTransport(str(address), timeout, limits)
         spec = None
         if env is not None:
-            spec = GroupSpec(env, num_envs, env_kwargs, AutoresetMode(autoreset), as_dicts)
+            spec = GroupSpec(
+                env,
+                num_envs,
+                constructor_kwargs(kwargs, env_kwargs),
+                AutoresetMode(autoreset),
+                as_dicts,
+                concurrency,
+                timeout_s,
+            )
         self._state = ClientState(spec, connect_timeout)
 
     @property
@@ -160,10 +178,21 @@ class AsyncBatchClient:
         *,
         autoreset: AutoresetMode | str = AutoresetMode.DISABLED,
         as_dicts: bool = False,
+        concurrency: int | None = None,
+        timeout_s: float | None = None,
+        env_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> AsyncEnvGroup:
         """See ``BatchClient.make``."""
-        spec = GroupSpec(env, num_envs, kwargs, AutoresetMode(autoreset), as_dicts)
+        spec = GroupSpec(
+            env,
+            num_envs,
+            constructor_kwargs(kwargs, env_kwargs),
+            AutoresetMode(autoreset),
+            as_dicts,
+            concurrency,
+            timeout_s,
+        )
         group = await drive(self._transport, make_flow(self._state, spec))
         return AsyncEnvGroup(self._transport, group)
 
@@ -199,11 +228,15 @@ class AsyncBatchClient:
     ) -> BatchResult:
         return await self.envs.reset(seed, env_ids, kwargs)
 
-    async def step(self, actions: Actions, env_ids: EnvIdsArg = None) -> BatchResult:
-        return await self.envs.step(actions, env_ids)
+    async def step(
+        self, actions: Actions, env_ids: EnvIdsArg = None, *, timeout_s: float | None = None
+    ) -> BatchResult:
+        return await self.envs.step(actions, env_ids, timeout_s=timeout_s)
 
-    async def send(self, actions: Actions, env_ids: EnvIdsArg = None) -> None:
-        await self.envs.send(actions, env_ids)
+    async def send(
+        self, actions: Actions, env_ids: EnvIdsArg = None, *, timeout_s: float | None = None
+    ) -> None:
+        await self.envs.send(actions, env_ids, timeout_s=timeout_s)
 
     async def recv(self, timeout: float | None = None) -> BatchResult:
         return await self.envs.recv(timeout)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -150,8 +150,45 @@ def _is_error_row(row: Any) -> bool:
     )
 
 
-def build_models(rows: list[Any], model: type[BaseModel] | None) -> list[Any]:
-    """Turn decoded dicts back into the env's models (``None`` rows stay ``None``)."""
+@dataclass(frozen=True)
+class EnvModels:
+    """The models a client builds an env's rows into, found from the env it asked for itself
+    (``client.state.local_models``), never from a module a worker names. ``None``: dicts."""
+
+    observation: type[BaseModel] | None = None
+    state: type[BaseModel] | None = None
+    known: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+    """The env's other models by ``module:qualname``: a row a worker says is of one of these
+    classes (``row_types``) is built as it; a row of a class not here stays a dict."""
+
+
+def build_models(
+    rows: list[Any],
+    model: type[BaseModel] | None,
+    row_types: list[Any] | None = None,
+    known: Mapping[str, type[BaseModel]] | None = None,
+) -> list[Any]:
+    """Turn decoded dicts back into the env's models (``None`` rows stay ``None``).
+
+    ``row_types`` names the class of the rows that are not ``model`` (a reply's ``row_types``
+    part); such a row is built as that class if it is in ``known``, else left a dict.
+    """
+    if row_types is None:
+        return _build(rows, model)
+    if type(row_types) is not list or len(row_types) != len(rows):
+        raise ProtocolError("row_types must name one class (or None) per row")
+    out = list(rows)
+    by_class: dict[type[BaseModel] | None, list[int]] = {}
+    for i, path in enumerate(row_types):
+        cls = model if path is None else (known or {}).get(path) if type(path) is str else None
+        by_class.setdefault(cls, []).append(i)
+    for cls, positions in by_class.items():
+        for i, built in zip(positions, _build([rows[i] for i in positions], cls), strict=True):
+            out[i] = built
+    return out
+
+
+def _build(rows: list[Any], model: type[BaseModel] | None) -> list[Any]:
     if model is None:
         return rows
     present = [row for row in rows if row is not None]
@@ -194,7 +231,7 @@ def place_rows(out: Any, positions: Positions, rows: Any) -> None:
 def sub_result(
     message: Message,
     sub: SubBatch,
-    observation_model: type[BaseModel] | None,
+    models: EnvModels,
     layout: ArrayLayout | None = None,
 ) -> BatchResult:
     """Read a worker's answer to a reset/step sub-batch, as the sub-batch's BatchResult."""
@@ -215,12 +252,13 @@ def sub_result(
         raise ProtocolError("answer names other env ids than its request")
     final = parts.get("final_obs")
     if isinstance(final, list):
-        final = build_models(final, observation_model)
+        final = build_models(final, models.observation, parts.get("final_row_types"), models.known)
+    obs = parts["obs"]
     return BatchResult(
         sub.env_ids,
-        parts["obs"]
-        if isinstance(parts["obs"], np.ndarray)
-        else build_models(parts["obs"], observation_model),
+        obs
+        if isinstance(obs, np.ndarray)
+        else build_models(obs, models.observation, parts.get("row_types"), models.known),
         parts["rew"],
         parts["term"],
         parts["trunc"],

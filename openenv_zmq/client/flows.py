@@ -28,7 +28,7 @@ from openenv_zmq.client.batching import (
     take,
 )
 from openenv_zmq.client.results import BatchResult
-from openenv_zmq.client.state import ClientState, GroupSpec, GroupState
+from openenv_zmq.client.state import ClientState, GroupSpec, GroupState, check_timeout
 from openenv_zmq.errors import BatchSizeMismatch, ClientError, SessionLost
 from openenv_zmq.protocol import EnvIds, Message, Op
 
@@ -69,12 +69,17 @@ def dump_actions(actions: Any, expected: int, layout: ArrayLayout | None = None)
 def make_flow(client: ClientState, spec: GroupSpec) -> Flow[GroupState]:
     """Make the group ``spec`` asks for and keep it with the client's groups.
 
-    Raises :class:`ClosedError`, :class:`ClientError` for ``num_envs < 1``, and what
-    :func:`alloc_flow` raises.
+    Raises :class:`ClosedError`, :class:`ClientError` for ``num_envs < 1`` or a bad runtime
+    option, and what :func:`alloc_flow` raises.
     """
     client.check_open()
     if spec.num_envs < 1:
         raise ClientError(f"num_envs must be at least 1, got {spec.num_envs}")
+    if spec.concurrency is not None and not (
+        type(spec.concurrency) is int and spec.concurrency > 0
+    ):
+        raise ClientError(f"concurrency must be a positive int, got {spec.concurrency!r}")
+    check_timeout(spec.timeout_s)
     group = yield from alloc_flow(spec)
     client.groups.append(group)
     return group
@@ -104,6 +109,10 @@ def create_flow(state: GroupState, targets: Targets) -> Flow[None]:
     meta: dict[str, Any] = {"env": spec.env, "autoreset": spec.autoreset.value}
     if spec.kwargs:
         meta["kwargs"] = spec.kwargs
+    if spec.concurrency is not None:
+        meta["concurrency"] = spec.concurrency
+    if spec.timeout_s is not None:
+        meta["timeout_s"] = spec.timeout_s
     subs = targets.split()
     answers = yield [
         Message(Op.CREATE, worker=sub.worker, env_ids=sub.env_ids, meta=meta) for sub in subs
@@ -201,7 +210,7 @@ def _read_answers(
     state: GroupState, subs: Sequence[SubBatch], answers: Sequence[Message]
 ) -> list[tuple[Positions, BatchResult]]:
     pieces = [
-        (sub.positions, sub_result(answer, sub, state.observation_model, state.observation_layout))
+        (sub.positions, sub_result(answer, sub, state.models, state.observation_layout))
         for sub, answer in zip(subs, answers, strict=True)
     ]
     state.note_lost(pieces)
@@ -209,26 +218,32 @@ def _read_answers(
 
 
 def step_requests(
-    state: GroupState, actions: Actions, targets: Targets
+    state: GroupState, actions: Actions, targets: Targets, timeout_s: float | None = None
 ) -> tuple[list[SubBatch], list[Message]]:
-    """The STEP sub-batches for ``actions`` on the targets; refuses env ids still in flight."""
+    """The STEP sub-batches for ``actions`` on the targets; refuses env ids still in flight.
+    ``timeout_s`` is the steps' deadline (the group's own by default)."""
     state.check_open()
+    check_timeout(timeout_s)
     rows = dump_actions(actions, len(targets), state.action_layout)
     state.check_not_in_flight(targets.env_ids)
     subs = targets.split()
+    meta = {} if timeout_s is None else {"timeout_s": timeout_s}
     return subs, [
         Message(
             Op.STEP,
             worker=sub.worker,
             env_ids=sub.env_ids,
+            meta=meta,
             parts={"actions": take(rows, sub.positions)},
         )
         for sub in subs
     ]
 
 
-def step_flow(state: GroupState, actions: Actions, targets: Targets) -> Flow[BatchResult]:
-    subs, requests = step_requests(state, actions, targets)
+def step_flow(
+    state: GroupState, actions: Actions, targets: Targets, timeout_s: float | None = None
+) -> Flow[BatchResult]:
+    subs, requests = step_requests(state, actions, targets, timeout_s)
     answers = yield requests
     return assemble(targets.env_ids, _read_answers(state, subs, answers), state.observation_layout)
 
@@ -263,7 +278,10 @@ def state_flow(state: GroupState, targets: Targets) -> Flow[list[Any]]:
         failures.update(env_errors(answer))
         if answer.op is Op.ERROR:
             continue
-        rows = build_models(answer.parts["states"], state.state_model)
+        models = state.models
+        rows = build_models(
+            answer.parts["states"], models.state, answer.parts.get("row_types"), models.known
+        )
         for position, row in zip(sub.positions.tolist(), rows, strict=True):
             states[position] = row
     if failures:

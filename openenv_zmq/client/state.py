@@ -11,10 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
 
 from openenv_zmq.autoreset import AutoresetMode
-from openenv_zmq.client.batching import ArrayLayout, Placement, Positions, SubBatch, Targets
+from openenv_zmq.client.batching import (
+    ArrayLayout,
+    EnvModels,
+    Placement,
+    Positions,
+    SubBatch,
+    Targets,
+)
 from openenv_zmq.client.results import BatchResult
 from openenv_zmq.errors import (
     AlreadyPendingCall,
@@ -27,24 +33,26 @@ from openenv_zmq.errors import (
     WorkerLost,
 )
 from openenv_zmq.protocol import EnvIds
-from openenv_zmq.registry import env_types, resolve_env
+from openenv_zmq.registry import env_types, related_models, resolve_env
 from openenv_zmq.types import Observation
 
 WORKER_POLL_SECONDS = 0.05
 """How often ``wait_for_workers`` asks the broker again."""
 
 
-def local_models(env: str) -> tuple[type[BaseModel] | None, type[BaseModel] | None]:
-    """The Observation and State models of ``env`` as this process finds it, by the name the
-    client itself asked for: never from a module a worker names. ``None`` (dicts with every
-    field) where this process cannot import the env, and for an observation the env does not
-    declare: the base class would refuse the fields of whatever subclass the env returns."""
+def local_models(env: str) -> EnvModels:
+    """The models of ``env`` as this process finds it, by the name the client itself asked for:
+    never from a module a worker names. No models (dicts with every field) where this process
+    cannot import the env; no observation model for an env that declares none (the base class
+    would refuse the fields of whatever subclass the env returns), but the env's own models
+    (``known``) still build the rows a worker says are of their classes."""
     try:
-        types = env_types(resolve_env(env))
+        cls = resolve_env(env)
+        types = env_types(cls)
     except Exception:  # the env may be installed only where the workers run: dicts, never an error
-        return None, None
+        return EnvModels()
     observation = None if types.observation is Observation else types.observation
-    return observation, types.state
+    return EnvModels(observation, types.state, related_models(cls))
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,29 @@ class GroupSpec:
     autoreset: AutoresetMode = AutoresetMode.DISABLED
     as_dicts: bool = False
     """Observations and states stay the decoded dicts: no env models are built."""
+    concurrency: int | None = None
+    """At most this many calls of the group's envs run at once on each worker."""
+    timeout_s: float | None = None
+    """Deadline of each reset and step, unless a step names its own."""
+
+
+def constructor_kwargs(kwargs: dict[str, Any], env_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``make``'s env constructor arguments: its ``**kwargs`` and ``env_kwargs=`` (for names the
+    client takes itself, such as ``timeout_s``). Raises :class:`ClientError` for a name in both."""
+    if not env_kwargs:
+        return kwargs
+    both = sorted(set(kwargs) & set(env_kwargs))
+    if both:
+        raise ClientError(f"env argument(s) {both} given both as keywords and in env_kwargs")
+    return {**env_kwargs, **kwargs}
+
+
+def check_timeout(timeout_s: float | None) -> None:
+    """Raises :class:`ClientError` unless ``timeout_s`` is ``None`` or a positive finite number."""
+    if timeout_s is not None and not (
+        type(timeout_s) in (int, float) and 0 < timeout_s < float("inf")
+    ):
+        raise ClientError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
 
 
 @dataclass
@@ -65,9 +96,8 @@ class GroupState:
 
     spec: GroupSpec
     placement: Placement
-    observation_model: type[BaseModel] | None = field(init=False, default=None)
-    """Found by :func:`local_models` from the env name asked for; ``None``: dicts."""
-    state_model: type[BaseModel] | None = field(init=False, default=None)
+    models: EnvModels = field(init=False, default_factory=EnvModels)
+    """Found by :func:`local_models` from the env name asked for; none with ``as_dicts``."""
     observation_layout: ArrayLayout | None = None
     """Set for array envs: observations come back as one array."""
     action_layout: ArrayLayout | None = None
@@ -86,7 +116,7 @@ class GroupState:
 
     def __post_init__(self) -> None:
         if not self.spec.as_dicts:
-            self.observation_model, self.state_model = local_models(self.spec.env)
+            self.models = local_models(self.spec.env)
 
     def learn_spaces(self, meta: Mapping[str, Any]) -> None:
         """Read what a CREATE answer says about an array env's spaces."""

@@ -33,6 +33,7 @@ from openenv_zmq.client.state import (
     ClientState,
     GroupSpec,
     GroupState,
+    constructor_kwargs,
     live_workers,
     too_few_workers,
     unreachable,
@@ -88,22 +89,28 @@ class EnvGroup(GroupView):
         state = self._state
         return drive(self._transport, reset_flow(state, state.resolve(env_ids), seed, kwargs))
 
-    def step(self, actions: Actions, env_ids: EnvIdsArg = None) -> BatchResult:
+    def step(
+        self, actions: Actions, env_ids: EnvIdsArg = None, *, timeout_s: float | None = None
+    ) -> BatchResult:
         """Step ``env_ids`` (all by default) with one action each, in the same order.
+        ``timeout_s``: this step's deadline (OpenEnv's ``timeout_s``), over the group's own; an
+        env that outruns it answers :class:`StepTimeout`.
 
         Raises :class:`BatchSizeMismatch`, :class:`EnvIdsNotInGroup`, :class:`ClosedError`,
         :class:`AlreadyPendingCall`, :class:`RequestTimeout`; env failures land in ``errors``.
         """
         state = self._state
-        return drive(self._transport, step_flow(state, actions, state.resolve(env_ids)))
+        return drive(self._transport, step_flow(state, actions, state.resolve(env_ids), timeout_s))
 
-    def send(self, actions: Actions, env_ids: EnvIdsArg = None) -> None:
+    def send(
+        self, actions: Actions, env_ids: EnvIdsArg = None, *, timeout_s: float | None = None
+    ) -> None:
         """Start stepping ``env_ids`` and return at once; collect the answers with ``recv()``.
 
         Raises as ``step()`` does, and :class:`TransportError` when the send queue is full.
         """
         state = self._state
-        subs, requests = step_requests(state, actions, state.resolve(env_ids))
+        subs, requests = step_requests(state, actions, state.resolve(env_ids), timeout_s)
         for sub, request in zip(subs, requests, strict=True):
             state.sent(self._transport.send(request), sub)
 
@@ -153,18 +160,29 @@ class BatchClient:
         *,
         autoreset: AutoresetMode | str = AutoresetMode.DISABLED,
         as_dicts: bool = False,
+        concurrency: int | None = None,
+        timeout_s: float | None = None,
+        env_kwargs: dict[str, Any] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         limits: Limits = DEFAULT_LIMITS,
         transport: Transport | None = None,
-        **env_kwargs: Any,
+        **kwargs: Any,
     ) -> None:
         if (address is None) == (transport is None):
             raise ClientError("pass either a broker address or a transport")
         self._transport = transport or ZmqTransport(str(address), timeout, limits)
         spec = None
         if env is not None:
-            spec = GroupSpec(env, num_envs, env_kwargs, AutoresetMode(autoreset), as_dicts)
+            spec = GroupSpec(
+                env,
+                num_envs,
+                constructor_kwargs(kwargs, env_kwargs),
+                AutoresetMode(autoreset),
+                as_dicts,
+                concurrency,
+                timeout_s,
+            )
         self._state = ClientState(spec, connect_timeout)
         try:
             self._transport.exchange([Message(Op.PING)], connect_timeout)
@@ -190,17 +208,40 @@ class BatchClient:
         *,
         autoreset: AutoresetMode | str = AutoresetMode.DISABLED,
         as_dicts: bool = False,
+        concurrency: int | None = None,
+        timeout_s: float | None = None,
+        env_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> EnvGroup:
         """Place ``num_envs`` instances of ``env`` on workers and create them.
 
-        ``kwargs`` go to every instance's constructor (``autoreset`` and ``as_dicts`` are the
-        client's own, so an env argument of either name cannot be passed). With ``as_dicts``,
-        observations and states come back as the decoded dicts instead of the env's models. Raises
-        :class:`NoWorkerAvailable` when the live workers hosting ``env`` lack the slots, or
-        the first env's constructor error.
+        ``kwargs`` (and ``env_kwargs=``, for argument names the client takes itself) go to
+        every instance's constructor unchanged. The rest are the runtime's own options:
+
+        - ``autoreset``: Gymnasium's autoreset mode, applied by the workers;
+        - ``as_dicts``: observations and states come back as the decoded dicts, not models;
+        - ``concurrency``: how many of these envs' resets and steps may run at once on each
+          worker. A sync env that blocks on I/O then runs on that many threads (the class's
+          ``STEP_CONCURRENCY`` is the default); an env with its own ``async def step_async`` is
+          awaited, all of a batch together unless this bounds it. CPU-bound sync envs leave it
+          unset and step inline, one after the other, which is fastest for them;
+        - ``timeout_s``: a wall-clock deadline for each reset and step (a step's own
+          ``timeout_s`` overrides it). An env that takes OpenEnv's ``timeout_s`` is given it and
+          a little longer to answer; one that outruns it answers :class:`StepTimeout`, its
+          instance is discarded, and ``reset()`` builds a new one.
+
+        Raises :class:`NoWorkerAvailable` when the live workers hosting ``env`` lack the slots,
+        :class:`ClientError` for a bad option, or the first env's constructor error.
         """
-        spec = GroupSpec(env, num_envs, kwargs, AutoresetMode(autoreset), as_dicts)
+        spec = GroupSpec(
+            env,
+            num_envs,
+            constructor_kwargs(kwargs, env_kwargs),
+            AutoresetMode(autoreset),
+            as_dicts,
+            concurrency,
+            timeout_s,
+        )
         return EnvGroup(self._transport, drive(self._transport, make_flow(self._state, spec)))
 
     def status(self) -> dict[str, Any]:
@@ -240,11 +281,15 @@ class BatchClient:
     ) -> BatchResult:
         return self.envs.reset(seed, env_ids, kwargs)
 
-    def step(self, actions: Actions, env_ids: EnvIdsArg = None) -> BatchResult:
-        return self.envs.step(actions, env_ids)
+    def step(
+        self, actions: Actions, env_ids: EnvIdsArg = None, *, timeout_s: float | None = None
+    ) -> BatchResult:
+        return self.envs.step(actions, env_ids, timeout_s=timeout_s)
 
-    def send(self, actions: Actions, env_ids: EnvIdsArg = None) -> None:
-        self.envs.send(actions, env_ids)
+    def send(
+        self, actions: Actions, env_ids: EnvIdsArg = None, *, timeout_s: float | None = None
+    ) -> None:
+        self.envs.send(actions, env_ids, timeout_s=timeout_s)
 
     def recv(self, timeout: float | None = None) -> BatchResult:
         return self.envs.recv(timeout)

@@ -14,14 +14,18 @@ Conversations (``ids`` = env ids, ``w`` = worker id, parts in brackets):
   each placed on a dead worker) re-places those ids on live workers, keeping the ids; a live or
   unknown id gets ``ERROR {type: RemoteError}``.
 - ``STATUS`` -> broker: ``REPLY {status: {...}}``.  ``PING`` -> broker: ``REPLY``.
-- ``CREATE w ids {env, kwargs, autoreset}`` -> worker: ``REPLY ids {types, spaces?} [errors]``
+- ``CREATE w ids {env, kwargs, autoreset, concurrency?, timeout_s?}`` -> worker:
+  ``REPLY ids {types, spaces?} [errors]``
   where ``types`` names the env's ``action`` / ``observation`` / ``state`` classes as
   ``module:qualname``, and ``spaces`` (array envs) gives ``{action, observation}: {dtype, shape}``.
 - ``RESET w ids [seeds?: list[int|None], kwargs?: list[dict]]``,
-  ``STEP w ids [actions: list[dict] | array]`` -> worker:
+  ``STEP w ids {timeout_s?} [actions: list[dict] | array]`` -> worker:
   ``REPLY ids [obs: list[dict|None] | array, rew: f4[n], term: b1[n], trunc: b1[n], errors]``,
   plus ``final_obs`` (same layout as ``obs``) when an episode ended and was reset in the same
-  step (``same_step`` autoreset mode).
+  step (``same_step`` autoreset mode). When a row's model is not the env's declared
+  observation (or state) class, ``row_types`` (and ``final_row_types``) give each row's class as
+  ``module:qualname`` (``None`` for rows of the declared class): a client builds it only if it is
+  among the models of the env it asked for itself, and never imports a module a worker names.
 - ``STATE w ids`` -> worker: ``REPLY ids [states: list[dict|None], errors]``.
 - ``CLOSE w ids`` -> worker: ``REPLY ids [errors]``. The broker frees the slots as it forwards.
 - ``errors`` is always a list of ``[env_id, type name, message, traceback]`` rows, a row

@@ -13,6 +13,7 @@ a wrong type, a size over the limits) raises :class:`ProtocolError` and nothing 
 
 from __future__ import annotations
 
+import enum
 import math
 import threading
 from collections.abc import Sequence
@@ -74,6 +75,8 @@ def _pack_default(obj: Any) -> Any:
         return obj.item()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
+    if isinstance(obj, enum.Enum):  # an action or observation field holding an enum
+        return obj.value
     raise TypeError(f"cannot encode {type(obj).__name__} in a msgpack payload")
 
 

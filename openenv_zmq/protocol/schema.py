@@ -33,6 +33,10 @@ def _is_number(v: Any) -> bool:
     return type(v) in (int, float)
 
 
+def _is_pos_number(v: Any) -> bool:
+    return type(v) in (int, float) and v > 0 and v != float("inf")
+
+
 def _is_str_map(v: Any) -> bool:
     return type(v) is dict and all(type(k) is str for k in v)
 
@@ -68,10 +72,17 @@ SCHEMAS: dict[Op, OpSchema] = {
             "env": (_is_str, True),
             "kwargs": (_is_str_map, False),
             "autoreset": (_is_autoreset, False),
+            "concurrency": (_is_pos_int, False),
+            "timeout_s": (_is_pos_number, False),
         },
     ),
     Op.RESET: OpSchema(needs_worker=True, needs_env_ids=True, parts=frozenset({"seeds", "kwargs"})),
-    Op.STEP: OpSchema(needs_worker=True, needs_env_ids=True, parts=frozenset({"actions"})),
+    Op.STEP: OpSchema(
+        needs_worker=True,
+        needs_env_ids=True,
+        meta={"timeout_s": (_is_pos_number, False)},
+        parts=frozenset({"actions"}),
+    ),
     Op.STATE: OpSchema(needs_worker=True, needs_env_ids=True),
     Op.CLOSE: OpSchema(needs_worker=True, needs_env_ids=True),
     Op.REPLY: OpSchema(
@@ -81,7 +92,18 @@ SCHEMAS: dict[Op, OpSchema] = {
             "status": (_is_str_map, False),
         },
         parts=frozenset(
-            {"obs", "final_obs", "rew", "term", "trunc", "errors", "states", "workers"}
+            {
+                "obs",
+                "final_obs",
+                "rew",
+                "term",
+                "trunc",
+                "errors",
+                "states",
+                "workers",
+                "row_types",
+                "final_row_types",
+            }
         ),
     ),
     Op.ERROR: OpSchema(

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -31,8 +32,10 @@ from openenv_zmq.protocol import (
 )
 from openenv_zmq.registry import resolve_env, type_path
 from openenv_zmq.types import State
+from openenv_zmq.worker.calls import Call
+from openenv_zmq.worker.kinds import EnvKind, Runtime
 from openenv_zmq.worker.rows import ErrorRow, Reply, error_row, exception_row, reply_frames
-from openenv_zmq.worker.slots import EnvKind, SlotTable
+from openenv_zmq.worker.slots import Deferred, SlotTable
 from openenv_zmq.worker.status import SlotStatus
 from openenv_zmq.worker.vector import VectorTable, space_meta
 
@@ -43,7 +46,7 @@ class Selection(Protocol):
     """A request's env ids located in one slot table, answered with exactly one call."""
 
     def reset(self, seeds: list[Any] | None, kwargs: list[Any] | None) -> Reply: ...
-    def step(self, actions: Any) -> Reply: ...
+    def step(self, actions: Any, timeout_s: float | None) -> Reply: ...
     def state(self) -> Reply: ...
     def close(self) -> Reply: ...
 
@@ -67,7 +70,7 @@ class WorkerCore:
         self._limits = limits
         self._slots = SlotTable()
         self._vector = VectorTable()
-        self._handlers: dict[Op, Callable[[Message], list[Frame]]] = {
+        self._handlers: dict[Op, Callable[[Message], list[Frame] | Pending]] = {
             Op.CREATE: self._create,
             Op.RESET: self._reset,
             Op.STEP: self._step,
@@ -87,11 +90,13 @@ class WorkerCore:
         """Where structured env ``env_id`` is in its episode; ``None`` if no such env is here."""
         return self._slots.status(env_id)
 
-    def handle(self, frames: Sequence[Frame]) -> list[Frame]:
+    def handle(self, frames: Sequence[Frame]) -> list[Frame] | Pending:
         """Answer one request (frames without the route). Never raises.
 
         Frames that do not decode get an ``ERROR`` named after the :class:`ProtocolError` subclass;
-        an env's failure is reported in its row of the ``REPLY``, never for the whole batch.
+        an env's failure is reported in its row of the ``REPLY``, never for the whole batch. A
+        reset or step with calls to run off this thread is :class:`Pending`: run its calls, then
+        :meth:`finish` it.
         """
         try:
             request = decode(frames, self._limits)
@@ -107,21 +112,11 @@ class WorkerCore:
                     f"a worker does not handle {request.op.name}",
                 )
             )
-        try:
-            return handler(request)
-        except OpenEnvZmqError as exc:
-            return encode(error_message(request.request_id, type(exc).__name__, str(exc)))
-        except Exception as exc:
-            # A bug here must cost one request, not the worker and every env on it.
-            log.exception("%s request %d failed", request.op.name, request.request_id)
-            return encode(
-                error_message(
-                    request.request_id,
-                    type(exc).__name__,
-                    str(exc),
-                    traceback=traceback.format_exc(),
-                )
-            )
+        return _answering(request, handler)
+
+    def finish(self, pending: Pending) -> list[Frame]:
+        """The reply to a :class:`Pending` request whose calls have all run. Never raises."""
+        return _answering(pending.request, pending.reply)
 
     def drop_all(self) -> None:
         """Close and forget every env instance. An env whose ``close()`` raises is forgotten too."""
@@ -172,10 +167,13 @@ class WorkerCore:
                     "observation": space_meta(host.env.observation_space),
                 }
         else:
-            errors = self._slots.create(kind, env_ids, kwargs, autoreset)
+            concurrency = request.meta.get("concurrency", kind.concurrency)
+            timeout_s = request.meta.get("timeout_s")
+            runtime = Runtime(kind, kwargs, autoreset, concurrency, timeout_s)
+            errors = self._slots.create(runtime, env_ids)
         return reply_frames(request, {"errors": errors}, meta)
 
-    def _reset(self, request: Message) -> list[Frame]:
+    def _reset(self, request: Message) -> list[Frame] | Pending:
         n = len(request_ids(request))
         seeds = _per_env_part(request, "seeds", n)
         kwargs = _per_env_part(request, "kwargs", n)
@@ -185,9 +183,9 @@ class WorkerCore:
             type(kw) is dict and all(type(k) is str for k in kw) for kw in kwargs
         ):
             raise ProtocolError("RESET kwargs must each be a map with string keys")
-        return self._select(request).reset(seeds, kwargs).encode(request)
+        return _answer(request, self._select(request).reset(seeds, kwargs))
 
-    def _step(self, request: Message) -> list[Frame]:
+    def _step(self, request: Message) -> list[Frame] | Pending:
         actions = request.parts.get("actions")
         if actions is None:
             raise ProtocolError("STEP needs an 'actions' part")
@@ -198,13 +196,54 @@ class WorkerCore:
             raise ProtocolError(
                 f"STEP has {len(actions)} actions for {n} env id(s); they must match"
             )
-        return self._select(request).step(actions).encode(request)
+        timeout_s: float | None = request.meta.get("timeout_s")
+        return _answer(request, self._select(request).step(actions, timeout_s))
 
     def _state(self, request: Message) -> list[Frame]:
         return self._select(request).state().encode(request)
 
     def _close(self, request: Message) -> list[Frame]:
         return self._select(request).close().encode(request)
+
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    """A request waiting for calls that run off the worker's thread (:attr:`calls`)."""
+
+    request: Message
+    deferred: Deferred
+
+    @property
+    def calls(self) -> list[Call]:
+        return self.deferred.calls
+
+    def reply(self, request: Message) -> list[Frame]:
+        return self.deferred.encode(request)
+
+
+Answer = TypeVar("Answer", list[Frame], list[Frame] | Pending)
+
+
+def _answering(request: Message, answer: Callable[[Message], Answer]) -> Answer | list[Frame]:
+    """``answer(request)``, or the ``ERROR`` reply for what it raised."""
+    try:
+        return answer(request)
+    except OpenEnvZmqError as exc:
+        return encode(error_message(request.request_id, type(exc).__name__, str(exc)))
+    except Exception as exc:
+        # A bug here must cost one request, not the worker and every env on it.
+        log.exception("%s request %d failed", request.op.name, request.request_id)
+        return encode(
+            error_message(
+                request.request_id, type(exc).__name__, str(exc), traceback=traceback.format_exc()
+            )
+        )
+
+
+def _answer(request: Message, reply: Reply) -> list[Frame] | Pending:
+    if isinstance(reply, Deferred):
+        return Pending(request, reply)
+    return reply.encode(request)
 
 
 def request_ids(request: Message) -> EnvIds:

@@ -5,13 +5,19 @@ control messages, steps each request with :meth:`WorkerCore.handle` and sends th
 no hand-over between threads on the way. A batch may step for seconds, so a keep-alive thread
 sends the heartbeats that fall due meanwhile; the two share the socket under a lock that the
 stepping thread never holds while it steps.
+
+A request of envs that wait (async, blocking on I/O, under a deadline) is handed to a
+:class:`CallRunner` instead, and this thread goes on with other requests: the runner wakes it
+through a pipe when the calls are done, and it settles and sends the reply.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
+import queue
 import secrets
 import signal
 import socket
@@ -25,8 +31,9 @@ import zmq
 from openenv_zmq.errors import ProtocolError
 from openenv_zmq.protocol import CONTROL_ROUTE, Frame, Message, Op, decode, encode
 from openenv_zmq.sockets import worker_dealer
-from openenv_zmq.worker.core import WorkerCore
+from openenv_zmq.worker.core import Pending, WorkerCore
 from openenv_zmq.worker.link import BrokerLink, LinkOutput, WorkerLifecycle
+from openenv_zmq.worker.runner import MAX_THREADS, CallRunner
 
 __all__ = ["WorkerLifecycle", "run_worker"]
 
@@ -50,13 +57,15 @@ def run_worker(
     heartbeat_interval: float = 1.0,
     liveness: float = 2.5,
     stop: threading.Event | None = None,
+    max_threads: int = MAX_THREADS,
 ) -> None:
     """Host ``envs`` for the broker whose backend is at ``connect`` until told to stop.
 
     Stops on SIGINT / SIGTERM (handlers are installed only when called from the main thread) or
     when ``stop`` is set: sends ``BYE``, closes every env and socket, and returns. Raises
     :class:`~openenv_zmq.errors.EnvNotFound` before connecting if an env does not resolve, and
-    :class:`zmq.ZMQError` for a malformed ``connect`` address.
+    :class:`zmq.ZMQError` for a malformed ``connect`` address. Blocking env calls run on at
+    most ``max_threads`` threads.
     """
     name = name or f"{socket.gethostname()}-{os.getpid()}"
     core = WorkerCore(envs, capacity)
@@ -72,7 +81,8 @@ def run_worker(
     dealer: zmq.Socket[bytes] = context.socket(zmq.DEALER)
     restore_signals = _stop_on_signals(halt)
     link = BrokerLink(ready, heartbeat_interval, liveness, time.monotonic())
-    pump = _Pump(dealer, link, core)
+    runner = CallRunner(max_threads)
+    pump = _Pump(dealer, link, core, runner)
     keepalive = threading.Thread(
         target=pump.keep_alive, args=(stopping,), name="worker-keepalive", daemon=True
     )
@@ -94,6 +104,8 @@ def run_worker(
         dealer.close(linger=_BYE_LINGER_MS if bye_sent else 0)
         if link.state is WorkerLifecycle.DRAINING:
             link.dead()
+        runner.close()
+        pump.close()
         core.drop_all()
         context.term()
         restore_signals()
@@ -103,27 +115,45 @@ def run_worker(
 class _Pump:
     """Moves messages between the DEALER, :class:`BrokerLink` and :class:`WorkerCore`."""
 
-    def __init__(self, dealer: zmq.Socket[bytes], link: BrokerLink, core: WorkerCore) -> None:
+    def __init__(
+        self, dealer: zmq.Socket[bytes], link: BrokerLink, core: WorkerCore, runner: CallRunner
+    ) -> None:
         self.dealer = dealer
         self.link = link
         self.core = core
+        self.runner = runner
         self.lock = threading.Lock()
         """Held for every use of the DEALER: zmq sockets are not thread-safe."""
+        self._finished: queue.SimpleQueue[tuple[bytes, Pending]] = queue.SimpleQueue()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_write, False)
+        self._poller = zmq.Poller()
+        self._poller.register(dealer, zmq.POLLIN)
+        self._poller.register(self._wake_read, zmq.POLLIN)
+
+    def close(self) -> None:
+        os.close(self._wake_read)
+        os.close(self._wake_write)
 
     def run(self, stopping: Stopping) -> None:
         while not stopping():
             for frames in self._receive():
                 self._dispatch(frames)
+            self._send_finished()
             with self.lock:
                 now = time.monotonic()
                 if now >= self.link.deadline:
                     self._apply(self.link.on_tick(now))
 
     def _receive(self) -> list[list[zmq.Frame]]:
-        """What the broker has sent, waiting for it until the next tick at the latest."""
+        """What the broker has sent, waiting for it (or for finished calls) until the next tick
+        at the latest."""
         with self.lock:
             wait = min(max(self.link.deadline - time.monotonic(), 0.0), _POLL_SECONDS)
-            if not self.dealer.poll(int(wait * 1000), zmq.POLLIN):
+            ready = dict(self._poller.poll(int(wait * 1000)))
+            if self._wake_read in ready:
+                os.read(self._wake_read, 4096)
+            if self.dealer not in ready:
                 return []
             received = []
             for _ in range(_RECV_BATCH):
@@ -144,9 +174,10 @@ class _Pump:
             hosted = self.core.slots_used
             answer = self.core.handle([frame.buffer for frame in frames[1:]])
             _keep_envs_out_of_gc(hosted, self.core.slots_used)
-            with self.lock:
-                if not self.send([route, *answer]):
-                    log.warning("broker not reachable; an answer was dropped")
+            if isinstance(answer, Pending):
+                self.runner.submit(answer, lambda pending: self._finish(route, pending))
+                return
+            self._answer(route, answer)
             return
         try:
             control = decode([frame.buffer for frame in frames[1:]])
@@ -155,6 +186,25 @@ class _Pump:
             return
         with self.lock:
             self._apply(self.link.on_control(control, now))
+
+    def _finish(self, route: bytes, pending: Pending) -> None:
+        """Called on the runner's thread: queue the request and wake this one."""
+        self._finished.put((route, pending))
+        with contextlib.suppress(BlockingIOError):  # the pipe is full: a wake-up is due anyway
+            os.write(self._wake_write, b"\0")
+
+    def _send_finished(self) -> None:
+        while True:
+            try:
+                route, pending = self._finished.get_nowait()
+            except queue.Empty:
+                return
+            self._answer(route, self.core.finish(pending))
+
+    def _answer(self, route: bytes, answer: Sequence[Frame]) -> None:
+        with self.lock:
+            if not self.send([route, *answer]):
+                log.warning("broker not reachable; an answer was dropped")
 
     def _apply(self, output: LinkOutput) -> None:
         """Carry out what the link decided (the lock is held)."""

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from openenv_zmq.batch_models import dump_many
 from openenv_zmq.errors import ProtocolError
 from openenv_zmq.protocol import EnvIds, Frame, Message, Op, encode, pack
+from openenv_zmq.registry import type_path
 from openenv_zmq.spaces import Space, batch_shape
 
 ErrorRow = list[Any]
@@ -38,8 +39,9 @@ def error_row(env_id: int, type_name: str, message: str, trace: str = "") -> Err
 
 
 def exception_row(env_id: int, exc: BaseException) -> ErrorRow:
-    """An error row for the exception being handled (the traceback is the current one)."""
-    return [env_id, type(exc).__name__, str(exc), traceback.format_exc()]
+    """An error row for ``exc``, with its traceback (it may have been raised on another
+    thread)."""
+    return [env_id, type(exc).__name__, str(exc), "".join(traceback.format_exception(exc))]
 
 
 def not_on_worker_row(env_id: int) -> ErrorRow:
@@ -59,8 +61,9 @@ def error_rows(
 
 
 def exception_rows(env_ids: EnvIds, rows: RowNumbers, exc: BaseException) -> list[ErrorRow]:
-    """The exception being handled, for each env at ``rows`` (one call failed them all)."""
-    return error_rows(env_ids, rows, type(exc).__name__, str(exc), traceback.format_exc())
+    """``exc`` for each env at ``rows`` (one call failed them all)."""
+    trace = "".join(traceback.format_exception(exc))
+    return error_rows(env_ids, rows, type(exc).__name__, str(exc), trace)
 
 
 def reply_frames(
@@ -96,10 +99,19 @@ class ModelRows:
     dumped in :meth:`encode`, in one pydantic call.
     """
 
-    def __init__(self, env_ids: list[int], part: str, errors: list[ErrorRow]) -> None:
+    def __init__(
+        self,
+        env_ids: list[int],
+        part: str,
+        errors: list[ErrorRow],
+        declared: type[BaseModel] | None = None,
+    ) -> None:
         n = len(env_ids)
         self.env_ids = env_ids
         self.part = part
+        self.declared = declared
+        """The model the env declares for these rows: rows of another class are named in
+        ``row_types`` for the client."""
         self.values: list[Any] = [None] * n
         self.final: list[Any] | None = None
         """Final observations of episodes that ended and were reset in this same step."""
@@ -127,8 +139,12 @@ class ModelRows:
         self.rewards[i] = 0.0
         self.terminated[i] = False
 
-    def _parts(self) -> dict[str, Any]:
+    def _parts(self, row_types: list[Any] | None, final_types: list[Any] | None) -> dict[str, Any]:
         parts: dict[str, Any] = {self.part: self.values}
+        if row_types is not None:
+            parts["row_types"] = row_types
+        if final_types is not None:
+            parts["final_row_types"] = final_types
         if self.part == "obs":
             parts["rew"] = np.array(self.rewards, dtype=np.float32)
             parts["term"] = np.array(self.terminated, dtype=np.bool_)
@@ -137,6 +153,16 @@ class ModelRows:
             parts["final_obs"] = self.final
         parts["errors"] = self.errors
         return parts
+
+    def _row_types(self, models: list[Any]) -> list[str | None] | None:
+        """Each row's class as ``module:qualname`` when some row is not of the declared class
+        (an env that declares none, an MCP env's tool results); ``None`` when all are."""
+        classes = {type(m) for m in models}
+        classes.discard(type(None))
+        if not classes or classes == {self.declared}:
+            return None
+        paths = {cls: type_path(cls) for cls in classes if cls is not self.declared}
+        return [paths.get(type(m)) for m in models]
 
     def _dump(self, models: list[Any]) -> list[Any]:
         """Every model row as a dict, in one pydantic call; a model that cannot be dumped fails
@@ -158,11 +184,13 @@ class ModelRows:
 
     def encode(self, request: Message) -> list[Frame]:
         """Dump the models and build the reply. Call once, after every row is filled."""
+        row_types = self._row_types(self.values)
+        final_types = None if self.final is None else self._row_types(self.final)
         self.values = self._dump(self.values)
         if self.final is not None:
             self.final = self._dump(self.final)
         try:
-            return reply_frames(request, self._parts())
+            return reply_frames(request, self._parts(row_types, final_types))
         except ProtocolError:
             pass
         # Some env returned a value msgpack cannot carry: fail those envs, not the whole batch.
@@ -175,7 +203,7 @@ class ModelRows:
             except ProtocolError as exc:
                 self.clear(i)
                 self.errors.append(error_row(self.env_ids[i], "EnvExecutionError", str(exc)))
-        return reply_frames(request, self._parts())
+        return reply_frames(request, self._parts(row_types, final_types))
 
 
 class ArrayRows:

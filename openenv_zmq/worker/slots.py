@@ -2,22 +2,23 @@
 
 Each env steps on its own, but the batch shares the costly parts: the actions of one request are
 validated in one pydantic call and its observations dumped in another (:class:`ModelRows`).
+CPU-bound sync envs step inline, one after the other, which is the fastest path there is; envs
+that wait (async, blocking on I/O, or under a deadline) are handed out as calls to run
+concurrently, and their replies settled when the calls are done (:class:`Deferred`).
 """
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from pydantic import ValidationError
 
 from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.batch_models import validate_many
-from openenv_zmq.env import VectorEnvironment
 from openenv_zmq.errors import ProtocolError
-from openenv_zmq.protocol import EnvIds
-from openenv_zmq.registry import EnvTypes, env_types
+from openenv_zmq.protocol import EnvIds, Frame, Message
+from openenv_zmq.worker.calls import Call, Mode, grace
+from openenv_zmq.worker.kinds import Runtime, Slot
 from openenv_zmq.worker.rows import (
     NEEDS_RESET,
     ErrorRow,
@@ -29,50 +30,6 @@ from openenv_zmq.worker.rows import (
     not_on_worker_row,
 )
 from openenv_zmq.worker.status import SlotStatus, after_reset, settled
-
-
-@dataclass(slots=True)
-class EnvKind:
-    """What the worker needs to know about one env class, worked out once per class."""
-
-    cls: type[Any]
-    types: EnvTypes
-    reset_params: frozenset[str] | None
-    """Keyword arguments ``reset`` accepts; ``None`` when it takes ``**kwargs`` (all pass)."""
-    vector: bool
-
-    @classmethod
-    def of(cls, env_cls: type) -> EnvKind:
-        types = env_types(env_cls)
-        if issubclass(env_cls, VectorEnvironment):
-            return cls(env_cls, types, None, vector=True)
-        reset = cast(Any, env_cls).reset  # resolve_env checked that it exists
-        params = list(inspect.signature(reset).parameters.values())[1:]  # drop self
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-            accepted = None
-        else:
-            accepted = frozenset(
-                p.name
-                for p in params
-                if p.kind
-                in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-            )
-        return cls(env_cls, types, accepted, vector=False)
-
-
-@dataclass(slots=True)
-class Slot:
-    env: Any
-    kind: EnvKind
-    autoreset: AutoresetMode
-    status: SlotStatus = SlotStatus.NEEDS_RESET
-
-    def close(self) -> None:
-        # resolve_env only requires reset/step/state, so an env class may have no close()
-        close = getattr(self.env, "close", None)
-        if close is not None:
-            close()
-
 
 Located = list[tuple[int, int, Slot]]
 """``(row in the request, env id, slot)`` for each env id of a request hosted here."""
@@ -95,14 +52,13 @@ class SlotTable:
         """Those of ``env_ids`` hosted here."""
         return [env_id for env_id in env_ids if env_id in self._slots]
 
-    def create(
-        self, kind: EnvKind, env_ids: list[int], kwargs: dict[str, Any], autoreset: AutoresetMode
-    ) -> list[ErrorRow]:
+    def create(self, runtime: Runtime, env_ids: list[int]) -> list[ErrorRow]:
         """One env object per id (all ids must be free); a constructor that raises fails its id."""
         errors = []
+        cls, kwargs = runtime.kind.cls, runtime.kwargs
         for env_id in env_ids:
             try:
-                self._slots[env_id] = Slot(kind.cls(**kwargs), kind, autoreset)
+                self._slots[env_id] = Slot(cls(**kwargs), runtime)
             except Exception as exc:
                 errors.append(exception_row(env_id, exc))
         return errors
@@ -131,7 +87,9 @@ class SlotSelection:
     its error row.
 
     Answer the request with one call of :meth:`reset`, :meth:`step`, :meth:`state` or
-    :meth:`close`, before the table changes.
+    :meth:`close`, before the table changes. Resets and steps of envs that run off the worker's
+    thread (async, threaded or under a deadline) come back as a :class:`Deferred` whose calls
+    must run before it is settled; the others are answered inline.
     """
 
     def __init__(self, slots: dict[int, Slot], env_ids: list[int], found: Located) -> None:
@@ -142,52 +100,77 @@ class SlotSelection:
         if len(found) < len(env_ids):
             self.errors = [not_on_worker_row(i) for i in env_ids if i not in slots]
 
-    def reset(self, seeds: list[Any] | None, kwargs: list[Any] | None) -> ModelRows:
-        rows = ModelRows(self.env_ids, "obs", self.errors)
+    def _rows(self, part: str) -> ModelRows:
+        declared = None
+        if self.found:
+            types = self.found[0][2].kind.types
+            declared = types.state if part == "states" else types.observation
+        return ModelRows(self.env_ids, part, self.errors, declared)
+
+    def reset(self, seeds: list[Any] | None, kwargs: list[Any] | None) -> ModelRows | Deferred:
+        rows = self._rows("obs")
+        calls: list[Call] = []
         for i, env_id, slot in self.found:
+            if slot.busy:
+                rows.errors.append(error_row(env_id, *BUSY))
+                continue
             call: dict[str, Any] = {"seed": None}
             if kwargs is not None:
                 call.update(kwargs[i])
             if seeds is not None:
                 call["seed"] = seeds[i]
-            _reset(env_id, slot, call, rows, i)
-        return rows
+            if _fresh(env_id, slot, rows):
+                _reset_now_or_later(i, env_id, slot, call, rows, calls)
+        return Deferred(rows, calls) if calls else rows
 
-    def step(self, actions: Any) -> ModelRows:
-        """Raises :class:`ProtocolError` unless ``actions`` is a list (of maps, one per env id)."""
+    def step(self, actions: Any, timeout_s: float | None = None) -> ModelRows | Deferred:
+        """Raises :class:`ProtocolError` unless ``actions`` is a list (of maps, one per env id).
+
+        ``timeout_s`` is the step's deadline, over the one the envs were made with."""
         if not isinstance(actions, list):
             raise ProtocolError("STEP actions for structured envs must be a list of maps")
-        rows = ModelRows(self.env_ids, "obs", self.errors)
+        rows = self._rows("obs")
+        calls: list[Call] = []
         ready: Located = []
         for located in self.found:
             i, env_id, slot = located
-            if slot.status is SlotStatus.NEEDS_RESET:
+            if slot.busy:
+                rows.errors.append(error_row(env_id, *BUSY))
+            elif slot.status is SlotStatus.NEEDS_RESET:
                 rows.errors.append(error_row(env_id, *NEEDS_RESET))
-            elif slot.status is SlotStatus.DONE and slot.autoreset is AutoresetMode.NEXT_STEP:
-                _reset(env_id, slot, {"seed": None}, rows, i)
-                rows.rewards[i] = 0.0  # Gymnasium's next_step: the resetting step earns nothing
+            elif slot.status is SlotStatus.DONE and slot.runtime.autoreset is NEXT_STEP:
+                # Gymnasium's next_step: the resetting step earns nothing
+                _reset_now_or_later(i, env_id, slot, {"seed": None}, rows, calls, no_reward=True)
             else:
                 ready.append(located)
         parsed = _validated_actions(ready, actions, rows)
         for (i, env_id, slot), action in zip(ready, parsed, strict=True):
             if action is None:
                 continue
+            runtime = slot.runtime
+            deadline = runtime.timeout_s if timeout_s is None else timeout_s
+            if runtime.kind.async_step or runtime.threaded or deadline is not None:
+                calls.append(_step_call(i, env_id, slot, action, deadline))
+                continue
             try:
-                done = rows.put_observation(i, slot.env.step(action))
+                obs = slot.env.step(action)
             except Exception as exc:
                 rows.errors.append(exception_row(env_id, exc))
                 continue  # the episode stays as it was: OpenEnv keeps the session
-            slot.status = settled(done)
-            if done and slot.autoreset is AutoresetMode.SAME_STEP:
-                final, reward = rows.values[i], rows.rewards[i]
-                _reset(env_id, slot, {"seed": None}, rows, i)
-                rows.put_final(i, final)
-                rows.rewards[i], rows.terminated[i] = reward, True
-        return rows
+            if _put_step(env_id, slot, rows, i, obs):
+                try:
+                    reset = slot.env.reset(**_filtered(slot, {"seed": None}))
+                except Exception as exc:
+                    reset = exc
+                _put_same_step_reset(env_id, slot, rows, i, reset)
+        return Deferred(rows, calls) if calls else rows
 
     def state(self) -> ModelRows:
-        rows = ModelRows(self.env_ids, "states", self.errors)
+        rows = self._rows("states")
         for i, env_id, slot in self.found:
+            if slot.env is None:
+                rows.errors.append(error_row(env_id, *NEEDS_RESET))
+                continue
             try:
                 rows.values[i] = slot.env.state
             except Exception as exc:
@@ -208,35 +191,157 @@ class SlotSelection:
         return PartsReply({"errors": errors})
 
 
-def _reset(env_id: int, slot: Slot, call: dict[str, Any], rows: ModelRows, i: int) -> None:
-    accepted = slot.kind.reset_params
-    if accepted is not None:
-        # OpenEnv drops the reset arguments an env's signature does not take
-        call = {k: v for k, v in call.items() if k in accepted}
+class Deferred:
+    """A reply whose resets and steps run off the worker's thread: run every call of
+    :attr:`calls` (:mod:`openenv_zmq.worker.calls`), then :meth:`settle` on the worker's thread,
+    which fills the rows and leaves the slots as an inline call would have."""
+
+    def __init__(self, rows: ModelRows, calls: list[Call]) -> None:
+        self.rows = rows
+        self.calls = calls
+        for call in calls:
+            call.slot.busy = True
+
+    def settle(self) -> ModelRows:
+        rows = self.rows
+        for call in self.calls:
+            slot, env_id, i = call.slot, call.env_id, call.row
+            slot.busy = False
+            if call.timed_out:
+                rows.errors.append(error_row(env_id, "StepTimeout", call.timeout_message()))
+                slot.env = None  # it may still be running in its thread: never touched again
+                slot.status = SlotStatus.NEEDS_RESET
+            elif call.action is None:
+                _put_reset(env_id, slot, rows, i, call.outcome)
+                if call.no_reward:
+                    rows.rewards[i] = 0.0
+            elif isinstance(call.outcome, BaseException):
+                rows.errors.append(exception_row(env_id, call.outcome))
+            elif _put_step(env_id, slot, rows, i, call.outcome) and call.reset_outcome is not None:
+                _put_same_step_reset(env_id, slot, rows, i, call.reset_outcome)
+            if slot.closed:
+                try:
+                    slot.close()
+                except Exception as exc:
+                    rows.errors.append(exception_row(env_id, exc))
+        return rows
+
+    def encode(self, request: Message) -> list[Frame]:
+        return self.settle().encode(request)
+
+
+NEXT_STEP = AutoresetMode.NEXT_STEP
+BUSY = ("EnvBusy", "a reset or step of this env is still running; wait for its answer")
+
+
+def _fresh(env_id: int, slot: Slot, rows: ModelRows) -> bool:
+    """Give a slot abandoned at a deadline a new instance; ``False`` if its constructor raised."""
+    if slot.env is not None:
+        return True
     try:
-        done = rows.put_observation(i, slot.env.reset(**call))
+        slot.env = slot.kind.cls(**slot.runtime.kwargs)
     except Exception as exc:
+        rows.errors.append(exception_row(env_id, exc))
+        return False
+    return True
+
+
+def _filtered(slot: Slot, call: dict[str, Any]) -> dict[str, Any]:
+    """OpenEnv drops the reset arguments an env's signature does not take."""
+    accepted = slot.kind.reset_params
+    if accepted is None:
+        return call
+    return {k: v for k, v in call.items() if k in accepted}
+
+
+def _reset_now_or_later(
+    i: int,
+    env_id: int,
+    slot: Slot,
+    call: dict[str, Any],
+    rows: ModelRows,
+    calls: list[Call],
+    no_reward: bool = False,
+) -> None:
+    runtime = slot.runtime
+    kwargs = _filtered(slot, call)
+    if runtime.kind.async_reset or runtime.threaded or runtime.timeout_s is not None:
+        mode = Mode.ASYNC if runtime.kind.async_reset else Mode.THREAD
+        calls.append(Call(i, env_id, slot, mode, None, kwargs, runtime.timeout_s, no_reward))
+        return
+    try:
+        obs = slot.env.reset(**kwargs)
+    except Exception as exc:
+        obs = exc
+    _put_reset(env_id, slot, rows, i, obs)
+    if no_reward:
+        rows.rewards[i] = 0.0
+
+
+def _step_call(i: int, env_id: int, slot: Slot, action: Any, deadline: float | None) -> Call:
+    kind = slot.kind
+    mode = Mode.ASYNC if kind.async_step else Mode.THREAD
+    call = Call(i, env_id, slot, mode, action, {}, deadline)
+    if deadline is not None and kind.takes_timeout:
+        # The env may keep its own deadline and answer with its own observation: let it.
+        call.kwargs["timeout_s"] = deadline
+        call.grace_s = grace(deadline)
+    if slot.runtime.autoreset is AutoresetMode.SAME_STEP:
+        call.then_reset = _filtered(slot, {"seed": None})
+    return call
+
+
+def _put_reset(env_id: int, slot: Slot, rows: ModelRows, i: int, outcome: Any) -> None:
+    """Record what a reset returned (or the exception it raised) in row ``i``."""
+    if isinstance(outcome, BaseException):
+        rows.errors.append(exception_row(env_id, outcome))
+        slot.status = after_reset(raised=True)
+        return
+    try:
+        done = rows.put_observation(i, outcome)
+    except Exception as exc:  # not an observation
         rows.errors.append(exception_row(env_id, exc))
         slot.status = after_reset(raised=True)
         return
     slot.status = after_reset(ended=done)
 
 
+def _put_step(env_id: int, slot: Slot, rows: ModelRows, i: int, obs: Any) -> bool:
+    """Record a step's observation in row ``i``; ``True`` when a same-step autoreset is due."""
+    try:
+        done = rows.put_observation(i, obs)
+    except Exception as exc:  # not an observation
+        rows.errors.append(exception_row(env_id, exc))
+        return False
+    slot.status = settled(done)
+    return done and slot.runtime.autoreset is AutoresetMode.SAME_STEP
+
+
+def _put_same_step_reset(env_id: int, slot: Slot, rows: ModelRows, i: int, reset: Any) -> None:
+    """Keep the ended episode's last observation as the final one; row ``i`` gets the reset's."""
+    final, reward = rows.values[i], rows.rewards[i]
+    _put_reset(env_id, slot, rows, i, reset)
+    rows.put_final(i, final)
+    rows.rewards[i], rows.terminated[i] = reward, True
+
+
 def _validated_actions(ready: Located, actions: list[Any], rows: ModelRows) -> list[Any]:
     """Each ready env's action as its env's model, ``None`` where it failed (error recorded).
 
-    Validates all actions of one model in one pydantic call; only a batch with a bad action
-    pays for validating row by row to find it.
+    Validates all actions of one model in one pydantic call; only a batch with a bad action, or
+    an MCP env's batch (whose actions may be tool calls), pays for validating row by row.
     """
-    models = {slot.kind.types.action for _, _, slot in ready}
-    if len(models) == 1:
-        batch = validate_many(models.pop(), [actions[i] for i, _, _ in ready])
-        if batch is not None:
-            return list(batch)
+    kinds = {slot.kind for _, _, slot in ready}
+    if len(kinds) == 1:
+        kind = kinds.pop()
+        if not kind.tagged_actions:
+            batch = validate_many(kind.types.action, [actions[i] for i, _, _ in ready])
+            if batch is not None:
+                return list(batch)
     parsed: list[Any] = []
     for i, env_id, slot in ready:
         try:
-            parsed.append(slot.kind.types.action.model_validate(actions[i]))
+            parsed.append(slot.kind.action_model(actions[i]).model_validate(actions[i]))
         except ValidationError as exc:
             rows.errors.append(action_validation_row(env_id, exc))
             parsed.append(None)

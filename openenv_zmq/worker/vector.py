@@ -190,8 +190,11 @@ class VectorSelection:
             host.status[indices] = after_reset()
         return reply
 
-    def step(self, actions: Any) -> ArrayRows:
-        """Raises :class:`ProtocolError` if ``actions`` do not line up with the env ids."""
+    def step(self, actions: Any, timeout_s: float | None = None) -> ArrayRows:
+        """Raises :class:`ProtocolError` if ``actions`` do not line up with the env ids.
+
+        A vector env steps all its indices in one call on the worker's thread, so a step
+        deadline (``timeout_s``) does not apply to it."""
         reply = self._rows()
         for host, rows, indices in self.groups:
             chosen = _actions(actions, rows, host.env.action_space, reply)

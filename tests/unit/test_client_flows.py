@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from echo_env import EchoAction, EchoObservation
 
-from openenv_zmq.client.batching import Placement, assemble, split_by_worker
+from openenv_zmq.client.batching import (
+    EnvModels,
+    Placement,
+    assemble,
+    build_models,
+    split_by_worker,
+)
 from openenv_zmq.client.flows import (
     Flow,
     alloc_flow,
@@ -34,7 +40,9 @@ from openenv_zmq.errors import (
     WorkerLost,
 )
 from openenv_zmq.protocol import Message, Op, decode, encode, error_message
+from openenv_zmq.registry import type_path
 from openenv_zmq.types import State
+from tests.unit.worker_envs import UndeclaredObservation
 
 OBS_TYPES = {
     "action": "echo_env.models:EchoAction",
@@ -238,7 +246,7 @@ def test_alloc_creates_and_a_refusal_is_raised_typed() -> None:
 
     state = run(alloc_flow(GroupSpec("echo", 4)), answer)
     assert state.env_ids.tolist() == [0, 1, 2, 3]
-    assert state.observation_model is EchoObservation
+    assert state.models.observation is EchoObservation
 
     def refuse(requests: list[Message]) -> list[Message]:
         return [error_message(requests[0].request_id, "NoWorkerAvailable", "none host 'x'")]
@@ -409,15 +417,53 @@ def test_models_come_from_the_env_asked_for_never_from_a_path_a_worker_sends() -
         return [echo_reply(q) for q in requests]
 
     state = run(alloc_flow(GroupSpec("echo", 2)), answer)
-    assert state.observation_model is EchoObservation and state.state_model is State
+    assert state.models.observation is EchoObservation and state.models.state is State
     r = run(step_flow(state, [EchoAction(message="a")] * 2, state.resolve(None)), answer)
     assert all(type(o) is EchoObservation for o in r.observations)
     assert IMPORTED_BY_PATH == []
 
 
 def test_an_env_the_client_cannot_import_or_that_declares_no_observation_gives_dicts() -> None:
-    assert local_models("no_such_module_xyz:Env") == (None, None)
-    assert local_models("gym:NoSuchEnv-v0") == (None, None)
+    assert local_models("no_such_module_xyz:Env") == EnvModels()
+    assert local_models("gym:NoSuchEnv-v0") == EnvModels()
     # an OpenEnv-style env with no generic parameters: the base Observation would refuse the
-    # fields of the subclass it returns
-    assert local_models("tests.unit.worker_envs:UndeclaredEnv") == (None, State)
+    # fields of the subclass it returns, but the env's own models are known by name
+    models = local_models("tests.unit.worker_envs:UndeclaredEnv")
+    assert (models.observation, models.state) == (None, State)
+    assert models.known[type_path(UndeclaredObservation)] is UndeclaredObservation
+
+
+def test_rows_a_worker_names_are_built_only_as_models_of_the_env_asked_for() -> None:
+    undeclared = "tests.unit.worker_envs:UndeclaredEnv"
+    row = {"board": ["x"], "legal": [1], "done": False, "reward": 1.0, "metadata": {}}
+    row_types = [type_path(UndeclaredObservation), f"{__name__}:Poison", None]
+
+    def answer(requests: list[Message]) -> list[Message]:
+        q = requests[0]
+        if q.op is Op.ALLOC:
+            workers = {"workers": np.array([1, 1, 1])}
+            return [Message(Op.REPLY, q.request_id, env_ids=np.arange(3), parts=workers)]
+        if q.op is Op.CREATE:
+            return [Message(Op.REPLY, q.request_id, env_ids=q.env_ids, parts={"errors": []})]
+        parts: dict[str, Any] = {
+            "obs": [row, dict(row), dict(row)],
+            "rew": np.ones(3, np.float32),
+            "term": np.zeros(3, bool),
+            "trunc": np.zeros(3, bool),
+            "errors": [],
+            "row_types": row_types,
+        }
+        return [Message(Op.REPLY, q.request_id, env_ids=q.env_ids, parts=parts)]
+
+    state = run(alloc_flow(GroupSpec(undeclared, 3)), answer)
+    r = run(step_flow(state, [{}] * 3, state.resolve(None)), answer)
+    first, poisoned, plain = r.observations
+    assert type(first) is UndeclaredObservation and first.board == ["x"]
+    # a class the env does not hold, and a row of the declared (here: no) model: dicts
+    assert poisoned == row and plain == row
+    assert IMPORTED_BY_PATH == []
+
+
+def test_row_types_that_do_not_line_up_with_the_rows_are_a_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match="row_types"):
+        build_models([{}, {}], None, ["a:B"], {})

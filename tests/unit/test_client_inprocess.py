@@ -22,6 +22,7 @@ from openenv_zmq.errors import (
     NoWorkerAvailable,
     SessionLost,
 )
+from tests.unit.worker_envs import UndeclaredObservation
 
 
 @pytest.fixture
@@ -157,7 +158,7 @@ def test_async_client_serves_concurrent_coroutines(broker: InProcessBroker) -> N
     asyncio.run(main())
 
 
-def test_an_openenv_style_env_without_declared_types_answers_with_every_field() -> None:
+def test_an_openenv_style_env_without_declared_types_answers_with_its_own_models() -> None:
     # Before: the client rebuilt the base Observation from the wire and refused the extra fields.
     with (
         InProcessBroker(["tests.unit.worker_envs:UndeclaredEnv"]) as broker,
@@ -165,9 +166,10 @@ def test_an_openenv_style_env_without_declared_types_answers_with_every_field() 
     ):
         envs = client.make("tests.unit.worker_envs:UndeclaredEnv", num_envs=2)
         r = envs.reset()
-        assert r.observations[0]["board"] == [".", ".", "."]
+        assert type(r.observations[0]) is UndeclaredObservation
+        assert r.observations[0].board == [".", ".", "."]
         r = envs.step([{}, {}])
         r.raise_for_errors()
-        assert [o["legal"] for o in r.observations] == [[1, 2], [1, 2]]
+        assert [o.legal for o in r.observations] == [[1, 2], [1, 2]]
         assert r.rewards.tolist() == [1.0, 1.0]
         assert [s.step_count for s in envs.state()] == [1, 1]

@@ -235,12 +235,13 @@ def test_types_from_explicit_attributes_win() -> None:
     assert env_types(AttributeEnv) == EnvTypes(MoveAction, GridObservation, GridState)
 
 
-def test_types_fall_back_to_the_base_models() -> None:
-    assert env_types(UntypedEnv) == EnvTypes(Action, Observation, State)
+def test_types_named_nowhere_come_from_the_one_model_of_each_kind_its_module_holds() -> None:
+    # This module holds several actions and observations (so: the bases) but one State subclass.
+    assert env_types(UntypedEnv) == EnvTypes(Action, Observation, GridState)
 
 
 def test_types_mix_sources_per_role() -> None:
-    assert env_types(HalfTypedEnv) == EnvTypes(MoveAction, GridObservation, State)
+    assert env_types(HalfTypedEnv) == EnvTypes(MoveAction, GridObservation, GridState)
 
 
 def test_types_through_a_generic_intermediate_base() -> None:

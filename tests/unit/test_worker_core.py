@@ -14,9 +14,16 @@ import pytest
 
 from openenv_zmq.protocol import Limits, Message, Op, decode, encode
 from openenv_zmq.worker import SlotStatus, WorkerCore
+from openenv_zmq.worker.core import Pending
 from tests.unit.worker_envs import COUNTER, FLAKY, FlakyEnv
 
 # ---- helpers -----------------------------------------------------------------------------------
+
+
+def answered(answer: list[Any] | Pending) -> Message:
+    """An answer given at once (these envs never run off the worker's thread), decoded."""
+    assert not isinstance(answer, Pending)
+    return decode(answer)
 
 
 def call(
@@ -36,7 +43,7 @@ def call(
         meta=meta or {},
         parts=parts or {},
     )
-    return decode(core.handle(encode(request)))
+    return answered(core.handle(encode(request)))
 
 
 def create(core: WorkerCore, env: str, ids: list[int], **kwargs: Any) -> Message:
@@ -263,18 +270,18 @@ def test_drop_all_closes_and_forgets_every_env(core: WorkerCore) -> None:
 
 def test_garbage_frames_get_an_error_reply(core: WorkerCore) -> None:
     for frames in ([], [b"\xc1garbage"], [msgpack.packb([1, 2])], [b"", b"payload"]):
-        reply = decode(core.handle(frames))
+        reply = answered(core.handle(frames))
         assert reply.op is Op.ERROR
         assert reply.request_id == 0
         assert reply.meta["type"] == "ProtocolError"
 
 
 def test_readable_request_id_is_kept_on_protocol_errors(core: WorkerCore) -> None:
-    reply = decode(core.handle([msgpack.packb({"v": 1, "op": 99, "id": 42})]))
+    reply = answered(core.handle([msgpack.packb({"v": 1, "op": 99, "id": 42})]))
     assert reply.op is Op.ERROR
     assert reply.request_id == 42
     assert "unknown op 99" in reply.meta["message"]
-    future = decode(core.handle([msgpack.packb({"v": 2, "op": int(Op.STEP), "id": 5})]))
+    future = answered(core.handle([msgpack.packb({"v": 2, "op": int(Op.STEP), "id": 5})]))
     assert future.request_id == 5
     assert "version" in future.meta["message"]
 
@@ -290,7 +297,7 @@ def test_oversized_message_is_refused() -> None:
             parts={"actions": [{"message": "x" * 100}] * 4},
         )
     )
-    reply = decode(core.handle(frames))
+    reply = answered(core.handle(frames))
     assert reply.op is Op.ERROR
     assert reply.meta["type"] == "MessageTooLarge"
     assert reply.request_id == 3
@@ -306,7 +313,7 @@ def test_oversized_message_is_refused() -> None:
     ],
 )
 def test_ops_a_worker_does_not_handle_are_refused(core: WorkerCore, message: Message) -> None:
-    reply = decode(core.handle(encode(message)))
+    reply = answered(core.handle(encode(message)))
     assert reply.op is Op.ERROR
     assert reply.request_id == 4
     assert reply.meta["type"] == "ProtocolError"

@@ -16,8 +16,9 @@ from pydantic import ValidationError
 from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.protocol import Message, Op, decode
 from openenv_zmq.registry import resolve_env
+from openenv_zmq.worker.kinds import EnvKind, Runtime
 from openenv_zmq.worker.rows import Reply
-from openenv_zmq.worker.slots import EnvKind, SlotTable
+from openenv_zmq.worker.slots import SlotTable
 from openenv_zmq.worker.status import SlotStatus
 from tests.unit.worker_envs import COUNTDOWN, FLAKY, SEED_ONLY, FlakyEnv
 
@@ -25,7 +26,8 @@ from tests.unit.worker_envs import COUNTDOWN, FLAKY, SEED_ONLY, FlakyEnv
 def make(
     table: SlotTable, env: str, env_ids: list[int], autoreset: str = "disabled", **kwargs: Any
 ) -> None:
-    errors = table.create(EnvKind.of(resolve_env(env)), env_ids, kwargs, AutoresetMode(autoreset))
+    runtime = Runtime(EnvKind.of(resolve_env(env)), kwargs, AutoresetMode(autoreset))
+    errors = table.create(runtime, env_ids)
     assert errors == []
 
 

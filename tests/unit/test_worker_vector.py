@@ -9,12 +9,19 @@ import pytest
 
 from openenv_zmq.protocol import Message, Op, decode, encode
 from openenv_zmq.worker import WorkerCore
+from openenv_zmq.worker.core import Pending
 from tests.unit.worker_envs import COUNTER
+
+
+def answered(answer: list[Any] | Pending) -> Message:
+    """An answer given at once (these envs never run off the worker's thread), decoded."""
+    assert not isinstance(answer, Pending)
+    return decode(answer)
 
 
 def call(core: WorkerCore, op: Op, ids: list[int], **fields: Any) -> Message:
     request = Message(op, request_id=1, worker=0, env_ids=np.array(ids, np.int64), **fields)
-    return decode(core.handle(encode(request)))
+    return answered(core.handle(encode(request)))
 
 
 def create(core: WorkerCore, ids: list[int], **meta: Any) -> Message:

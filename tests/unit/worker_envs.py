@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -196,3 +200,127 @@ class UndeclaredEnv(Environment):  # type: ignore[type-arg]
     @property
     def state(self):
         return self._state
+
+
+class WaitAction(Action):
+    seconds: float = 0.0
+    end: bool = False
+    """End the episode with this step."""
+
+
+class WaitObservation(Observation):
+    waited: float = 0.0
+    instance: int = 0
+    """Which instance answered: a fresh one after a timeout has a new number."""
+
+
+class _Waiter:
+    """What the waiting envs share: a count of instances and of calls running at once."""
+
+    made: ClassVar[int] = 0
+    running: ClassVar[int] = 0
+    most_running: ClassVar[int] = 0
+    cancelled: ClassVar[int] = 0
+    closed: ClassVar[int] = 0
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self) -> None:
+        with _Waiter._lock:
+            _Waiter.made += 1
+            self.instance = _Waiter.made
+        self._state = State()
+
+    @classmethod
+    def forget(cls) -> None:
+        """Start a test from zero."""
+        cls.running = cls.most_running = cls.cancelled = cls.closed = 0
+
+    @contextlib.contextmanager
+    def counted(self) -> Iterator[None]:
+        with _Waiter._lock:
+            _Waiter.running += 1
+            _Waiter.most_running = max(_Waiter.most_running, _Waiter.running)
+        try:
+            yield
+        finally:
+            with _Waiter._lock:
+                _Waiter.running -= 1
+
+    def answer(self, action: WaitAction) -> WaitObservation:
+        self._state.step_count += 1
+        return WaitObservation(
+            waited=action.seconds, instance=self.instance, done=action.end, reward=1.0
+        )
+
+    def reset(
+        self, seed: int | None = None, episode_id: str | None = None, **kwargs: Any
+    ) -> WaitObservation:
+        self._state = State(episode_id=episode_id)
+        return WaitObservation(instance=self.instance)
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def close(self) -> None:
+        with _Waiter._lock:
+            _Waiter.closed += 1
+
+
+class AsyncWaitEnv(_Waiter, Environment[WaitAction, WaitObservation, State]):
+    """An agentic env: its step awaits (a tool call, a model) for ``action.seconds``."""
+
+    def step(
+        self, action: WaitAction, timeout_s: float | None = None, **kwargs: Any
+    ) -> WaitObservation:
+        raise AssertionError("the worker must await step_async")
+
+    async def step_async(
+        self, action: WaitAction, timeout_s: float | None = None, **kwargs: Any
+    ) -> WaitObservation:
+        with self.counted():
+            try:
+                await asyncio.sleep(action.seconds)
+            except asyncio.CancelledError:
+                with _Waiter._lock:
+                    _Waiter.cancelled += 1
+                raise
+        if action.seconds < 0:
+            raise ValueError("cannot wait a negative time")
+        return self.answer(action)
+
+
+class BlockingWaitEnv(_Waiter, Environment[WaitAction, WaitObservation, State]):
+    """A sync env that blocks on I/O (a subprocess, HTTP) for ``action.seconds``."""
+
+    def step(self, action: WaitAction, **kwargs: Any) -> WaitObservation:  # type: ignore[override]
+        with self.counted():
+            time.sleep(action.seconds)
+        return self.answer(action)
+
+
+class ThreadedWaitEnv(BlockingWaitEnv):
+    """Says it blocks, so it steps on threads without being asked."""
+
+    STEP_CONCURRENCY = 4
+
+
+class OwnDeadlineEnv(_Waiter, Environment[WaitAction, WaitObservation, State]):
+    """Keeps OpenEnv's ``timeout_s`` itself: stops waiting there and says so in its answer."""
+
+    def step(
+        self, action: WaitAction, timeout_s: float | None = None, **kwargs: Any
+    ) -> WaitObservation:
+        if timeout_s is not None and action.seconds > timeout_s:
+            time.sleep(timeout_s)
+            obs = self.answer(action)
+            obs.metadata = {"timed_out_after": timeout_s}
+            return obs
+        time.sleep(action.seconds)
+        return self.answer(action)
+
+
+ASYNC_WAIT = f"{__name__}:AsyncWaitEnv"
+BLOCKING_WAIT = f"{__name__}:BlockingWaitEnv"
+THREADED_WAIT = f"{__name__}:ThreadedWaitEnv"
+OWN_DEADLINE = f"{__name__}:OwnDeadlineEnv"

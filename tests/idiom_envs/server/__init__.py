@@ -1,0 +1,1 @@
+"""The idiom envs: an MCP echo env, tic-tac-toe and a grid world."""
