@@ -35,13 +35,6 @@ class EnvTypes:
     observation: type[BaseModel]
     state: type[BaseModel]
 
-    def to_wire(self) -> dict[str, str]:
-        return {
-            "action": type_path(self.action),
-            "observation": type_path(self.observation),
-            "state": type_path(self.state),
-        }
-
 
 def type_path(cls: type) -> str:
     """``module:qualname``, the form :func:`import_object` reads back."""

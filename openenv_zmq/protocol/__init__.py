@@ -15,9 +15,8 @@ Conversations (``ids`` = env ids, ``w`` = worker id, parts in brackets):
   unknown id gets ``ERROR {type: RemoteError}``.
 - ``STATUS`` -> broker: ``REPLY {status: {...}}``.  ``PING`` -> broker: ``REPLY``.
 - ``CREATE w ids {env, kwargs, autoreset, concurrency?, timeout_s?}`` -> worker:
-  ``REPLY ids {types, spaces?} [errors]``
-  where ``types`` names the env's ``action`` / ``observation`` / ``state`` classes as
-  ``module:qualname``, and ``spaces`` (array envs) gives ``{action, observation}: {dtype, shape}``.
+  ``REPLY ids {spaces?} [errors]`` where ``spaces`` (array envs) gives
+  ``{action, observation}: {dtype, shape}``.
 - ``RESET w ids [seeds?: list[int|None], kwargs?: list[dict]]``,
   ``STEP w ids {timeout_s?} [actions: list[dict] | array]`` -> worker:
   ``REPLY ids [obs: list[dict|None] | array, rew: f4[n], term: b1[n], trunc: b1[n], errors]``,

@@ -87,7 +87,6 @@ SCHEMAS: dict[Op, OpSchema] = {
     Op.CLOSE: OpSchema(needs_worker=True, needs_env_ids=True),
     Op.REPLY: OpSchema(
         meta={
-            "types": (_is_str_map, False),
             "spaces": (_is_str_map, False),
             "status": (_is_str_map, False),
         },

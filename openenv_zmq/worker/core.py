@@ -30,8 +30,7 @@ from openenv_zmq.protocol import (
     error_message,
     readable_request_id,
 )
-from openenv_zmq.registry import resolve_env, type_path
-from openenv_zmq.types import State
+from openenv_zmq.registry import resolve_env
 from openenv_zmq.worker.calls import Call
 from openenv_zmq.worker.kinds import EnvKind, Runtime
 from openenv_zmq.worker.rows import ErrorRow, Reply, error_row, exception_row, reply_frames
@@ -145,7 +144,7 @@ class WorkerCore:
         autoreset = AutoresetMode(request.meta.get("autoreset", AutoresetMode.DISABLED))
         ids = request_ids(request)
         env_ids: list[int] = ids.tolist()
-        meta: dict[str, Any] = {"types": kind.types.to_wire()}
+        meta: dict[str, Any] = {}
         errors: list[ErrorRow] = []
         taken = self._slots.taken(env_ids) + ids[self._vector.owns(ids)].tolist()
         if taken or self.slots_used + len(env_ids) > self._capacity:
@@ -161,7 +160,6 @@ class WorkerCore:
             except Exception as exc:
                 errors = [exception_row(env_id, exc) for env_id in env_ids]
             else:
-                meta["types"] = {"state": type_path(State)}
                 meta["spaces"] = {
                     "action": space_meta(host.env.action_space),
                     "observation": space_meta(host.env.observation_space),

@@ -151,7 +151,6 @@ def test_requests_round_trip_with_their_route(broker: MiniBroker, spawn_worker: 
 
     created = broker.request(identity, create(2))
     assert created.parts["errors"] == []
-    assert created.meta["types"]["action"] == "echo_env.models:EchoAction"
     first = broker.request(identity, reset(2))
     assert [o["echoed_message"] for o in first.parts["obs"]] == ["Echo environment ready!"] * 2
     stepped = broker.request(identity, step(2, request_id=3, message="Hello"))

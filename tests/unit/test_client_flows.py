@@ -44,13 +44,6 @@ from openenv_zmq.registry import type_path
 from openenv_zmq.types import State
 from tests.unit.worker_envs import UndeclaredObservation
 
-OBS_TYPES = {
-    "action": "echo_env.models:EchoAction",
-    "observation": "echo_env.models:EchoObservation",
-    "state": "openenv_zmq.types:State",
-}
-"""What a worker's CREATE answer says; the client does not import from it."""
-
 
 def wire(message: Message) -> Message:
     """What the other side would read: the message through encode and decode."""
@@ -184,7 +177,6 @@ def test_reset_re_places_lost_envs_first_and_retries_newly_lost_ones() -> None:
                         Op.REPLY,
                         r.request_id,
                         env_ids=r.env_ids,
-                        meta={"types": OBS_TYPES},
                         parts={"errors": []},
                     )
                 )
@@ -238,7 +230,6 @@ def test_alloc_creates_and_a_refusal_is_raised_typed() -> None:
                 Op.REPLY,
                 q.request_id,
                 env_ids=q.env_ids,
-                meta={"types": OBS_TYPES},
                 parts={"errors": []},
             )
             for q in requests
@@ -394,33 +385,6 @@ class Poison(EchoObservation):
     def __init__(self, **data: Any) -> None:
         IMPORTED_BY_PATH.append("Poison")
         super().__init__(**data)
-
-
-def test_models_come_from_the_env_asked_for_never_from_a_path_a_worker_sends() -> None:
-    named = {"observation": f"{__name__}:Poison", "state": f"{__name__}:Poison"}
-
-    def answer(requests: list[Message]) -> list[Message]:
-        if requests[0].op is Op.ALLOC:
-            return [
-                Message(
-                    Op.REPLY,
-                    requests[0].request_id,
-                    env_ids=np.arange(2),
-                    parts={"workers": np.array([1, 1])},
-                )
-            ]
-        if requests[0].op is Op.CREATE:
-            return [
-                Message(Op.REPLY, q.request_id, env_ids=q.env_ids, meta={"types": named})
-                for q in requests
-            ]
-        return [echo_reply(q) for q in requests]
-
-    state = run(alloc_flow(GroupSpec("echo", 2)), answer)
-    assert state.models.observation is EchoObservation and state.models.state is State
-    r = run(step_flow(state, [EchoAction(message="a")] * 2, state.resolve(None)), answer)
-    assert all(type(o) is EchoObservation for o in r.observations)
-    assert IMPORTED_BY_PATH == []
 
 
 def test_an_env_the_client_cannot_import_or_that_declares_no_observation_gives_dicts() -> None:

@@ -41,11 +41,6 @@ IDS = np.array([7, 3, 2**40 + 1, 0], dtype=np.int64)
 TRACEBACK = (
     'Traceback (most recent call last):\n  File "env.py", line 3, in step\nValueError: boom\n'
 )
-ECHO_TYPES = {
-    "action": "echo_env.models:EchoAction",
-    "observation": "echo_env.models:EchoObservation",
-    "state": "openenv_zmq.types:State",
-}
 
 
 def routed(op: Op, request_id: int, **fields: Any) -> Message:
@@ -74,9 +69,7 @@ CONVERSATIONS: dict[str, Message] = {
     # client <-> worker, routed by the broker
     "create": routed(Op.CREATE, 4, meta={"env": "echo", "kwargs": {"max_len": 32}}),
     "create-no-kwargs": routed(Op.CREATE, 4, meta={"env": "echo_env.server:EchoEnvironment"}),
-    "create-reply": Message(
-        Op.REPLY, request_id=4, env_ids=IDS, meta={"types": ECHO_TYPES}, parts={"errors": []}
-    ),
+    "create-reply": Message(Op.REPLY, request_id=4, env_ids=IDS, parts={"errors": []}),
     "reset": routed(
         Op.RESET,
         5,

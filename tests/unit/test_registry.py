@@ -253,14 +253,14 @@ def test_generic_intermediate_base_keeps_its_concrete_parameters() -> None:
     assert (got.observation, got.state) == (GridObservation, GridState)
 
 
-def test_types_travel_as_module_qualname_and_import_back() -> None:
-    wire = env_types(EchoEnvironment).to_wire()
-    assert wire == {
-        "action": "echo_env.models:EchoAction",
-        "observation": "echo_env.models:EchoObservation",
-        "state": "openenv_zmq.types:State",
-    }
-    assert [import_object(path) for path in wire.values()] == [EchoAction, EchoObservation, State]
+def test_type_paths_import_back() -> None:
+    paths = [type_path(m) for m in (EchoAction, EchoObservation, State)]
+    assert paths == [
+        "echo_env.models:EchoAction",
+        "echo_env.models:EchoObservation",
+        "openenv_zmq.types:State",
+    ]
+    assert [import_object(path) for path in paths] == [EchoAction, EchoObservation, State]
 
 
 def test_type_path_of_a_nested_class() -> None:

@@ -82,16 +82,12 @@ def test_empty_envs_or_capacity_refused(envs: list[str], capacity: int) -> None:
 # ---- CREATE --------------------------------------------------------------------------------------
 
 
-def test_create_replies_types_and_starts_needing_reset(core: WorkerCore) -> None:
+def test_create_replies_and_starts_needing_reset(core: WorkerCore) -> None:
     reply = create(core, "echo", [3, 4])
     assert reply.request_id == 7
     assert reply.env_ids is not None
     assert reply.env_ids.tolist() == [3, 4]
-    assert reply.meta["types"] == {
-        "action": "echo_env.models:EchoAction",
-        "observation": "echo_env.models:EchoObservation",
-        "state": "openenv_zmq.types:State",
-    }
+    assert reply.meta == {}
     assert reply.parts["errors"] == []
     assert core.slots_used == 2
     assert core.status(3) is SlotStatus.NEEDS_RESET

@@ -48,7 +48,6 @@ def test_create_reports_array_spaces(core: WorkerCore) -> None:
         "action": {"dtype": "<i8", "shape": []},
         "observation": {"dtype": "<f4", "shape": [2]},
     }
-    assert reply.meta["types"] == {"state": "openenv_zmq.types:State"}
     assert core.slots_used == 3
 
 
