@@ -20,6 +20,7 @@ from broker.loop import BrokerServer
 from openenv_zmq.client.sync import BatchClient
 from openenv_zmq.errors import EnvNotFound, OpenEnvZmqError
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits
+from openenv_zmq.worker.runner import MAX_THREADS
 
 console = Console()
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5555"
@@ -42,6 +43,13 @@ _capacity_option = click.option(
     default=4096,
     show_default=True,
     help="Env instances one worker may host.",
+)
+_max_threads_option = click.option(
+    "--max-threads",
+    type=_POSITIVE_INT,
+    default=MAX_THREADS,
+    show_default=True,
+    help="Threads one worker may run blocking env calls on (envs with a concurrency).",
 )
 _heartbeat_option = click.option(
     "--heartbeat",
@@ -114,6 +122,7 @@ def main(log_level: str) -> None:
 @_env_option
 @_app_dir_option
 @_capacity_option
+@_max_threads_option
 @_heartbeat_option
 @click.option(
     "--gateway-port",
@@ -145,6 +154,7 @@ def start(
     envs: tuple[str, ...],
     app_dir: str | None,
     capacity: int,
+    max_threads: int,
     heartbeat: float,
     gateway_port: int | None,
     gateway_host: str,
@@ -181,6 +191,7 @@ def start(
         workers=workers,
         envs=envs,
         capacity=capacity,
+        max_threads=max_threads,
         config=BrokerConfig(heartbeat_interval=heartbeat, limits=limits),
         gateway=gateway,
         app_dir=app_dir,
@@ -218,6 +229,7 @@ def _check_envs(envs: tuple[str, ...], app_dir: str | None) -> None:
 @_env_option
 @_app_dir_option
 @_capacity_option
+@_max_threads_option
 @_heartbeat_option
 @click.option("--name", default=None, help="Worker name shown in status [default: host-pid].")
 def worker(
@@ -225,6 +237,7 @@ def worker(
     envs: tuple[str, ...],
     app_dir: str | None,
     capacity: int,
+    max_threads: int,
     heartbeat: float,
     name: str | None,
 ) -> None:
@@ -239,6 +252,7 @@ def worker(
         name=name,
         heartbeat_interval=heartbeat,
         liveness=BrokerConfig().liveness,
+        max_threads=max_threads,
     )
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from broker.core import BrokerConfig
 from broker.loop import BrokerServer
 from broker.providers.local import LocalProvider
+from openenv_zmq.worker.runner import MAX_THREADS
 
 if TYPE_CHECKING:  # the gateway needs the gateway extra (FastAPI); a bare broker does not
     from openenv_zmq.gateway.server import GatewaySpec
@@ -30,6 +31,8 @@ class ClusterSpec:
     workers: int = 2
     envs: Sequence[str] = ("echo",)
     capacity: int = 4096
+    max_threads: int = MAX_THREADS
+    """Threads each worker may run blocking env calls on."""
     config: BrokerConfig = field(default_factory=BrokerConfig)
     gateway: GatewaySpec | None = None
     """Serve OpenEnv's protocol as this says, in a process of its own."""
@@ -52,6 +55,7 @@ def run_cluster(
             app_dir=spec.app_dir,
             envs=list(spec.envs),
             capacity=spec.capacity,
+            max_threads=spec.max_threads,
             heartbeat_interval=spec.config.heartbeat_interval,
             liveness=spec.config.liveness,
         )
