@@ -190,6 +190,8 @@ def test_an_env_that_does_not_import_is_a_usage_error(args: tuple[str, ...], rea
         (("start", "--heartbeat", "0"), "--heartbeat"),
         (("start", "--max-message-mb", "0"), "--max-message-mb"),
         (("worker", "--connect", "tcp://127.0.0.1:9", "--capacity", "-5"), "--capacity"),
+        (("worker", "--connect", "tcp://127.0.0.1:9", "--max-threads", "0"), "--max-threads"),
+        (("start", "--max-threads", "x"), "--max-threads"),
         (("gateway", "--port", "0"), "--port"),
         (("status", "--timeout", "-1"), "--timeout"),
         (("bench", "--num-envs", "0"), "--num-envs"),
