@@ -148,8 +148,8 @@ class SlotSelection:
             if action is None:
                 continue
             runtime = slot.runtime
-            deadline = runtime.timeout_s if timeout_s is None else timeout_s
-            if runtime.kind.async_step or runtime.threaded or deadline is not None:
+            if timeout_s is not None or not runtime.steps_inline:
+                deadline = runtime.timeout_s if timeout_s is None else timeout_s
                 calls.append(_step_call(i, env_id, slot, action, deadline))
                 continue
             try:
@@ -265,7 +265,7 @@ def _reset_now_or_later(
 ) -> None:
     runtime = slot.runtime
     kwargs = _filtered(slot, call)
-    if runtime.kind.async_reset or runtime.threaded or runtime.timeout_s is not None:
+    if not runtime.resets_inline:
         mode = Mode.ASYNC if runtime.kind.async_reset else Mode.THREAD
         calls.append(Call(i, env_id, slot, mode, None, kwargs, runtime.timeout_s, no_reward))
         return
@@ -331,7 +331,7 @@ def _validated_actions(ready: Located, actions: list[Any], rows: ModelRows) -> l
     Validates all actions of one model in one pydantic call; only a batch with a bad action, or
     an MCP env's batch (whose actions may be tool calls), pays for validating row by row.
     """
-    kinds = {slot.kind for _, _, slot in ready}
+    kinds = {runtime.kind for runtime in {slot.runtime for _, _, slot in ready}}
     if len(kinds) == 1:
         kind = kinds.pop()
         if not kind.tagged_actions:
