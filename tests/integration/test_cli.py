@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from openenv_zmq import BatchClient
-from tests.integration.conftest import (
+from tests.processes import (
     REPO_ROOT,
     Processes,
     alive,

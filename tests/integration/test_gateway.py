@@ -18,7 +18,7 @@ from openenv.core.generic_client import GenericEnvClient  # type: ignore[import-
 
 from openenv_zmq import State
 from openenv_zmq.gateway import create_gateway_app
-from tests.integration.conftest import Processes, serving
+from tests.processes import Processes, serving
 
 MAX_SESSIONS = 8
 

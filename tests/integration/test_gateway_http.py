@@ -13,8 +13,8 @@ import pytest
 import websockets
 
 from openenv_zmq.gateway import create_gateway_app
-from tests.integration.conftest import Processes, serving, wait_until
 from tests.integration.test_gateway import first_reply, one_session
+from tests.processes import Processes, serving, wait_until
 
 MAX_SESSIONS = 2
 IDLE_TIMEOUT = 1.0
