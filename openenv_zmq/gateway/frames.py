@@ -2,7 +2,8 @@
 
 :func:`parse_frame` never raises: any text is either a command or the :class:`ErrorReply` that
 OpenEnv's own server would send for it. The ``*_frame`` encoders write server replies exactly as
-OpenEnv does (compact JSON, the observation without ``reward``, ``done`` and ``metadata``).
+openenv 0.10 does (compact JSON; the observation without ``reward`` and ``done``, its ``metadata``
+also beside them when not empty). openenv-core 0.3 sent no metadata; its clients ignore the keys.
 """
 
 from __future__ import annotations
@@ -158,12 +159,15 @@ def _dumps(frame: dict[str, Any]) -> str:
 
 
 def observation_frame(observation: BaseModel | dict[str, Any]) -> str:
-    """The reply to reset/step: ``{"type":"observation","data":{observation, reward, done}}``."""
+    """The reply to reset/step: ``{"type":"observation","data":{observation, reward, done}}``,
+    and ``metadata`` after ``done`` when the observation's is not empty."""
     fields = observation.model_dump() if isinstance(observation, BaseModel) else dict(observation)
     reward = fields.pop("reward", None)
     done = fields.pop("done", False)
-    fields.pop("metadata", None)
     data = {"observation": fields, "reward": reward, "done": done}
+    metadata = fields.get("metadata")
+    if metadata:
+        data["metadata"] = metadata
     return _dumps({"type": "observation", "data": data})
 
 

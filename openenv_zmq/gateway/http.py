@@ -46,11 +46,13 @@ class StepRequest(BaseModel):
 
 
 class StepResponse(BaseModel):
-    """The reply to ``/reset`` and ``/step``: the observation minus reward, done and metadata."""
+    """The reply to ``/reset`` and ``/step``, as openenv 0.10's: the observation minus reward and
+    done, and its metadata again at the top (``null`` when empty)."""
 
     observation: dict[str, Any]
     reward: float | None = None
     done: bool = False
+    metadata: dict[str, Any] | None = None
 
 
 class EnvironmentMetadata(BaseModel):

