@@ -11,13 +11,21 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from openenv_zmq.errors import ActionValidationError, EnvNotFound, OpenEnvZmqError
 from openenv_zmq.gateway.frames import observation_frame, state_frame
+from openenv_zmq.gateway.jsonrpc import (
+    NO_MCP,
+    JsonRpcRequest,
+    Reply,
+    ToolStep,
+    parse_body,
+    tool_step,
+)
 from openenv_zmq.gateway.sessions import SessionPool
 from openenv_zmq.registry import EnvTypes, env_types, resolve_env
 
@@ -121,50 +129,16 @@ async def borrowed_slot(pool: SessionPool) -> AsyncIterator[int]:
         pool.release(slot)
 
 
-JsonRpcId = str | int | None
-
-
-class JsonRpcRequest(BaseModel):
-    """A JSON-RPC 2.0 request, as OpenEnv's ``JsonRpcRequest``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    jsonrpc: Literal["2.0"]
-    method: str
-    params: dict[str, Any] = Field(default_factory=dict)
-    id: JsonRpcId = None
-
-
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INTERNAL_ERROR = -32603
-MCP_METHODS = frozenset({"tools/list", "tools/call"})
-
-
-def jsonrpc_error(code: int, message: str, request_id: JsonRpcId = None) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "error": {"code": code, "message": message, "data": None},
-    }
-
-
-def mcp_reply(body: bytes) -> dict[str, Any]:
+def mcp_reply(body: bytes) -> Reply:
     """The JSON-RPC reply to one ``POST /mcp`` body. Our envs have no MCP tools, so this is
     always the error OpenEnv sends for an env without MCP: -32603 for the MCP methods,
     -32601 for any other method, -32700 / -32600 for bodies that are not a request."""
-    try:
-        raw = json.loads(body)
-    except ValueError:  # bad JSON or bad UTF-8
-        return jsonrpc_error(PARSE_ERROR, "Parse error")
-    try:
-        request = JsonRpcRequest.model_validate(raw)
-    except ValidationError as exc:
-        return jsonrpc_error(INVALID_REQUEST, f"Invalid request: {exc}")
-    if request.method in MCP_METHODS:
-        return jsonrpc_error(INTERNAL_ERROR, "Environment does not support MCP", request.id)
-    return jsonrpc_error(METHOD_NOT_FOUND, f"Method not found: {request.method}", request.id)
+    request = parse_body(body)
+    if not isinstance(request, JsonRpcRequest):
+        return request
+    step = tool_step(request, NO_MCP)
+    assert not isinstance(step, ToolStep)
+    return step
 
 
 def http_router(env: str) -> APIRouter:
@@ -208,7 +182,7 @@ def http_router(env: str) -> APIRouter:
             return _frame_data(state_frame(await pool.state(slot)))
 
     @router.post("/mcp")
-    async def mcp(request: Request) -> dict[str, Any]:
+    async def mcp(request: Request) -> Reply:
         return mcp_reply(await request.body())
 
     return router

@@ -133,7 +133,10 @@ def test_mcp_answers_json_rpc_errors(http: httpx.Client) -> None:
 
     tools = call(b'{"jsonrpc":"2.0","method":"tools/list","id":7}')
     assert tools["id"] == 7 and tools["error"]["code"] == -32603
-    assert call(b'{"jsonrpc":"2.0","method":"tools/call","id":"a"}')["error"]["code"] == -32603
+    call_tool = b'{"jsonrpc":"2.0","method":"tools/call","params":{"name":"t"},"id":"a"}'
+    assert call(call_tool)["error"]["code"] == -32603
+    # a missing tool name is refused first, as by OpenEnv
+    assert call(b'{"jsonrpc":"2.0","method":"tools/call","id":"a"}')["error"]["code"] == -32602
     unknown = call(b'{"jsonrpc":"2.0","method":"dance","id":8}')
     assert unknown["id"] == 8 and unknown["error"]["code"] == -32601
     assert call(b"not json")["error"]["code"] == -32700

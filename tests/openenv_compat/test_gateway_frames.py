@@ -1,4 +1,4 @@
-"""The gateway's frames against the installed OpenEnv's own encoders, with no sockets."""
+"""The gateway's frames and JSON-RPC requests against the installed OpenEnv's own models."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import json
 from typing import Any
 
 import pytest
+from openenv.core.env_server.mcp_types import (  # type: ignore[import-untyped]
+    JsonRpcRequest as OpenEnvJsonRpcRequest,
+)
 from openenv.core.env_server.serialization import (  # type: ignore[import-untyped]
     serialize_observation,
 )
@@ -13,8 +16,10 @@ from openenv.core.env_server.types import (  # type: ignore[import-untyped]
     WSObservationResponse,
     WSStateResponse,
 )
+from pydantic import ValidationError
 
 from openenv_zmq.gateway.frames import observation_frame, state_frame
+from openenv_zmq.gateway.jsonrpc import JsonRpcRequest, parse_request
 from tests.idiom_envs.models import TicTacToeObservation, TicTacToeState
 from tests.openenv_compat.installed import SENDS_METADATA
 
@@ -38,3 +43,31 @@ def test_observation_frames_are_openenv_0_10_s(metadata: dict[str, str]) -> None
 def test_state_frames_are_openenv_s() -> None:
     state = TicTacToeState(episode_id="e", step_count=1, board=[["X"]], moves=[4])
     assert state_frame(state) == WSStateResponse(data=state.model_dump()).model_dump_json()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"jsonrpc": "2.0", "method": "tools/list", "id": 1},
+        {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "x"}, "id": "a"},
+        {"jsonrpc": "2.0", "method": "m", "id": 1.0},
+        {"jsonrpc": "2.0", "method": "m", "id": True},
+        {"jsonrpc": "2.0", "method": "m", "id": None},
+        {"method": "tools/list"},
+        {"jsonrpc": "1.0", "method": "m"},
+        {"jsonrpc": "2.0", "method": 5},
+        {"jsonrpc": "2.0", "method": "m", "params": [1]},
+        {"jsonrpc": "2.0", "method": "m", "params": None},
+        {"jsonrpc": "2.0", "method": "m", "id": 7, "extra": 1},
+        {"jsonrpc": "2.0", "method": "m", "id": [7]},
+    ],
+)
+def test_json_rpc_requests_are_what_openenv_accepts(raw: dict[str, Any]) -> None:
+    ours = parse_request(raw)
+    try:
+        theirs = OpenEnvJsonRpcRequest(**raw)
+    except ValidationError:
+        assert not isinstance(ours, JsonRpcRequest)
+    else:
+        assert isinstance(ours, JsonRpcRequest)
+        assert ours.model_dump() == theirs.model_dump()
