@@ -18,14 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from openenv_zmq.errors import ActionValidationError, EnvNotFound, OpenEnvZmqError
 from openenv_zmq.gateway.frames import observation_frame, state_frame
-from openenv_zmq.gateway.jsonrpc import (
-    NO_MCP,
-    JsonRpcRequest,
-    Reply,
-    ToolStep,
-    parse_body,
-    tool_step,
-)
+from openenv_zmq.gateway.jsonrpc import JsonRpcRequest, Reply, parse_body
+from openenv_zmq.gateway.mcp import McpHandler
 from openenv_zmq.gateway.sessions import SessionPool
 from openenv_zmq.registry import EnvTypes, env_types, resolve_env
 
@@ -116,8 +110,7 @@ async def borrowed_slot(pool: SessionPool) -> AsyncIterator[int]:
     422 for an action the worker refused, 503 when every slot is taken, 500 otherwise."""
     slot = pool.acquire()
     if slot is None:
-        detail = f"Server at capacity ({pool.max_sessions} sessions)"
-        raise HTTPException(503, detail)
+        raise HTTPException(503, pool.capacity_message)
     try:
         yield slot
     except ActionValidationError as exc:
@@ -129,20 +122,9 @@ async def borrowed_slot(pool: SessionPool) -> AsyncIterator[int]:
         pool.release(slot)
 
 
-def mcp_reply(body: bytes) -> Reply:
-    """The JSON-RPC reply to one ``POST /mcp`` body. Our envs have no MCP tools, so this is
-    always the error OpenEnv sends for an env without MCP: -32603 for the MCP methods,
-    -32601 for any other method, -32700 / -32600 for bodies that are not a request."""
-    request = parse_body(body)
-    if not isinstance(request, JsonRpcRequest):
-        return request
-    step = tool_step(request, NO_MCP)
-    assert not isinstance(step, ToolStep)
-    return step
-
-
 def http_router(env: str) -> APIRouter:
-    """OpenEnv's HTTP routes for ``env``; the pool is read from ``app.state.pool``."""
+    """OpenEnv's HTTP routes for ``env``; the pool is read from ``app.state.pool``, the MCP
+    handler from ``app.state.mcp``."""
     router = APIRouter()
 
     @router.get("/metadata", response_model=EnvironmentMetadata)
@@ -183,6 +165,11 @@ def http_router(env: str) -> APIRouter:
 
     @router.post("/mcp")
     async def mcp(request: Request) -> Reply:
-        return mcp_reply(await request.body())
+        # always 200, as OpenEnv's: errors are JSON-RPC errors
+        parsed = parse_body(await request.body())
+        if not isinstance(parsed, JsonRpcRequest):
+            return parsed
+        handler: McpHandler = request.app.state.mcp
+        return await handler.handle(parsed)
 
     return router
