@@ -13,9 +13,9 @@ import pytest
 import websockets
 
 from openenv_zmq.gateway import create_gateway_app
+from tests.idiom_envs import MCP_ECHO
 from tests.processes import Broker, running, serving, wait_until
 
-MCP_ECHO = "tests.idiom_envs.server.mcp_echo_environment:McpEchoEnvironment"
 MAX_SESSIONS = 2
 IDLE_TIMEOUT = 1.0
 

@@ -9,9 +9,8 @@ import pytest
 from openenv_zmq.gateway import McpHandler, SessionRegistry
 from openenv_zmq.gateway.jsonrpc import NO_MCP, JsonRpcRequest, Reply, RpcCode
 from openenv_zmq.gateway.mcp import mcp_unavailable
+from tests.idiom_envs import MCP_ECHO
 from tests.unit.test_gateway_sessions import CountingPool, with_pool
-
-MCP_ECHO = "tests.idiom_envs.server.mcp_echo_environment:McpEchoEnvironment"
 
 
 def rpc(method: str, request_id: Any = 1, **params: Any) -> JsonRpcRequest:
