@@ -21,7 +21,7 @@ from openenv_zmq.gateway.frames import observation_frame, state_frame
 from openenv_zmq.gateway.jsonrpc import JsonRpcRequest, Reply, parse_body
 from openenv_zmq.gateway.mcp import McpHandler
 from openenv_zmq.gateway.sessions import SessionPool
-from openenv_zmq.registry import EnvTypes, env_types, resolve_env
+from openenv_zmq.registry import EnvTypes, resolve_env, served_types
 
 MAX_SEED = 2**63 - 1
 """The worker refuses a whole RESET batch over one out-of-range seed, so it is refused here."""
@@ -89,9 +89,9 @@ def environment_metadata(env: str) -> EnvironmentMetadata:
 
 
 def environment_types(env: str) -> EnvTypes:
-    """``env``'s models; a 503 when only the workers can import the env."""
+    """``env``'s models as OpenEnv serves them; a 503 when only the workers can import it."""
     try:
-        return env_types(resolve_env(env))
+        return served_types(resolve_env(env))
     except EnvNotFound as exc:
         raise HTTPException(
             503, f"the schemas of {env!r} are unknown: the gateway cannot import it ({exc})"
