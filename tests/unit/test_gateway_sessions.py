@@ -1,4 +1,5 @@
-"""The gateway's SessionPool and its batching, over the in-process transport (no sockets)."""
+"""The gateway's SessionPool, its batching and its SessionRegistry, over the in-process transport
+(no sockets)."""
 
 from __future__ import annotations
 
