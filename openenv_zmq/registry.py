@@ -251,6 +251,23 @@ def env_types(cls: type) -> EnvTypes:
 _MCP_OBSERVATIONS = frozenset({"ListToolsObservation", "CallToolObservation"})
 
 
+def served_types(cls: type) -> EnvTypes:
+    """The models an OpenEnv server for ``cls`` is made with, as its ``/schema`` shows them:
+    :func:`env_types`, except that an MCP env declaring no action (or observation) of its own
+    is served with OpenEnv's ``CallToolAction`` (``CallToolObservation``), as OpenEnv's own MCP
+    envs are (``create_app(Env, CallToolAction, CallToolObservation)``)."""
+    types = env_types(cls)
+    call_tool = mcp_actions(cls).get("call_tool")
+    if call_tool is None:
+        return types
+    observation = sys.modules[call_tool.__module__].CallToolObservation
+    return EnvTypes(
+        call_tool if _is_base(types.action) else types.action,
+        observation if _is_base(types.observation) else types.observation,
+        types.state,
+    )
+
+
 def _is_base(model: type[BaseModel]) -> bool:
     """OpenEnv's base Action / Observation / State (either package's, or ours): saying it is
     the type says nothing, so the search goes on."""

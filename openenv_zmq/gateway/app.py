@@ -1,8 +1,8 @@
 """The FastAPI app: OpenEnv's ``/ws``, ``/health`` and HTTP routes over a :class:`SessionPool`.
 
 The ``/ws`` route is a thin pump: frames are parsed by :mod:`frames`, envs are stepped by the
-pool. Each connection is served one frame at a time, so pipelined requests are answered in order.
-The HTTP routes live in :mod:`openenv_zmq.gateway.http`.
+pool, ``mcp`` frames answered by :mod:`mcp`. Each connection is served one frame at a time, so
+pipelined requests are answered in order. The HTTP routes live in :mod:`openenv_zmq.gateway.http`.
 """
 
 from __future__ import annotations
@@ -20,17 +20,26 @@ from openenv_zmq.gateway.frames import (
     Close,
     ErrorCode,
     ErrorReply,
+    Mcp,
+    McpReply,
     Reset,
     StateRequest,
     Step,
     action_error,
     error_frame,
+    mcp_frame,
     observation_frame,
     parse_frame,
     state_frame,
 )
 from openenv_zmq.gateway.http import http_router
-from openenv_zmq.gateway.sessions import SessionPool
+from openenv_zmq.gateway.mcp import McpHandler, mcp_unavailable
+from openenv_zmq.gateway.sessions import (
+    Session,
+    SessionPool,
+    SessionRegistry,
+    SessionUnavailable,
+)
 from openenv_zmq.gateway.web import web_interface_enabled, web_router
 
 DEFAULT_MAX_SESSIONS = 64
@@ -53,26 +62,46 @@ async def answer(pool: SessionPool, slot: int, command: Reset | Step | StateRequ
         return error_frame(ErrorCode.EXECUTION_ERROR, str(exc))
 
 
-async def serve_session(
-    websocket: WebSocket, pool: SessionPool, idle_timeout_s: float | None = None
-) -> None:
-    """One OpenEnv session: a slot for the connection's lifetime, freed as soon as it ends.
-
-    A session that sends no frame for ``idle_timeout_s`` seconds is closed (code 1000, reason
-    given) and its slot freed; the time spent answering a frame does not count as idle.
-    """
-    await websocket.accept()
-    slot = pool.acquire()
-    if slot is None:
+async def open_session(websocket: WebSocket, sessions: SessionRegistry) -> Session | None:
+    """The connection's session: the one named by ``?session_id=`` (opened over ``POST /mcp``),
+    else a new one of its own. ``None`` after telling the client why it gets none, as OpenEnv
+    does (``SESSION_ERROR`` or ``CAPACITY_REACHED``, then close)."""
+    wanted = websocket.query_params.get("session_id")
+    if wanted:
+        try:
+            return sessions.attach(wanted)
+        except SessionUnavailable as exc:
+            await websocket.send_text(error_frame(ErrorCode.SESSION_ERROR, str(exc)))
+            await websocket.close()
+            return None
+    session = sessions.open(attached=True)
+    if session is None:
+        pool = sessions.pool
         await websocket.send_text(
             error_frame(
                 ErrorCode.CAPACITY_REACHED,
-                f"Server at capacity ({pool.max_sessions} sessions)",
+                pool.capacity_message,
                 active_sessions=pool.active_sessions,
                 max_sessions=pool.max_sessions,
             )
         )
         await websocket.close()
+    return session
+
+
+async def serve_session(
+    websocket: WebSocket, mcp: McpHandler, idle_timeout_s: float | None = None
+) -> None:
+    """One OpenEnv session on ``mcp``'s sessions, its slot freed as soon as the connection ends
+    (a session opened over ``POST /mcp`` stays open, detached).
+
+    A session that sends no frame for ``idle_timeout_s`` seconds is closed (code 1000, reason
+    given); the time spent answering a frame does not count as idle.
+    """
+    await websocket.accept()
+    sessions = mcp.sessions
+    session = await open_session(websocket, sessions)
+    if session is None:
         return
     try:
         while True:
@@ -96,17 +125,21 @@ async def serve_session(
             if isinstance(command, Close):
                 await websocket.close(1000)
                 return
-            if isinstance(command, ErrorReply):
+            if isinstance(command, ErrorReply | McpReply):
                 await websocket.send_text(command.frame())
+            elif isinstance(command, Mcp):
+                await websocket.send_text(mcp_frame(await mcp.handle(command.request, session)))
             else:
-                await websocket.send_text(await answer(pool, slot, command))
+                async with sessions.use(session) as slot:
+                    reply = await answer(sessions.pool, slot, command)
+                await websocket.send_text(reply)
     except WebSocketDisconnect:
         return
     except Exception as exc:  # the session is broken: tell the client, as OpenEnv does, and end
         await websocket.send_text(error_frame(ErrorCode.SESSION_ERROR, str(exc)))
         await websocket.close()
     finally:
-        pool.release(slot)
+        await sessions.detach(session)
 
 
 def create_gateway_app(
@@ -119,9 +152,10 @@ def create_gateway_app(
     """An OpenEnv-compatible server for ``env``: one session per ``/ws`` connection, up to
     ``max_sessions`` at once, stepped in batches on the broker at ``broker_address``.
 
-    ``/ws`` sessions idle for ``idle_timeout_s`` seconds are closed (``None``: never). The
-    stateless HTTP ``/reset``, ``/step`` and ``/state`` borrow a slot per request from the
-    same ``max_sessions``. The broker must be reachable at startup (else
+    ``/ws`` sessions idle for ``idle_timeout_s`` seconds are closed (``None``: never), and so
+    are sessions opened over ``POST /mcp`` that no connection serves. The stateless HTTP
+    ``/reset``, ``/step`` and ``/state`` borrow a slot per request from the same
+    ``max_sessions``. The broker must be reachable at startup (else
     ``BrokerUnreachable`` fails the lifespan). Raises ``ValueError`` for a timeout <= 0.
     ``web`` serves OpenEnv's web interface at ``/web/`` (``None``: as ``ENABLE_WEB_INTERFACE``).
     """
@@ -132,10 +166,15 @@ def create_gateway_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncBatchClient(broker_address) as client:
             pool = await SessionPool.open(client, env, max_sessions)
+            sessions = SessionRegistry(pool, idle_timeout_s)
             app.state.pool = pool
+            app.state.mcp = McpHandler(sessions, mcp_unavailable(env))
+            reaper = asyncio.create_task(sessions.reap())
             try:
                 yield
             finally:
+                reaper.cancel()
+                await asyncio.gather(reaper, return_exceptions=True)
                 await pool.close()
 
     app = FastAPI(
@@ -151,6 +190,6 @@ def create_gateway_app(
 
     @app.websocket("/ws")
     async def websocket_endpoint(websocket: WebSocket) -> None:
-        await serve_session(websocket, app.state.pool, idle_timeout_s)
+        await serve_session(websocket, app.state.mcp, idle_timeout_s)
 
     return app

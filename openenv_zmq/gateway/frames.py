@@ -1,8 +1,10 @@
 """OpenEnv's ``/ws`` frames, with no I/O: one client text frame in, a typed command out.
 
-:func:`parse_frame` never raises: any text is either a command or the :class:`ErrorReply` that
-OpenEnv's own server would send for it. The ``*_frame`` encoders write server replies exactly as
-OpenEnv does (compact JSON, the observation without ``reward``, ``done`` and ``metadata``).
+:func:`parse_frame` never raises: any text is either a command or the reply OpenEnv's own server
+would send for it (an :class:`ErrorReply`, or an :class:`McpReply` for an ``mcp`` frame whose data
+is not a JSON-RPC request). The ``*_frame`` encoders write server replies exactly as
+openenv 0.10 does (compact JSON; the observation without ``reward`` and ``done``, its ``metadata``
+also beside them when not empty). openenv-core 0.3 sent no metadata; its clients ignore the keys.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic_core import to_json
 
 from openenv_zmq.errors import ActionValidationError
+from openenv_zmq.gateway.jsonrpc import JsonRpcRequest, Reply, parse_request
 
 
 class ErrorCode(StrEnum):
@@ -56,6 +59,23 @@ class Close:
 
 
 @dataclass(frozen=True)
+class Mcp:
+    """``{"type":"mcp","data":<JSON-RPC request>}``: an MCP request on the session's env."""
+
+    request: JsonRpcRequest
+
+
+@dataclass(frozen=True)
+class McpReply:
+    """An ``mcp`` frame to send at once: the JSON-RPC error for data that is not a request."""
+
+    reply: Reply
+
+    def frame(self) -> str:
+        return mcp_frame(self.reply)
+
+
+@dataclass(frozen=True)
 class ErrorReply:
     """An error frame to send; the connection stays open (parse errors never close it)."""
 
@@ -67,7 +87,7 @@ class ErrorReply:
         return error_frame(self.code, self.message, **self.extra)
 
 
-Command = Reset | Step | StateRequest | Close
+Command = Reset | Step | StateRequest | Close | Mcp
 
 
 class _Frame(BaseModel):
@@ -93,11 +113,17 @@ class _CloseFrame(_Frame):
     type: Literal["close"] = "close"
 
 
+class _McpFrame(_Frame):
+    type: Literal["mcp"] = "mcp"
+    data: dict[str, Any]
+
+
 _FRAMES: dict[str, type[_Frame]] = {
     "reset": _ResetFrame,
     "step": _StepFrame,
     "state": _StateFrame,
     "close": _CloseFrame,
+    "mcp": _McpFrame,
 }
 _OBJECT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 # The worker refuses a whole RESET batch over one bad seed, so a seed is checked per session here.
@@ -124,7 +150,7 @@ def action_error(exc: ActionValidationError) -> ErrorReply:
     return ErrorReply(ErrorCode.VALIDATION_ERROR, str(exc), {"errors": []})
 
 
-def parse_frame(text: str) -> Command | ErrorReply:
+def parse_frame(text: str) -> Command | ErrorReply | McpReply:
     """The command in one client text frame, or the error reply OpenEnv sends for it.
 
     A step's data is not validated here: the worker validates every action against the env's
@@ -147,6 +173,9 @@ def parse_frame(text: str) -> Command | ErrorReply:
             return Reset(_SEED.validate_python(kwargs.pop("seed", None)), kwargs)
         if isinstance(parsed, _StepFrame):
             return Step(parsed.data)
+        if isinstance(parsed, _McpFrame):
+            request = parse_request(parsed.data)
+            return Mcp(request) if isinstance(request, JsonRpcRequest) else McpReply(request)
         return StateRequest() if isinstance(parsed, _StateFrame) else Close()
     except ValidationError as exc:
         return validation_error(exc)
@@ -158,13 +187,21 @@ def _dumps(frame: dict[str, Any]) -> str:
 
 
 def observation_frame(observation: BaseModel | dict[str, Any]) -> str:
-    """The reply to reset/step: ``{"type":"observation","data":{observation, reward, done}}``."""
+    """The reply to reset/step: ``{"type":"observation","data":{observation, reward, done}}``,
+    and ``metadata`` after ``done`` when the observation's is not empty."""
     fields = observation.model_dump() if isinstance(observation, BaseModel) else dict(observation)
     reward = fields.pop("reward", None)
     done = fields.pop("done", False)
-    fields.pop("metadata", None)
     data = {"observation": fields, "reward": reward, "done": done}
+    metadata = fields.get("metadata")
+    if metadata:
+        data["metadata"] = metadata
     return _dumps({"type": "observation", "data": data})
+
+
+def mcp_frame(reply: Reply) -> str:
+    """The reply to an ``mcp`` frame: ``{"type":"mcp","data":<JSON-RPC response>}``."""
+    return _dumps({"type": "mcp", "data": reply})
 
 
 def state_frame(state: BaseModel | dict[str, Any]) -> str:

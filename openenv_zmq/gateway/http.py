@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from openenv_zmq.errors import ActionValidationError, EnvNotFound, OpenEnvZmqError
 from openenv_zmq.gateway.frames import observation_frame, state_frame
+from openenv_zmq.gateway.jsonrpc import JsonRpcRequest, Reply, parse_body
+from openenv_zmq.gateway.mcp import McpHandler
 from openenv_zmq.gateway.sessions import SessionPool
-from openenv_zmq.registry import EnvTypes, env_types, resolve_env
+from openenv_zmq.registry import EnvTypes, resolve_env, served_types
 
 MAX_SEED = 2**63 - 1
 """The worker refuses a whole RESET batch over one out-of-range seed, so it is refused here."""
@@ -46,11 +48,13 @@ class StepRequest(BaseModel):
 
 
 class StepResponse(BaseModel):
-    """The reply to ``/reset`` and ``/step``: the observation minus reward, done and metadata."""
+    """The reply to ``/reset`` and ``/step``, as openenv 0.10's: the observation minus reward and
+    done, and its metadata again at the top (``null`` when empty)."""
 
     observation: dict[str, Any]
     reward: float | None = None
     done: bool = False
+    metadata: dict[str, Any] | None = None
 
 
 class EnvironmentMetadata(BaseModel):
@@ -85,9 +89,9 @@ def environment_metadata(env: str) -> EnvironmentMetadata:
 
 
 def environment_types(env: str) -> EnvTypes:
-    """``env``'s models; a 503 when only the workers can import the env."""
+    """``env``'s models as OpenEnv serves them; a 503 when only the workers can import it."""
     try:
-        return env_types(resolve_env(env))
+        return served_types(resolve_env(env))
     except EnvNotFound as exc:
         raise HTTPException(
             503, f"the schemas of {env!r} are unknown: the gateway cannot import it ({exc})"
@@ -106,8 +110,7 @@ async def borrowed_slot(pool: SessionPool) -> AsyncIterator[int]:
     422 for an action the worker refused, 503 when every slot is taken, 500 otherwise."""
     slot = pool.acquire()
     if slot is None:
-        detail = f"Server at capacity ({pool.max_sessions} sessions)"
-        raise HTTPException(503, detail)
+        raise HTTPException(503, pool.capacity_message)
     try:
         yield slot
     except ActionValidationError as exc:
@@ -119,54 +122,9 @@ async def borrowed_slot(pool: SessionPool) -> AsyncIterator[int]:
         pool.release(slot)
 
 
-JsonRpcId = str | int | None
-
-
-class JsonRpcRequest(BaseModel):
-    """A JSON-RPC 2.0 request, as OpenEnv's ``JsonRpcRequest``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    jsonrpc: Literal["2.0"]
-    method: str
-    params: dict[str, Any] = Field(default_factory=dict)
-    id: JsonRpcId = None
-
-
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INTERNAL_ERROR = -32603
-MCP_METHODS = frozenset({"tools/list", "tools/call"})
-
-
-def jsonrpc_error(code: int, message: str, request_id: JsonRpcId = None) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "error": {"code": code, "message": message, "data": None},
-    }
-
-
-def mcp_reply(body: bytes) -> dict[str, Any]:
-    """The JSON-RPC reply to one ``POST /mcp`` body. Our envs have no MCP tools, so this is
-    always the error OpenEnv sends for an env without MCP: -32603 for the MCP methods,
-    -32601 for any other method, -32700 / -32600 for bodies that are not a request."""
-    try:
-        raw = json.loads(body)
-    except ValueError:  # bad JSON or bad UTF-8
-        return jsonrpc_error(PARSE_ERROR, "Parse error")
-    try:
-        request = JsonRpcRequest.model_validate(raw)
-    except ValidationError as exc:
-        return jsonrpc_error(INVALID_REQUEST, f"Invalid request: {exc}")
-    if request.method in MCP_METHODS:
-        return jsonrpc_error(INTERNAL_ERROR, "Environment does not support MCP", request.id)
-    return jsonrpc_error(METHOD_NOT_FOUND, f"Method not found: {request.method}", request.id)
-
-
 def http_router(env: str) -> APIRouter:
-    """OpenEnv's HTTP routes for ``env``; the pool is read from ``app.state.pool``."""
+    """OpenEnv's HTTP routes for ``env``; the pool is read from ``app.state.pool``, the MCP
+    handler from ``app.state.mcp``."""
     router = APIRouter()
 
     @router.get("/metadata", response_model=EnvironmentMetadata)
@@ -206,7 +164,12 @@ def http_router(env: str) -> APIRouter:
             return _frame_data(state_frame(await pool.state(slot)))
 
     @router.post("/mcp")
-    async def mcp(request: Request) -> dict[str, Any]:
-        return mcp_reply(await request.body())
+    async def mcp(request: Request) -> Reply:
+        # always 200, as OpenEnv's: errors are JSON-RPC errors
+        parsed = parse_body(await request.body())
+        if not isinstance(parsed, JsonRpcRequest):
+            return parsed
+        handler: McpHandler = request.app.state.mcp
+        return await handler.handle(parsed)
 
     return router

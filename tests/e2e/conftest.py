@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from broker.hub import PROJECT_ROOT, stage_space
-from tests.integration.conftest import free_port
+from tests.processes import free_port
 
 BASE_IMAGE = "openenv-zmq/python:3.11-bookworm"
 WHEELHOUSE = "wheels"

@@ -105,9 +105,13 @@ async def reset_and_step(url: str, message: str) -> tuple[Any, Any]:
 
 def test_openenv_client_resets_and_steps_the_echo_env(space: Space) -> None:
     reset, step = asyncio.run(reset_and_step(space.url, "Hello"))
-    assert reset.observation == {"echoed_message": "Echo environment ready!", "message_length": 0}
+    assert reset.observation == {
+        "metadata": {},
+        "echoed_message": "Echo environment ready!",
+        "message_length": 0,
+    }
     assert reset.reward == 0.0 and reset.done is False
-    assert step.observation == {"echoed_message": "Hello", "message_length": 5}
+    assert step.observation == {"metadata": {}, "echoed_message": "Hello", "message_length": 5}
     assert step.reward == pytest.approx(0.5) and step.done is False
 
 

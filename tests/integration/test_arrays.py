@@ -9,7 +9,7 @@ import pytest
 
 from openenv_zmq import AsyncBatchClient, BatchClient
 from openenv_zmq.errors import ActionValidationError, EnvNotFound
-from tests.integration.conftest import Processes
+from tests.processes import Processes
 
 COUNTER = "tests.unit.worker_envs:CounterEnvs"
 

@@ -13,7 +13,7 @@ from echo_env import EchoAction
 
 from openenv_zmq import BatchClient, sockets
 from openenv_zmq.protocol import Message, Op, decode, encode
-from tests.integration.conftest import Broker, Processes, wait_until
+from tests.processes import Broker, Processes, wait_until
 
 MAX_MESSAGE_MB = 1
 

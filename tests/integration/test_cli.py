@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from openenv_zmq import BatchClient
-from tests.integration.conftest import (
+from tests.processes import (
     REPO_ROOT,
     Processes,
     alive,
@@ -145,8 +145,12 @@ def test_start_serves_a_gateway_that_openenv_clients_use(procs: Processes) -> No
 
     wait_until(gateway_up, 60, "the gateway to listen")
     reset, step, refusal = asyncio.run(session())
-    assert reset == {"echoed_message": "Echo environment ready!", "message_length": 0}
-    assert step == ({"echoed_message": "Hello", "message_length": 5}, 0.5)
+    assert reset == {
+        "metadata": {},
+        "echoed_message": "Echo environment ready!",
+        "message_length": 0,
+    }
+    assert step == ({"metadata": {}, "echoed_message": "Hello", "message_length": 5}, 0.5)
     assert refusal == {
         "message": "Server at capacity (1 sessions)",
         "code": "CAPACITY_REACHED",

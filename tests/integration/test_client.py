@@ -23,7 +23,7 @@ from openenv_zmq.errors import (
     NoWorkerAvailable,
     RequestTimeout,
 )
-from tests.integration.conftest import Processes
+from tests.processes import Processes
 
 FRAGILE = "tests.integration.fixture_envs:FragileEchoEnv"
 SLOW = "tests.integration.fixture_envs:SlowEchoEnv"

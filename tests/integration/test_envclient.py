@@ -24,7 +24,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from openenv_zmq.client.envclient import LOOP_THREAD_NAME, ws_endpoint
 from openenv_zmq.errors import EnvServerError, RemoteError, RequestTimeout, TransportError
-from tests.integration.conftest import free_port, serving
+from tests.processes import free_port, serving
 
 SLOW_S = 0.5
 

@@ -18,7 +18,7 @@ from openenv.core.generic_client import GenericEnvClient  # type: ignore[import-
 
 from openenv_zmq import State
 from openenv_zmq.gateway import create_gateway_app
-from tests.integration.conftest import Processes, serving
+from tests.processes import Processes, serving
 
 MAX_SESSIONS = 8
 
@@ -42,9 +42,13 @@ async def one_session(url: str, message: str) -> tuple[Any, Any, Any]:
 
 def test_openenv_client_reset_step_state(gateway: str) -> None:
     reset, step, state = asyncio.run(one_session(gateway, "Hello"))
-    assert reset.observation == {"echoed_message": "Echo environment ready!", "message_length": 0}
+    assert reset.observation == {
+        "metadata": {},
+        "echoed_message": "Echo environment ready!",
+        "message_length": 0,
+    }
     assert reset.reward == 0.0 and reset.done is False
-    assert step.observation == {"echoed_message": "Hello", "message_length": 5}
+    assert step.observation == {"metadata": {}, "echoed_message": "Hello", "message_length": 5}
     assert step.reward == pytest.approx(0.5) and step.done is False
     assert state["step_count"] == 1
 
@@ -67,7 +71,11 @@ def test_concurrent_sessions_are_kept_apart(gateway: str) -> None:
         return await asyncio.gather(*(one_session(gateway, "m" * (i + 1)) for i in range(8)))
 
     for i, (_, step, state) in enumerate(asyncio.run(run())):
-        assert step.observation == {"echoed_message": "m" * (i + 1), "message_length": i + 1}
+        assert step.observation == {
+            "metadata": {},
+            "echoed_message": "m" * (i + 1),
+            "message_length": i + 1,
+        }
         assert step.reward == pytest.approx(0.1 * (i + 1))
         assert state["step_count"] == 1
 

@@ -13,8 +13,8 @@ import pytest
 import websockets
 
 from openenv_zmq.gateway import create_gateway_app
-from tests.integration.conftest import Processes, serving, wait_until
 from tests.integration.test_gateway import first_reply, one_session
+from tests.processes import Processes, serving, wait_until
 
 MAX_SESSIONS = 2
 IDLE_TIMEOUT = 1.0
@@ -62,9 +62,14 @@ def test_info_routes(http: httpx.Client) -> None:
 
 def test_reset_step_state_are_stateless(http: httpx.Client) -> None:
     ready = {
-        "observation": {"echoed_message": "Echo environment ready!", "message_length": 0},
+        "observation": {
+            "metadata": {},
+            "echoed_message": "Echo environment ready!",
+            "message_length": 0,
+        },
         "reward": 0.0,
         "done": False,
+        "metadata": None,  # as openenv 0.10's HTTP replies: the observation's, null when empty
     }
     assert http.post("/reset").json() == ready
     # keys the env's reset does not take are dropped, as in OpenEnv
@@ -74,9 +79,10 @@ def test_reset_step_state_are_stateless(http: httpx.Client) -> None:
         reply = http.post("/step", json={"action": {"message": "Hello"}, "timeout_s": 5})
         assert reply.status_code == 200
         assert reply.json() == {
-            "observation": {"echoed_message": "Hello", "message_length": 5},
+            "observation": {"metadata": {}, "echoed_message": "Hello", "message_length": 5},
             "reward": pytest.approx(0.5),
             "done": False,
+            "metadata": None,
         }
     state = http.get("/state").json()
     assert state["step_count"] == 0 and state["episode_id"]
@@ -127,7 +133,10 @@ def test_mcp_answers_json_rpc_errors(http: httpx.Client) -> None:
 
     tools = call(b'{"jsonrpc":"2.0","method":"tools/list","id":7}')
     assert tools["id"] == 7 and tools["error"]["code"] == -32603
-    assert call(b'{"jsonrpc":"2.0","method":"tools/call","id":"a"}')["error"]["code"] == -32603
+    call_tool = b'{"jsonrpc":"2.0","method":"tools/call","params":{"name":"t"},"id":"a"}'
+    assert call(call_tool)["error"]["code"] == -32603
+    # a missing tool name is refused first, as by OpenEnv
+    assert call(b'{"jsonrpc":"2.0","method":"tools/call","id":"a"}')["error"]["code"] == -32602
     unknown = call(b'{"jsonrpc":"2.0","method":"dance","id":8}')
     assert unknown["id"] == 8 and unknown["error"]["code"] == -32601
     assert call(b"not json")["error"]["code"] == -32700
@@ -139,7 +148,7 @@ def test_mcp_answers_json_rpc_errors(http: httpx.Client) -> None:
 
 def test_openenv_client_over_http_url(gateway: str) -> None:
     _, step, state = asyncio.run(one_session(gateway, "Hello"))
-    assert step.observation == {"echoed_message": "Hello", "message_length": 5}
+    assert step.observation == {"metadata": {}, "echoed_message": "Hello", "message_length": 5}
     assert state["step_count"] == 1
 
 

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from openenv_zmq.gateway import create_gateway_app
 from openenv_zmq.gateway.web import web_interface_enabled
-from tests.integration.conftest import Processes, serving
+from tests.processes import Processes, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 
 from broker.hub import PROJECT_ROOT, push_space
 from openenv_zmq.errors import RemoteError
-from tests.integration.conftest import serving
+from tests.processes import serving
 
 pytest.importorskip("huggingface_hub")
 

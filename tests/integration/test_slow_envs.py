@@ -12,7 +12,7 @@ from echo_env import EchoAction
 
 from openenv_zmq import BatchClient
 from openenv_zmq.errors import RequestTimeout, StepTimeout
-from tests.integration.conftest import Processes
+from tests.processes import Processes
 from tests.unit.worker_envs import ASYNC_WAIT, BLOCKING_WAIT, WaitAction
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from echo_env import EchoAction
 
 from openenv_zmq import BatchClient
 from openenv_zmq.errors import SessionLost, WorkerLost
-from tests.integration.conftest import Processes, wait_until
+from tests.processes import Processes, wait_until
 
 SLOW = "tests.integration.fixture_envs:SlowEchoEnv"
 

@@ -20,6 +20,7 @@ from openenv.core.env_server.mcp_types import (  # type: ignore[import-untyped]
 from broker.inprocess import InProcessBroker
 from openenv_zmq import BatchClient
 from openenv_zmq.errors import ActionValidationError, EnvExecutionError
+from tests.idiom_envs import GRID, MCP_ECHO, TICTACTOE
 from tests.idiom_envs.models import (
     Direction,
     GridAction,
@@ -31,10 +32,6 @@ from tests.idiom_envs.models import (
     TicTacToeState,
 )
 from tests.idiom_envs.server.grid_world_environment import GridWorldEnvironment
-
-MCP_ECHO = "tests.idiom_envs.server.mcp_echo_environment:McpEchoEnvironment"
-TICTACTOE = "tests.idiom_envs.server.tictactoe_environment:TicTacToeEnvironment"
-GRID = "tests.idiom_envs.server.grid_world_environment:GridWorldEnvironment"
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,19 @@ from openenv_zmq.gateway.frames import (
     Close,
     ErrorCode,
     ErrorReply,
+    Mcp,
+    McpReply,
     Reset,
     StateRequest,
     Step,
     action_error,
     error_frame,
+    mcp_frame,
     observation_frame,
     parse_frame,
     state_frame,
 )
+from openenv_zmq.gateway.jsonrpc import JsonRpcRequest
 from openenv_zmq.types import State
 
 
@@ -56,7 +60,30 @@ def test_unknown_type(text: str) -> None:
 
 
 def test_unknown_type_message_names_the_type() -> None:
-    assert error_of('{"type":"mcp","data":{}}').message == "Unknown message type: mcp"
+    assert error_of('{"type":"tools","data":{}}').message == "Unknown message type: tools"
+
+
+def test_mcp_frames_carry_a_json_rpc_request() -> None:
+    command = parse_frame('{"type":"mcp","data":{"jsonrpc":"2.0","method":"tools/list","id":1}}')
+    assert command == Mcp(JsonRpcRequest(jsonrpc="2.0", method="tools/list", id=1))
+
+
+@pytest.mark.parametrize(
+    "data", ['{"method":"tools/list","id":1}', '{"jsonrpc":"2.0","method":"m","params":[]}', "{}"]
+)
+def test_mcp_data_that_is_no_request_gets_openenv_s_json_rpc_error(data: str) -> None:
+    reply = parse_frame(f'{{"type":"mcp","data":{data}}}')
+    assert isinstance(reply, McpReply)
+    frame = json.loads(reply.frame())
+    assert frame["type"] == "mcp"
+    assert frame["data"]["id"] is None and frame["data"]["error"]["code"] == -32600
+
+
+def test_mcp_reply_frames_are_compact_json() -> None:
+    reply = {"jsonrpc": "2.0", "id": 1, "result": {"tools": []}}
+    assert (
+        mcp_frame(reply) == '{"type":"mcp","data":{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}}'
+    )
 
 
 @pytest.mark.parametrize(
@@ -72,6 +99,9 @@ def test_unknown_type_message_names_the_type() -> None:
         ('{"type":"reset","data":[]}', "dict_type"),
         ('{"type":"reset","data":{"seed":"x"}}', "int_parsing"),
         ('{"type":"reset","data":{"seed":18446744073709551616}}', "less_than"),
+        ('{"type":"mcp"}', "missing"),
+        ('{"type":"mcp","data":[]}', "dict_type"),
+        ('{"type":"mcp","data":{},"id":1}', "extra_forbidden"),
     ],
 )
 def test_invalid_frames_are_validation_errors(text: str, error_type: str) -> None:
@@ -106,6 +136,7 @@ def test_any_object_is_an_action_the_worker_validates() -> None:
 def test_parse_never_raises_on_garbage() -> None:
     samples = ["null", "1", "true", '{"type":null}', '{"type":"step","data":{"message":1}}']
     samples += ['{"type":"reset","data":{"seed":1.5}}', "NaN", "\x00", '{"type":"state"}' * 2]
+    samples += ['{"type":"mcp","data":{"jsonrpc":"2.0","method":"tools/call","id":[]}}']
     for text in samples:
         for cut in range(len(text) + 1):
             parse_frame(text[:cut])
@@ -114,8 +145,8 @@ def test_parse_never_raises_on_garbage() -> None:
 def test_observation_frame_matches_openenv() -> None:
     obs = EchoObservation(echoed_message="Hello", message_length=5, reward=0.5, metadata={"a": 1})
     assert observation_frame(obs) == (
-        '{"type":"observation","data":{"observation":{"echoed_message":"Hello",'
-        '"message_length":5},"reward":0.5,"done":false}}'
+        '{"type":"observation","data":{"observation":{"metadata":{"a":1},"echoed_message":"Hello",'
+        '"message_length":5},"reward":0.5,"done":false,"metadata":{"a":1}}}'
     )
     as_dict = {"echoed_message": "é", "message_length": 1, "reward": None, "done": True}
     assert json.loads(observation_frame(as_dict))["data"] == {
@@ -124,6 +155,15 @@ def test_observation_frame_matches_openenv() -> None:
         "done": True,
     }
     assert "é" in observation_frame(as_dict)
+
+
+def test_empty_metadata_stays_inside_the_observation_only() -> None:
+    obs = EchoObservation(echoed_message="Hi", message_length=2, reward=0.2)
+    assert json.loads(observation_frame(obs))["data"] == {
+        "observation": {"metadata": {}, "echoed_message": "Hi", "message_length": 2},
+        "reward": 0.2,
+        "done": False,
+    }
 
 
 def test_state_frame_keeps_extras() -> None:
@@ -144,19 +184,3 @@ def test_error_frame_shape() -> None:
             "max_sessions": 2,
         },
     }
-
-
-def test_frames_equal_openenv_own_encoding() -> None:
-    from openenv.core.env_server.serialization import (  # type: ignore[import-untyped]
-        serialize_observation,
-    )
-    from openenv.core.env_server.types import (  # type: ignore[import-untyped]
-        WSObservationResponse,
-        WSStateResponse,
-    )
-
-    obs = EchoObservation(echoed_message="Hi", message_length=2, reward=0.2)
-    openenv_obs = WSObservationResponse(data=serialize_observation(obs))
-    assert observation_frame(obs) == openenv_obs.model_dump_json()
-    state = State(episode_id="e", step_count=1)
-    assert state_frame(state) == WSStateResponse(data=state.model_dump()).model_dump_json()

@@ -1,4 +1,5 @@
-"""The gateway's SessionPool and its batching, over the in-process transport (no sockets)."""
+"""The gateway's SessionPool, its batching and its SessionRegistry, over the in-process transport
+(no sockets)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from broker.core import BrokerConfig
 from broker.inprocess import InProcessBroker
 from openenv_zmq import AsyncBatchClient, BatchResult
 from openenv_zmq.errors import ActionValidationError, MessageTooLarge, ProtocolError
-from openenv_zmq.gateway import SessionPool, Step
+from openenv_zmq.gateway import SessionPool, SessionRegistry, Step
 from openenv_zmq.gateway.app import answer
+from openenv_zmq.gateway.sessions import SessionUnavailable
 from openenv_zmq.protocol import Limits
 
 BROKER_MESSAGE_BYTES = 2**20
@@ -31,14 +33,17 @@ class CountingPool(SessionPool):
 
 
 def with_pool(
-    max_sessions: int, test: Callable[[CountingPool], Awaitable[None]], **broker: Any
+    max_sessions: int,
+    test: Callable[[CountingPool], Awaitable[None]],
+    env: str = "echo",
+    **broker: Any,
 ) -> None:
-    """Run ``test`` on a pool of ``max_sessions`` echo slots of an in-process broker."""
-    inprocess = InProcessBroker(["echo"], **broker)
+    """Run ``test`` on a pool of ``max_sessions`` slots of ``env`` on an in-process broker."""
+    inprocess = InProcessBroker([env], **broker)
 
     async def main() -> None:
         async with AsyncBatchClient(transport=inprocess.connect_async()) as client:
-            pool = await CountingPool.open(client, "echo", max_sessions)
+            pool = await CountingPool.open(client, env, max_sessions)
             pool.batches = []
             try:
                 await test(pool)
@@ -146,3 +151,113 @@ def test_an_action_the_wire_cannot_carry_fails_alone() -> None:
         assert again["echoed_message"] == "fine"
 
     with_pool(4, test)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+IDLE = 10.0
+
+
+def test_sessions_hold_slots_and_are_found_by_id() -> None:
+    async def test(pool: CountingPool) -> None:
+        sessions = SessionRegistry(pool, IDLE, FakeClock())
+        first, second = sessions.open(), sessions.open(attached=True)
+        assert first is not None and second is not None and first.id != second.id
+        assert sessions.open() is None and pool.acquire() is None  # the pool is full
+        assert sessions.get(first.id) is first and sessions.get("nope") is None
+        assert sessions.get(5) is None and sessions.get(["unhashable"]) is None
+        # a connection's own session ends with it, and its slot is free again
+        await sessions.detach(second)
+        assert sessions.get(second.id) is None and second.closed
+        assert pool.active_sessions == 1
+        async with sessions.use(first) as slot:
+            assert slot == first.slot
+            await pool.step(slot, {"message": "hi"})
+        assert await sessions.close(first) is True
+        assert sessions.get(first.id) is None and pool.active_sessions == 0
+        with pytest.raises(SessionUnavailable, match="Unknown session_id"):
+            async with sessions.use(first):
+                pass
+        assert await sessions.close(first) is True  # closing twice is harmless
+        assert pool.active_sessions == 0
+
+    with_pool(2, test)
+
+
+def test_attaching_to_a_session_opened_over_http() -> None:
+    async def test(pool: CountingPool) -> None:
+        sessions = SessionRegistry(pool, IDLE, FakeClock())
+        session = sessions.open()
+        assert session is not None
+        with pytest.raises(SessionUnavailable, match="Unknown session_id: missing"):
+            sessions.attach("missing")
+        assert sessions.attach(session.id) is session
+        with pytest.raises(SessionUnavailable, match="already has an attached WebSocket"):
+            sessions.attach(session.id)
+        # the connection ends: the session stays for the HTTP client, episode included
+        async with sessions.use(session) as slot:
+            await pool.step(slot, {"message": "hi"})
+        await sessions.detach(session)
+        assert sessions.get(session.id) is session
+        assert sessions.attach(session.id) is session
+        async with sessions.use(session) as slot:
+            assert (await pool.state(slot))["step_count"] == 1
+        # closed while a connection serves it: it closes when that detaches
+        assert await sessions.close(session) is False
+        assert sessions.get(session.id) is session
+        await sessions.detach(session)
+        assert sessions.get(session.id) is None and pool.active_sessions == 0
+
+    with_pool(1, test)
+
+
+def test_idle_sessions_without_a_connection_expire() -> None:
+    async def test(pool: CountingPool) -> None:
+        clock = FakeClock()
+        sessions = SessionRegistry(pool, IDLE, clock)
+        idle, served, stale = sessions.open(), sessions.open(attached=True), sessions.open()
+        assert idle is not None and served is not None and stale is not None
+        clock.now = IDLE - 1
+        async with sessions.use(idle):  # a call makes it active again
+            pass
+        clock.now = IDLE + 1
+        assert sessions.expire() == [stale.id]
+        busy = sessions.open()
+        assert busy is not None
+        clock.now = 3 * IDLE
+        async with busy.lock:  # a call running on it: not idle
+            assert sessions.expire() == [idle.id]
+        assert sessions.get(served.id) is served  # a connection serves it: never idle
+        assert SessionRegistry(pool, None, clock).expire() == []
+
+    with_pool(3, test)
+
+
+def test_a_close_waits_for_the_call_running_on_the_session() -> None:
+    async def test(pool: CountingPool) -> None:
+        sessions = SessionRegistry(pool, None, FakeClock())
+        session = sessions.open()
+        assert session is not None
+        order: list[str] = []
+
+        async def call() -> None:
+            async with sessions.use(session) as slot:
+                await asyncio.sleep(0.01)
+                await pool.step(slot, {"message": "hi"})
+                order.append("step")
+
+        async def close() -> None:
+            await asyncio.sleep(0)
+            assert await sessions.close(session) is True
+            order.append("close")
+
+        await asyncio.wait_for(asyncio.gather(call(), close()), 10)
+        assert order == ["step", "close"]
+
+    with_pool(1, test)
