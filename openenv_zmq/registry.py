@@ -140,6 +140,15 @@ def _base_of(model: type[BaseModel]) -> str | None:
     return None
 
 
+def overrides(cls: type, name: str) -> bool:
+    """Whether ``cls`` (or a base of its own) defines ``name``, rather than inheriting the
+    default of OpenEnv's ``Environment`` base (either package's, or ours)."""
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            return klass.__qualname__ != "Environment"
+    return False
+
+
 def mcp_actions(cls: type) -> dict[str, type[BaseModel]]:
     """OpenEnv's MCP actions by their ``type`` tag (``list_tools``, ``call_tool``) for an
     ``MCPEnvironment`` subclass, taken from the module that defines ``MCPEnvironment``; empty for

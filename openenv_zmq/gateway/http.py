@@ -9,8 +9,10 @@ bad bodies get FastAPI's 422 and ``/openapi.json`` documents them.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Request
@@ -21,7 +23,9 @@ from openenv_zmq.gateway.frames import observation_frame, state_frame
 from openenv_zmq.gateway.jsonrpc import JsonRpcRequest, Reply, parse_body
 from openenv_zmq.gateway.mcp import McpHandler
 from openenv_zmq.gateway.sessions import SessionPool
-from openenv_zmq.registry import EnvTypes, resolve_env, served_types
+from openenv_zmq.registry import EnvTypes, overrides, resolve_env, served_types
+
+log = logging.getLogger(__name__)
 
 MAX_SEED = 2**63 - 1
 """The worker refuses a whole RESET batch over one out-of-range seed, so it is refused here."""
@@ -37,8 +41,8 @@ class ResetRequest(BaseModel):
 
 
 class StepRequest(BaseModel):
-    """``POST /step``. ``timeout_s``, ``request_id`` and extra keys are validated as OpenEnv
-    does but not passed on: a batched step carries only the action."""
+    """``POST /step``. ``timeout_s`` is the step's deadline (given to an env that takes it);
+    ``request_id`` and extra keys are validated as OpenEnv does but not passed on."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -77,15 +81,40 @@ class SchemaResponse(BaseModel):
 
 
 def environment_metadata(env: str) -> EnvironmentMetadata:
-    """``env``'s metadata: its name, and the first line of its class docstring when this
-    process can import the class (OpenEnv's ``"<Class> environment"`` otherwise)."""
+    """``env``'s metadata: what its own ``get_metadata()`` says, as OpenEnv's server answers,
+    when the class has one and this process can import it; else its name and the first line of
+    its class docstring (OpenEnv's ``"<Class> environment"`` without one)."""
     try:
         cls = resolve_env(env)
     except EnvNotFound:
         return EnvironmentMetadata(name=env, description=f"{env} environment")
+    own = _own_metadata(cls)
+    if own is not None:
+        return own
     doc = (cls.__doc__ or "").strip()
     description = doc.splitlines()[0] if doc else f"{cls.__name__} environment"
     return EnvironmentMetadata(name=env, description=description)
+
+
+@cache
+def _own_metadata(cls: type) -> EnvironmentMetadata | None:
+    """``get_metadata()`` of an instance, as OpenEnv's server asks a fresh env for it, when
+    ``cls`` defines its own; ``None`` when it does not, or when that fails (logged)."""
+    if not overrides(cls, "get_metadata"):
+        return None
+    try:
+        env = cls()
+        try:
+            metadata = env.get_metadata()
+        finally:
+            close = getattr(env, "close", None)
+            if close is not None:
+                close()
+        fields = metadata.model_dump() if isinstance(metadata, BaseModel) else dict(metadata)
+        return EnvironmentMetadata.model_validate(fields)
+    except Exception:
+        log.exception("%s.get_metadata() failed; /metadata falls back", cls.__qualname__)
+        return None
 
 
 def environment_types(env: str) -> EnvTypes:
@@ -155,7 +184,8 @@ def http_router(env: str) -> APIRouter:
         pool: SessionPool = request.app.state.pool
         async with borrowed_slot(pool) as slot:
             # the pool resets a slot before its first step, so each request is a new episode
-            return _frame_data(observation_frame(await pool.step(slot, body.action)))
+            observation = await pool.step(slot, body.action, body.timeout_s)
+            return _frame_data(observation_frame(observation))
 
     @router.get("/state")
     async def state(request: Request) -> dict[str, Any]:

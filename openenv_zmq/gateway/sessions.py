@@ -148,9 +148,15 @@ class SessionPool:
         self._ready.add(slot)
         return observation
 
-    async def step(self, slot: int, action: dict[str, Any]) -> Any:
+    async def step(self, slot: int, action: dict[str, Any], timeout_s: float | None = None) -> Any:
+        """``timeout_s`` (OpenEnv's, from ``POST /step``) is the step's deadline: such a step
+        goes out on its own, as a batch shares one deadline."""
         await self._ensure_reset(slot)
-        return await self._steps.submit(slot, action)
+        if timeout_s is None:
+            return await self._steps.submit(slot, action)
+        result = await self.group.step([action], env_ids=[slot], timeout_s=timeout_s)
+        result.raise_for_errors()
+        return result.observations[0]
 
     async def state(self, slot: int) -> Any:
         await self._ensure_reset(slot)

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.env import VectorEnvironment
 from openenv_zmq.errors import EnvNotFound
-from openenv_zmq.registry import EnvTypes, env_types, mcp_actions
+from openenv_zmq.registry import EnvTypes, env_types, mcp_actions, overrides
 from openenv_zmq.worker.status import SlotStatus
 
 
@@ -78,11 +78,7 @@ def overrides_async(env_cls: type, name: str) -> bool:
     """Whether ``env_cls`` defines ``async def name`` of its own. The default of OpenEnv's (and
     our) ``Environment`` base only calls the sync method, so it does not count (OpenEnv's server
     decides the same way)."""
-    for klass in env_cls.__mro__:
-        method = klass.__dict__.get(name)
-        if method is not None:
-            return klass.__qualname__ != "Environment" and inspect.iscoroutinefunction(method)
-    return False
+    return overrides(env_cls, name) and inspect.iscoroutinefunction(getattr(env_cls, name))
 
 
 def _keywords(method: Any) -> frozenset[str] | None:

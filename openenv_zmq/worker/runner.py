@@ -149,7 +149,7 @@ class _Job:
     """One call to run on a thread, and the futures (on the runner's loop) that say when it
     started and when it ended."""
 
-    __slots__ = ("abandoned", "done", "fn", "lane", "loop", "started")
+    __slots__ = ("abandoned", "done", "finished", "fn", "lane", "loop", "started")
 
     def __init__(self, fn: Callable[[], None], loop: asyncio.AbstractEventLoop, lane: _Lane):
         self.fn = fn
@@ -157,7 +157,10 @@ class _Job:
         self.lane = lane
         self.started: asyncio.Future[None] = loop.create_future()
         self.done: asyncio.Future[None] = loop.create_future()
+        self.finished = False
+        """The env returned (set under the threads' lock)."""
         self.abandoned = False
+        """Given up at its deadline (set under the threads' lock)."""
 
     def execute(self) -> None:
         self._resolve(self.started)
@@ -214,7 +217,7 @@ class _DaemonThreads:
         """Give up on a job past its deadline: its lane's room goes to the next job, though its
         thread is still in the env (it goes idle once the env returns)."""
         with self._lock:
-            if job.abandoned or job.done.done():
+            if job.abandoned or job.finished:
                 return
             job.abandoned = True
             following = self._next_in(job.lane)
@@ -251,6 +254,7 @@ class _DaemonThreads:
             while job is not None:
                 job.execute()
                 with self._lock:
+                    job.finished = True
                     # an abandoned job's room went to the next one at its deadline
                     job = None if job.abandoned else self._next_in(job.lane)
                     if job is None:

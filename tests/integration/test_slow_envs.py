@@ -7,12 +7,14 @@ import statistics
 import time
 from typing import Any
 
+import httpx
 import pytest
 from echo_env import EchoAction
 
 from openenv_zmq import BatchClient
 from openenv_zmq.errors import RequestTimeout, StepTimeout
-from tests.processes import Processes
+from openenv_zmq.gateway import create_gateway_app
+from tests.processes import Processes, serving
 from tests.unit.worker_envs import ASYNC_WAIT, BLOCKING_WAIT, WaitAction
 
 pytestmark = pytest.mark.integration
@@ -70,3 +72,21 @@ def test_a_worker_with_a_step_stuck_past_its_deadline_still_stops(procs: Process
         envs.reset(env_ids=envs.env_ids[:1])
         assert envs.step([WaitAction(), WaitAction()]).errors == {}
     assert broker.stop() == 0  # the procs fixture then checks no worker outlived it
+
+
+def test_the_gateway_passes_a_post_step_timeout_on_as_the_steps_deadline(
+    procs: Processes,
+) -> None:
+    broker = procs.broker(workers=1, envs=(BLOCKING_WAIT,))
+    with (
+        serving(create_gateway_app(broker.frontend, BLOCKING_WAIT, max_sessions=2)) as url,
+        httpx.Client(base_url=url, timeout=30) as http,
+    ):
+        quick = http.post("/step", json={"action": {"seconds": 0.0}, "timeout_s": 5})
+        assert quick.status_code == 200 and quick.json()["observation"]["waited"] == 0.0
+        start = time.perf_counter()
+        slow = http.post("/step", json={"action": {"seconds": 30.0}, "timeout_s": 0.3})
+        assert time.perf_counter() - start < 10
+        detail = slow.json()["detail"]
+        assert slow.status_code == 500 and detail["type"] == "StepTimeout"
+        assert "deadline of 0.3 s" in detail["message"]

@@ -112,3 +112,10 @@ def test_schema_of_an_mcp_env_is_openenv_s_tool_call_models(broker: Broker) -> N
     assert schema["action"] == CallToolAction.model_json_schema()
     assert schema["observation"] == CallToolObservation.model_json_schema()
     assert schema["state"]["title"] == "McpEchoState"
+
+
+def test_metadata_is_what_the_envs_own_get_metadata_says(broker: Broker) -> None:
+    with serving(create_gateway_app(broker.frontend, GRID, max_sessions=1)) as url:
+        metadata = httpx.get(f"{url}/metadata", timeout=10).json()
+    assert metadata["name"] == "grid_world"
+    assert metadata["version"] == "0.1.0" and metadata["author"] == "openenv-zmq tests"
