@@ -206,7 +206,8 @@ def env_types(cls: type) -> EnvTypes:
     from the ``Environment[...]`` generic parameters, from the annotations of ``step`` and
     ``state`` (unless they name a base class), then from the models its own code holds
     (:func:`related_models`) when exactly one fits (OpenEnv's own envs often name their types
-    nowhere else); OpenEnv's base models are the fallback.
+    nowhere else); OpenEnv's base models are the fallback, except for an MCP env, whose
+    fallbacks are ``CallToolAction`` / ``CallToolObservation`` (as OpenEnv serves them).
     """
     args = _generic_args(cls)
     try:
@@ -254,27 +255,20 @@ def env_types(cls: type) -> EnvTypes:
         # an annotation naming a base class (MCPEnvironment's ``-> Observation``) says nothing
         inferred_models = [m for m in map(_as_model, inferred) if m is not None and not _is_base(m)]
         found[role] = next(iter(declared + inferred_models), fallbacks[role])
+    call_tool = mcp_actions(cls).get("call_tool")
+    if call_tool is not None:
+        # OpenEnv serves its own MCP envs with create_app(Env, CallToolAction,
+        # CallToolObservation): an action without a type tag is a tool call there, and here
+        for role, model in (
+            ("action", call_tool),
+            ("observation", sys.modules[call_tool.__module__].CallToolObservation),
+        ):
+            if _is_base(found[role]):
+                found[role] = model
     return EnvTypes(found["action"], found["observation"], found["state"])
 
 
 _MCP_OBSERVATIONS = frozenset({"ListToolsObservation", "CallToolObservation"})
-
-
-def served_types(cls: type) -> EnvTypes:
-    """The models an OpenEnv server for ``cls`` is made with, as its ``/schema`` shows them:
-    :func:`env_types`, except that an MCP env declaring no action (or observation) of its own
-    is served with OpenEnv's ``CallToolAction`` (``CallToolObservation``), as OpenEnv's own MCP
-    envs are (``create_app(Env, CallToolAction, CallToolObservation)``)."""
-    types = env_types(cls)
-    call_tool = mcp_actions(cls).get("call_tool")
-    if call_tool is None:
-        return types
-    observation = sys.modules[call_tool.__module__].CallToolObservation
-    return EnvTypes(
-        call_tool if _is_base(types.action) else types.action,
-        observation if _is_base(types.observation) else types.observation,
-        types.state,
-    )
 
 
 def _is_base(model: type[BaseModel]) -> bool:

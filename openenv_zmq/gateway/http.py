@@ -23,7 +23,7 @@ from openenv_zmq.gateway.frames import observation_frame, state_frame
 from openenv_zmq.gateway.jsonrpc import JsonRpcRequest, Reply, parse_body
 from openenv_zmq.gateway.mcp import McpHandler
 from openenv_zmq.gateway.sessions import SessionPool
-from openenv_zmq.registry import EnvTypes, overrides, resolve_env, served_types
+from openenv_zmq.registry import EnvTypes, env_types, overrides, resolve_env
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _own_metadata(cls: type) -> EnvironmentMetadata | None:
 def environment_types(env: str) -> EnvTypes:
     """``env``'s models as OpenEnv serves them; a 503 when only the workers can import it."""
     try:
-        return served_types(resolve_env(env))
+        return env_types(resolve_env(env))
     except EnvNotFound as exc:
         raise HTTPException(
             503, f"the schemas of {env!r} are unknown: the gateway cannot import it ({exc})"

@@ -20,6 +20,7 @@ from openenv.core.env_server.mcp_types import (  # type: ignore[import-untyped]
 from broker.inprocess import InProcessBroker
 from openenv_zmq import BatchClient
 from openenv_zmq.errors import ActionValidationError, EnvExecutionError
+from openenv_zmq.registry import EnvTypes, env_types, resolve_env
 from tests.idiom_envs import GRID, MCP_ECHO, TICTACTOE
 from tests.idiom_envs.models import (
     Direction,
@@ -52,7 +53,8 @@ def test_mcp_tool_calls_batch_like_any_other_action(client: BatchClient) -> None
             ListToolsAction(),
             CallToolAction(tool_name="echo_message", arguments={"message": "hi"}),
             CallToolAction(tool_name="echo_with_length", arguments={"message": "abc"}),
-            CallToolAction(tool_name="echo_message", arguments={"message": "again"}),
+            # untagged, as OpenEnv's server takes it for an MCP env served with CallToolAction
+            {"tool_name": "echo_message", "arguments": {"message": "again"}},
         ]
     )
     r.raise_for_errors()
@@ -147,3 +149,9 @@ def test_an_async_env_with_an_enum_action_a_transform_and_a_rubric(client: Batch
     assert type(envs.state()[0]) is GridState
     envs.close()
     assert GridWorldEnvironment.close_calls == closed_before + 2
+
+
+def test_an_mcp_env_declaring_no_models_is_typed_as_openenv_serves_it() -> None:
+    types = env_types(resolve_env(MCP_ECHO))
+    assert types == EnvTypes(CallToolAction, CallToolObservation, McpEchoState)
+    assert env_types(resolve_env(TICTACTOE)).action is TicTacToeAction
