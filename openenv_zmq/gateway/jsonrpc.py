@@ -72,10 +72,13 @@ def parse_request(raw: Any) -> JsonRpcRequest | Reply:
 
 
 def parse_body(body: bytes) -> JsonRpcRequest | Reply:
-    """The request in a ``POST /mcp`` body; -32700 for bad JSON (or bad UTF-8)."""
+    """The request in a ``POST /mcp`` body; -32700 for bad JSON (or bad UTF-8), and for JSON
+    that is not an object, as OpenEnv's server answers it."""
     try:
         raw = json.loads(body)
     except ValueError:
+        return error(RpcCode.PARSE_ERROR, "Parse error")
+    if not isinstance(raw, dict):
         return error(RpcCode.PARSE_ERROR, "Parse error")
     return parse_request(raw)
 

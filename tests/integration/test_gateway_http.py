@@ -143,7 +143,7 @@ def test_mcp_answers_json_rpc_errors(http: httpx.Client) -> None:
     assert call(b"\xff\xfe")["error"]["code"] == -32700
     assert call(b'{"method":"tools/list"}')["error"]["code"] == -32600
     assert call(b'{"jsonrpc":"2.0","method":"x","params":[1]}')["error"]["code"] == -32600
-    assert call(b"[]")["error"]["code"] == -32600
+    assert call(b"[]")["error"]["code"] == -32700  # JSON, but not an object: as OpenEnv
 
 
 def test_openenv_client_over_http_url(gateway: str) -> None:

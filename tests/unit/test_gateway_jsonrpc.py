@@ -38,8 +38,8 @@ def test_requests_parse() -> None:
     assert parse_request({"jsonrpc": "2.0", "method": "m"}) == request("m", None)
 
 
-@pytest.mark.parametrize("body", [b"not json", b"{", b"\xff\xfe", b""])
-def test_bad_json_is_a_parse_error(body: bytes) -> None:
+@pytest.mark.parametrize("body", [b"not json", b"{", b"\xff\xfe", b"", b"[]", b'"tools/list"'])
+def test_bad_json_or_json_that_is_not_an_object_is_a_parse_error(body: bytes) -> None:
     reply = parse_body(body)
     assert code_of(reply) == RpcCode.PARSE_ERROR
     assert isinstance(reply, dict) and reply["id"] is None
