@@ -9,6 +9,7 @@ concurrently, and their replies settled when the calls are done (:class:`Deferre
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,6 +31,8 @@ from openenv_zmq.worker.rows import (
     not_on_worker_row,
 )
 from openenv_zmq.worker.status import SlotStatus, after_reset, settled
+
+log = logging.getLogger(__name__)
 
 Located = list[tuple[int, int, Slot]]
 """``(row in the request, env id, slot)`` for each env id of a request hosted here."""
@@ -209,7 +212,10 @@ class Deferred:
             slot.busy = False
             if call.timed_out:
                 rows.errors.append(error_row(env_id, "StepTimeout", call.timeout_message()))
-                slot.env = None  # it may still be running in its thread: never touched again
+                if call.mode is Mode.ASYNC:  # its coroutine was cancelled: nothing runs in it
+                    _close_quietly(slot.env)
+                # on a thread it may still be running: never touched again
+                slot.env = None
                 slot.status = SlotStatus.NEEDS_RESET
             elif call.action is None:
                 _put_reset(env_id, slot, rows, i, call.outcome)
@@ -232,6 +238,17 @@ class Deferred:
 
 NEXT_STEP = AutoresetMode.NEXT_STEP
 BUSY = ("EnvBusy", "a reset or step of this env is still running; wait for its answer")
+
+
+def _close_quietly(env: Any) -> None:
+    """Close an instance being discarded; what its ``close()`` raises only goes to the log."""
+    close = getattr(env, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception:
+        log.exception("closing an env abandoned at its deadline raised")
 
 
 def _fresh(env_id: int, slot: Slot, rows: ModelRows) -> bool:
