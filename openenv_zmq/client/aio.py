@@ -32,9 +32,8 @@ from openenv_zmq.client.results import BatchResult
 from openenv_zmq.client.state import (
     WORKER_POLL_SECONDS,
     ClientState,
-    GroupSpec,
     GroupState,
-    constructor_kwargs,
+    group_spec,
     live_workers,
     too_few_workers,
     unreachable,
@@ -141,15 +140,10 @@ class AsyncBatchClient:
         self._transport = transport or AsyncZmqTransport(str(address), timeout, limits)
         spec = None
         if env is not None:
-            spec = GroupSpec(
-                env,
-                num_envs,
-                constructor_kwargs(kwargs, env_kwargs),
-                AutoresetMode(autoreset),
-                as_dicts,
-                concurrency,
-                timeout_s,
+            options = dict(
+                autoreset=autoreset, as_dicts=as_dicts, concurrency=concurrency, timeout_s=timeout_s
             )
+            spec = group_spec(env, num_envs, options, env_kwargs, kwargs)
         self._state = ClientState(spec, connect_timeout)
 
     @property
@@ -184,15 +178,10 @@ class AsyncBatchClient:
         **kwargs: Any,
     ) -> AsyncEnvGroup:
         """See ``BatchClient.make``."""
-        spec = GroupSpec(
-            env,
-            num_envs,
-            constructor_kwargs(kwargs, env_kwargs),
-            AutoresetMode(autoreset),
-            as_dicts,
-            concurrency,
-            timeout_s,
+        options = dict(
+            autoreset=autoreset, as_dicts=as_dicts, concurrency=concurrency, timeout_s=timeout_s
         )
+        spec = group_spec(env, num_envs, options, env_kwargs, kwargs)
         group = await drive(self._transport, make_flow(self._state, spec))
         return AsyncEnvGroup(self._transport, group)
 

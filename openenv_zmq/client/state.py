@@ -71,15 +71,22 @@ class GroupSpec:
     """Deadline of each reset and step, unless a step names its own."""
 
 
-def constructor_kwargs(kwargs: dict[str, Any], env_kwargs: dict[str, Any] | None) -> dict[str, Any]:
-    """``make``'s env constructor arguments: its ``**kwargs`` and ``env_kwargs=`` (for names the
-    client takes itself, such as ``timeout_s``). Raises :class:`ClientError` for a name in both."""
-    if not env_kwargs:
-        return kwargs
-    both = sorted(set(kwargs) & set(env_kwargs))
+def group_spec(
+    env: str,
+    num_envs: int,
+    options: dict[str, Any],
+    env_kwargs: dict[str, Any] | None,
+    kwargs: dict[str, Any],
+) -> GroupSpec:
+    """What a ``make`` call (or a client constructor's ``env=``) asks for. ``options`` are its
+    runtime options by name (``autoreset``, ``as_dicts``, ``concurrency``, ``timeout_s``); the
+    env's constructor gets ``**kwargs`` and ``env_kwargs=`` (for names the client takes itself,
+    such as ``timeout_s``). Raises :class:`ClientError` for a name in both."""
+    both = sorted(set(kwargs) & set(env_kwargs or {}))
     if both:
         raise ClientError(f"env argument(s) {both} given both as keywords and in env_kwargs")
-    return {**env_kwargs, **kwargs}
+    options = {**options, "autoreset": AutoresetMode(options["autoreset"])}
+    return GroupSpec(env, num_envs, {**(env_kwargs or {}), **kwargs}, **options)
 
 
 def check_timeout(timeout_s: float | None) -> None:

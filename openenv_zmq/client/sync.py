@@ -31,9 +31,8 @@ from openenv_zmq.client.results import BatchResult
 from openenv_zmq.client.state import (
     WORKER_POLL_SECONDS,
     ClientState,
-    GroupSpec,
     GroupState,
-    constructor_kwargs,
+    group_spec,
     live_workers,
     too_few_workers,
     unreachable,
@@ -174,15 +173,10 @@ class BatchClient:
         self._transport = transport or ZmqTransport(str(address), timeout, limits)
         spec = None
         if env is not None:
-            spec = GroupSpec(
-                env,
-                num_envs,
-                constructor_kwargs(kwargs, env_kwargs),
-                AutoresetMode(autoreset),
-                as_dicts,
-                concurrency,
-                timeout_s,
+            options = dict(
+                autoreset=autoreset, as_dicts=as_dicts, concurrency=concurrency, timeout_s=timeout_s
             )
+            spec = group_spec(env, num_envs, options, env_kwargs, kwargs)
         self._state = ClientState(spec, connect_timeout)
         try:
             self._transport.exchange([Message(Op.PING)], connect_timeout)
@@ -233,15 +227,10 @@ class BatchClient:
         Raises :class:`NoWorkerAvailable` when the live workers hosting ``env`` lack the slots,
         :class:`ClientError` for a bad option, or the first env's constructor error.
         """
-        spec = GroupSpec(
-            env,
-            num_envs,
-            constructor_kwargs(kwargs, env_kwargs),
-            AutoresetMode(autoreset),
-            as_dicts,
-            concurrency,
-            timeout_s,
+        options = dict(
+            autoreset=autoreset, as_dicts=as_dicts, concurrency=concurrency, timeout_s=timeout_s
         )
+        spec = group_spec(env, num_envs, options, env_kwargs, kwargs)
         return EnvGroup(self._transport, drive(self._transport, make_flow(self._state, spec)))
 
     def status(self) -> dict[str, Any]:
