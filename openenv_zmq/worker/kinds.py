@@ -112,15 +112,14 @@ class Runtime:
     request's calls for an async env; one at a time, inline, for a sync env)."""
     timeout_s: float | None = None
     """Deadline of every reset and step, unless a step names its own."""
-    threaded: bool = field(init=False)
-    """Sync calls go to threads rather than inline on the worker's thread."""
     steps_inline: bool = field(init=False)
     """Steps without a deadline of their own run inline: the serial fast path."""
     resets_inline: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.threaded = self.concurrency is not None and self.concurrency > 1
-        serial = not self.threaded and self.timeout_s is None
+        # one call at a time with no deadline: a sync env steps on the worker's thread itself
+        threaded = self.concurrency is not None and self.concurrency > 1
+        serial = not threaded and self.timeout_s is None
         self.steps_inline = serial and not self.kind.async_step
         self.resets_inline = serial and not self.kind.async_reset
 
