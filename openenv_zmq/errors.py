@@ -5,6 +5,7 @@ OpenEnvZmqError
 ├── ProtocolError               frames that do not decode (malformed, wrong version, unknown op)
 │   └── MessageTooLarge         over the configured size limit
 ├── EnvNotFound                 an env name or ``module:Class`` that resolves to nothing
+├── SandboxError                a contained-session layer the operator requires cannot be had
 ├── ClientError                 misuse detected in this process before anything is sent
 │   ├── ClosedError             stepping a closed client or env group
 │   ├── BatchSizeMismatch       number of actions/seeds/kwargs differs from number of env ids
@@ -26,7 +27,8 @@ OpenEnvZmqError
     ├── EnvBusy                 the env is still answering an earlier request
     ├── EnvNotOnWorker          the worker it was sent to hosts no env with this id
     ├── WorkerLost              the worker died while the request was in flight
-    └── SessionLost             the env lived on a worker that died; reset() re-places it
+    ├── SessionLost             the env lived on a worker that died; reset() re-places it
+    └── SessionCrashed          the env's contained process died; a fresh one replaced it
 ```
 
 Errors cross the wire as ``(type name, message, traceback)`` and are rebuilt here by name with
@@ -53,6 +55,11 @@ class MessageTooLarge(ProtocolError):
 
 class EnvNotFound(OpenEnvZmqError):
     """An env name or ``module:Class`` spec that resolves to no environment class."""
+
+
+class SandboxError(OpenEnvZmqError):
+    """A layer of the contained-session sandbox that is required cannot be set up here (the
+    message names the layer and why), or the sandbox's own processes failed."""
 
 
 class ClientError(OpenEnvZmqError):
@@ -191,6 +198,12 @@ class SessionLost(EnvError):
     """The env lived on a worker that died; ``reset()`` places it on a live worker."""
 
 
+class SessionCrashed(EnvError):
+    """The contained process running the env's session died (a crash, the memory or CPU limit,
+    a kill): the message names how. The env replaced it with a fresh process, so what the
+    episode had built up is gone; the env answers on, as after a reset."""
+
+
 _REMOTE_TYPES: dict[str, type[RemoteError]] = {
     cls.__name__: cls for cls in (RemoteError, NoWorkerAvailable, TooManyInFlight)
 }
@@ -206,10 +219,11 @@ _ENV_TYPES: dict[str, type[EnvError]] = {
         EnvNotOnWorker,
         WorkerLost,
         SessionLost,
+        SessionCrashed,
     )
 }
 _LOCAL_TYPES: dict[str, type[OpenEnvZmqError]] = {
-    cls.__name__: cls for cls in (ProtocolError, MessageTooLarge, EnvNotFound)
+    cls.__name__: cls for cls in (ProtocolError, MessageTooLarge, EnvNotFound, SandboxError)
 }
 
 
