@@ -51,7 +51,7 @@ __all__ = [
 FILTERED_SYSCALLS: Mapping[str, tuple[str, ...]] = {
     "network": ("socket", "socketpair", "connect", "bind", "listen", "accept", "accept4"),
     "exec": ("execve", "execveat"),
-    # clone starts a thread, never a process; clone3 is refused with ENOSYS (see the docstring)
+    # clone only for a thread; clone3 is refused with ENOSYS (see the docstring)
     "fork": ("fork", "vfork", "clone", "clone3"),
     "ptrace": (
         "ptrace",
@@ -359,9 +359,9 @@ class Label:
 def assemble(program: Sequence[Instruction | Label]) -> bytes:
     """Pack ``program`` as a ``struct sock_filter[]``, its labels resolved to relative jumps.
 
-    Raises ``ValueError`` for a label that is unknown, defined twice, behind its jump or more than
-    255 instructions ahead (classic BPF only jumps forward, by one byte), and for a program
-    longer than the kernel's 4096 instructions.
+    Raises ``ValueError`` for a label that is unknown, defined twice, behind its jump, more than
+    255 instructions ahead (classic BPF only jumps forward, by one byte) or past the last
+    instruction, and for a program longer than the kernel's 4096 instructions.
     """
     positions: dict[str, int] = {}
     instructions: list[Instruction] = []
@@ -383,6 +383,8 @@ def assemble(program: Sequence[Instruction | Label]) -> bytes:
         distance = positions[label] - index - 1
         if not 0 <= distance <= _MAX_JUMP:
             raise ValueError(f"jump from instruction {index} to {label!r} spans {distance}")
+        if positions[label] == len(instructions):
+            raise ValueError(f"jump from instruction {index} to {label!r} lands past the end")
         return distance
 
     return b"".join(
