@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -18,8 +19,11 @@ from broker.cluster import ClusterSpec, run_cluster
 from broker.core import BrokerConfig
 from broker.loop import BrokerServer
 from openenv_zmq.client.sync import BatchClient
-from openenv_zmq.errors import EnvNotFound, OpenEnvZmqError
+from openenv_zmq.errors import EnvNotFound, OpenEnvZmqError, SandboxError
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits
+from openenv_zmq.sandbox.layers import Layer, SandboxPolicy, SessionLimits
+from openenv_zmq.sandbox.layers import summary as layers_summary
+from openenv_zmq.sandbox.setup import SandboxOptions, session_factories
 from openenv_zmq.worker.runner import MAX_THREADS
 
 console = Console()
@@ -92,6 +96,78 @@ _max_frame_option = click.option(
     help="A bigger WebSocket frame closes its connection with 1009 (message too big).",
 )
 
+_LAYERS = click.Choice([layer.value for layer in Layer])
+
+
+def _sandbox_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The operator's sandbox flags for contained envs (the coding env); clients have none."""
+    options = (
+        click.option(
+            "--unsafe-in-process-code",
+            is_flag=True,
+            help="Run contained envs' code inside the worker with no sandbox: trusted code only.",
+        ),
+        click.option(
+            "--sandbox-require",
+            type=_LAYERS,
+            multiple=True,
+            help="Refuse to start without this best-effort sandbox layer. Repeatable.",
+        ),
+        click.option(
+            "--sandbox-optional",
+            type=_LAYERS,
+            multiple=True,
+            help="Start even without this layer, required by default (seccomp, rlimits).",
+        ),
+        click.option(
+            "--session-memory",
+            type=_POSITIVE_INT,
+            default=SessionLimits.memory_mb,
+            show_default=True,
+            help="MiB a contained session may allocate beyond the interpreter.",
+        ),
+        click.option(
+            "--session-cpu",
+            type=_POSITIVE_INT,
+            default=SessionLimits.cpu_s,
+            show_default=True,
+            help="CPU seconds a contained session's process may use over its episode.",
+        ),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _sandbox(
+    envs: Sequence[str],
+    unsafe_in_process_code: bool,
+    sandbox_require: Sequence[str],
+    sandbox_optional: Sequence[str],
+    session_memory: int,
+    session_cpu: int,
+    probe: bool,
+) -> SandboxOptions:
+    """The flags as options; with ``probe``, a required layer this host cannot give is a usage
+    error here (exit code 2) rather than a worker that dies at start again and again."""
+    overlap = set(sandbox_require) & set(sandbox_optional)
+    if overlap:
+        raise click.UsageError(
+            f"--sandbox-require and --sandbox-optional both name {', '.join(sorted(overlap))}"
+        )
+    policy = SandboxPolicy(
+        limits=SessionLimits(memory_mb=session_memory, cpu_s=session_cpu)
+    ).adjusted(require=map(Layer, sandbox_require), lower=map(Layer, sandbox_optional))
+    options = SandboxOptions(policy=policy, unsafe_in_process=unsafe_in_process_code)
+    if probe and not unsafe_in_process_code and session_factories(envs):
+        from openenv_zmq.sandbox.contained import ContainedHost
+
+        try:
+            ContainedHost(policy).close()
+        except SandboxError as exc:
+            raise click.UsageError(str(exc)) from None
+    return options
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
@@ -147,6 +223,7 @@ def main(log_level: str) -> None:
     show_default=True,
     help="Messages over this size are refused with MessageTooLarge.",
 )
+@_sandbox_options
 def start(
     bind: str,
     worker_bind: str,
@@ -163,10 +240,12 @@ def start(
     web: bool | None,
     max_frame_mb: float,
     max_message_mb: float,
+    **sandbox_flags: Any,
 ) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM."""
     if workers:
         _check_envs(envs, app_dir)
+    sandbox = _sandbox(envs, probe=workers > 0, **sandbox_flags)
     gateway = None
     if gateway_port is not None:
         from openenv_zmq.gateway.server import GatewaySpec
@@ -195,6 +274,7 @@ def start(
         config=BrokerConfig(heartbeat_interval=heartbeat, limits=limits),
         gateway=gateway,
         app_dir=app_dir,
+        sandbox=sandbox,
     )
 
     def ready(server: BrokerServer) -> None:
@@ -232,6 +312,7 @@ def _check_envs(envs: tuple[str, ...], app_dir: str | None) -> None:
 @_max_threads_option
 @_heartbeat_option
 @click.option("--name", default=None, help="Worker name shown in status [default: host-pid].")
+@_sandbox_options
 def worker(
     connect: str,
     envs: tuple[str, ...],
@@ -240,20 +321,25 @@ def worker(
     max_threads: int,
     heartbeat: float,
     name: str | None,
+    **sandbox_flags: Any,
 ) -> None:
     """Run one worker that joins a broker (what a container or another host runs)."""
     from openenv_zmq.worker.loop import run_worker
 
     _check_envs(envs, app_dir)
-    run_worker(
-        connect=connect,
-        envs=list(envs),
-        capacity=capacity,
-        name=name,
-        heartbeat_interval=heartbeat,
-        liveness=BrokerConfig().liveness,
-        max_threads=max_threads,
-    )
+    try:
+        run_worker(
+            connect=connect,
+            envs=list(envs),
+            capacity=capacity,
+            name=name,
+            heartbeat_interval=heartbeat,
+            liveness=BrokerConfig().liveness,
+            max_threads=max_threads,
+            sandbox=_sandbox(envs, probe=False, **sandbox_flags),
+        )
+    except SandboxError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @main.command()
@@ -313,9 +399,11 @@ def status(connect: str, timeout: float, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     table = Table(title=f"broker {connect}")
-    for column in ("id", "name", "pid", "state", "envs", "used", "free", "steps served", "seen"):
+    columns = ("id", "name", "pid", "state", "envs", "used", "free", "steps served", "seen")
+    for column in (*columns, "sandbox"):
         table.add_column(column, justify="right" if column in ("used", "free") else "left")
     for w in info["workers"]:
+        sandbox = w.get("sandbox") or {}
         table.add_row(
             str(w["id"]),
             w["name"],
@@ -326,6 +414,7 @@ def status(connect: str, timeout: float, as_json: bool) -> None:
             str(w["free"]),
             f"{w['steps_served']:,}",
             f"{w['last_seen_ago']:.1f} s ago",
+            layers_summary(sandbox) if sandbox else "-",
         )
     console.print(table)
     slots = info["env_slots"]

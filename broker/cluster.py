@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from broker.core import BrokerConfig
 from broker.loop import BrokerServer
 from broker.providers.local import LocalProvider
+from openenv_zmq.sandbox.setup import SandboxOptions
 from openenv_zmq.worker.runner import MAX_THREADS
 
 if TYPE_CHECKING:  # the gateway needs the gateway extra (FastAPI); a bare broker does not
@@ -38,6 +39,8 @@ class ClusterSpec:
     """Serve OpenEnv's protocol as this says, in a process of its own."""
     app_dir: str | None = None
     """A folder the workers (and the gateway) import envs from, ahead of installed packages."""
+    sandbox: SandboxOptions = field(default_factory=SandboxOptions)
+    """How the workers contain the sessions of envs that run untrusted code."""
 
 
 def run_cluster(
@@ -56,6 +59,7 @@ def run_cluster(
             envs=list(spec.envs),
             capacity=spec.capacity,
             max_threads=spec.max_threads,
+            sandbox=spec.sandbox,
             heartbeat_interval=spec.config.heartbeat_interval,
             liveness=spec.config.liveness,
         )

@@ -36,6 +36,8 @@ class WorkerRecord:
     """Env ids placed here; for a dead worker, its tombstones."""
     steps_served: int = 0
     death_reason: str = ""
+    sandbox: dict[str, str] = field(default_factory=dict)
+    """Each layer of its contained sessions and its state; empty when it hosts none."""
     in_flight: set[tuple[bytes, int]] = field(default_factory=set)
 
     @property
@@ -54,6 +56,7 @@ class WorkerRecord:
             "used": self.used,
             "free": self.free,
             "steps_served": self.steps_served,
+            "sandbox": self.sandbox,
             "last_seen_ago": now - self.last_seen,
         }
 
@@ -85,6 +88,7 @@ class WorkerRegistry:
             pid=ready["pid"],
             envs=frozenset(ready["envs"]),
             capacity=ready["capacity"],
+            sandbox=dict(ready.get("sandbox", {})),
             last_seen=now,
             next_heartbeat=next_heartbeat,
         )

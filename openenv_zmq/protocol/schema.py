@@ -41,6 +41,10 @@ def _is_str_map(v: Any) -> bool:
     return type(v) is dict and all(type(k) is str for k in v)
 
 
+def _is_str_to_str_map(v: Any) -> bool:
+    return _is_str_map(v) and all(type(x) is str for x in v.values())
+
+
 def _is_autoreset(v: Any) -> bool:
     return v in AUTORESET_MODES
 
@@ -118,6 +122,7 @@ SCHEMAS: dict[Op, OpSchema] = {
             "capacity": (_is_pos_int, True),
             "name": (_is_str, True),
             "pid": (_is_nonneg_int, True),
+            "sandbox": (_is_str_to_str_map, False),
         }
     ),
     Op.WELCOME: OpSchema(meta={"worker": (_is_nonneg_int, True), "heartbeat": (_is_number, True)}),

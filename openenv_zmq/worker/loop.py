@@ -30,6 +30,8 @@ import zmq
 
 from openenv_zmq.errors import ProtocolError
 from openenv_zmq.protocol import CONTROL_ROUTE, Frame, Message, Op, decode, encode
+from openenv_zmq.sandbox import host as sandbox_host
+from openenv_zmq.sandbox.setup import SandboxOptions, start_sandbox
 from openenv_zmq.sockets import worker_dealer
 from openenv_zmq.worker.core import Pending, WorkerCore
 from openenv_zmq.worker.link import BrokerLink, LinkOutput, WorkerLifecycle
@@ -58,6 +60,7 @@ def run_worker(
     liveness: float = 2.5,
     stop: threading.Event | None = None,
     max_threads: int = MAX_THREADS,
+    sandbox: SandboxOptions | None = None,
 ) -> None:
     """Host ``envs`` for the broker whose backend is at ``connect`` until told to stop.
 
@@ -65,13 +68,19 @@ def run_worker(
     when ``stop`` is set: sends ``BYE``, closes every env and socket, and returns. Raises
     :class:`~openenv_zmq.errors.EnvNotFound` before connecting if an env does not resolve, and
     :class:`zmq.ZMQError` for a malformed ``connect`` address. Blocking env calls run on at
-    most ``max_threads`` threads.
+    most ``max_threads`` threads. An env that runs code in contained sessions gets its zygote
+    started first, as ``sandbox`` says; :class:`~openenv_zmq.errors.SandboxError` when a
+    required layer cannot be had.
     """
     name = name or f"{socket.gethostname()}-{os.getpid()}"
     core = WorkerCore(envs, capacity)
-    ready = Message(
-        Op.READY, meta={"envs": list(envs), "capacity": capacity, "name": name, "pid": os.getpid()}
-    )
+    # Before any socket or thread: the zygote is exec'd, but nothing of ours should exist yet.
+    layers = start_sandbox(envs, sandbox or SandboxOptions())
+    meta = {"envs": list(envs), "capacity": capacity, "name": name, "pid": os.getpid()}
+    if layers:
+        meta["sandbox"] = dict(layers)
+        log.info("worker %s contains sessions: %s", name, dict(layers))
+    ready = Message(Op.READY, meta=meta)
     halt = threading.Event()
 
     def stopping() -> bool:
@@ -107,6 +116,7 @@ def run_worker(
         runner.close()
         pump.close()
         core.drop_all()
+        sandbox_host.shutdown()
         context.term()
         restore_signals()
     log.info("worker %s stopped", name)
