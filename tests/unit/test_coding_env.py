@@ -1,7 +1,8 @@
 """``PythonCodeActEnv`` behaves as OpenEnv's (its reset and reward tests, ported) and keeps its
 deadline, size cap and sessions as documented.
 
-Most tests run on the in-process session host (``in_process_host``), so they need no processes;
+Most tests run on the in-process session host (``code_host``), so they need no processes
+(tests/integration/test_coding_contained.py runs them again on the contained host);
 the timeout and crash tests use :class:`LosingHost`, which reports those outcomes as a contained
 host does.
 """
@@ -30,7 +31,7 @@ LONG = "x = " + " + ".join(str(i) for i in range(50))
 
 
 @pytest.fixture
-def in_process_host() -> Iterator[None]:
+def code_host() -> Iterator[None]:
     host.configure(host.InProcessHost)
     yield
     host.shutdown()
@@ -38,7 +39,7 @@ def in_process_host() -> Iterator[None]:
 
 
 @pytest.fixture
-def env(in_process_host: None) -> Iterator[PythonCodeActEnv]:
+def env(code_host: None) -> Iterator[PythonCodeActEnv]:
     environment = PythonCodeActEnv()
     environment.reset()
     yield environment
@@ -202,7 +203,7 @@ def test_one_dangerous_line_among_safe_ones_is_enough(env: PythonCodeActEnv) -> 
 # Beyond OpenEnv's tests: the semantics of OPENENV_PROTOCOL.md
 
 
-def test_reset_observation(in_process_host: None) -> None:
+def test_reset_observation(code_host: None) -> None:
     obs = PythonCodeActEnv().reset()
     assert obs == CodeObservation(stdout="", stderr="", exit_code=0, reward=0.0, done=False)
 
@@ -251,7 +252,7 @@ def test_episodes_never_end(env: PythonCodeActEnv) -> None:
 def test_code_over_the_cap_is_refused_and_the_session_kept(
     env: PythonCodeActEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert module.MAX_CODE_CHARS == 1_000_000
+    assert module.MAX_CODE_CHARS == 100_000
     step(env, "kept = 1")
     monkeypatch.setattr(module, "MAX_CODE_CHARS", 10)
     with pytest.raises(ValueError, match=r"the code is 11 characters long; .* at most 10$"):
@@ -260,7 +261,7 @@ def test_code_over_the_cap_is_refused_and_the_session_kept(
     assert step(env, "kept").stdout == "1"
 
 
-def test_step_before_reset_opens_a_session(in_process_host: None) -> None:
+def test_step_before_reset_opens_a_session(code_host: None) -> None:
     env = PythonCodeActEnv()
     assert env.state == CodeState()
     assert step(env, "1 + 1").stdout == "2"
@@ -299,7 +300,7 @@ SCRIPT = [
 ]
 
 
-def test_the_async_path_answers_as_the_sync_one(in_process_host: None) -> None:
+def test_the_async_path_answers_as_the_sync_one(code_host: None) -> None:
     sync_env, async_env = PythonCodeActEnv(), PythonCodeActEnv()
 
     def summary(obs: CodeObservation, env: PythonCodeActEnv) -> tuple[Any, ...]:

@@ -17,12 +17,19 @@ Two differences from OpenEnv, both so that a session cannot take its host down:
 
 from __future__ import annotations
 
+import importlib
 import json
 import traceback
 from typing import Any
 
 from smolagents import LocalPythonExecutor
+from smolagents.local_python_executor import BASE_BUILTIN_MODULES
 from smolagents.utils import truncate_content
+
+# Imported with this module, so a zygote that preloads it holds them before any session exists:
+# a session's interpreter checks that they import, and a session may not read Python's files.
+for _module in BASE_BUILTIN_MODULES:
+    importlib.import_module(_module)
 
 MAX_OUTPUT_CHARS = 1_000_000
 """The most characters of ``stdout`` (and of ``stderr``) a reply carries, before the marker."""

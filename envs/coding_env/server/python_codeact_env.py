@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 from coding_env.models import CodeAction, CodeObservation, CodeState
 from coding_env.server.transforms import create_safe_coding_transform
@@ -32,8 +32,8 @@ from openenv_zmq.sandbox.host import Reply, Session, SessionTimedOut, session_ho
 
 SESSION_FACTORY = "coding_env.server.executor:PyExecutor"
 """The handler each session runs."""
-MAX_CODE_CHARS = 1_000_000
-"""The longest code a step takes."""
+MAX_CODE_CHARS = 100_000
+"""The longest code a step takes (the reward's syntax check parses it in the worker)."""
 DEFAULT_TIMEOUT_S = 30.0
 """A step's deadline when neither the env nor the step names one (OpenEnv's 30 seconds)."""
 
@@ -47,6 +47,8 @@ class PythonCodeActEnv(Environment[CodeAction, CodeObservation, CodeState]):
     """
 
     SUPPORTS_CONCURRENT_SESSIONS = True
+    SESSION_FACTORY: ClassVar[str] = SESSION_FACTORY
+    """Tells the worker to start its sandbox, with this handler's modules loaded, at start."""
 
     def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         if not (math.isfinite(timeout_s) and timeout_s > 0):
