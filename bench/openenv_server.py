@@ -158,9 +158,16 @@ def openenv_echo_server(
     )
 
 
-async def step_sessions(base_url: str, sessions: int, warmup: float, duration: float) -> float:
-    """Open ``sessions`` WebSocket sessions, reset them, step them all concurrently for
-    ``warmup`` then ``duration`` seconds; return the steps per second over ``duration``."""
+async def step_sessions(
+    base_url: str,
+    sessions: int,
+    warmup: float,
+    duration: float,
+    step_data: dict[str, Any] = STEP_DATA,
+) -> float:
+    """Open ``sessions`` WebSocket sessions, reset them, step them all concurrently (each with
+    ``step_data``) for ``warmup`` then ``duration`` seconds; return the steps per second over
+    ``duration``."""
     clients = [
         GenericEnvClient(base_url=base_url, message_timeout_s=MESSAGE_TIMEOUT)
         for _ in range(sessions)
@@ -174,10 +181,10 @@ async def step_sessions(base_url: str, sessions: int, warmup: float, duration: f
 
         async def run(client: Any) -> int:
             while loop.time() < start:
-                await client.step(STEP_DATA)
+                await client.step(step_data)
             steps = 0
             while loop.time() < end:
-                await client.step(STEP_DATA)
+                await client.step(step_data)
                 steps += 1
             return steps
 

@@ -399,12 +399,13 @@ def status(connect: str, timeout: float, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     table = Table(title=f"broker {connect}")
-    columns = ("id", "name", "pid", "state", "envs", "used", "free", "steps served", "seen")
-    for column in (*columns, "sandbox"):
+    columns = ["id", "name", "pid", "state", "envs", "used", "free", "steps served", "seen"]
+    # Only workers hosting contained sessions have a sandbox to show.
+    sandboxed = any(w.get("sandbox") for w in info["workers"])
+    for column in [*columns, "sandbox"] if sandboxed else columns:
         table.add_column(column, justify="right" if column in ("used", "free") else "left")
     for w in info["workers"]:
-        sandbox = w.get("sandbox") or {}
-        table.add_row(
+        row = [
             str(w["id"]),
             w["name"],
             str(w["pid"]),
@@ -414,8 +415,10 @@ def status(connect: str, timeout: float, as_json: bool) -> None:
             str(w["free"]),
             f"{w['steps_served']:,}",
             f"{w['last_seen_ago']:.1f} s ago",
-            layers_summary(sandbox) if sandbox else "-",
-        )
+        ]
+        if sandboxed:
+            row.append(layers_summary(w["sandbox"]) if w.get("sandbox") else "-")
+        table.add_row(*row)
     console.print(table)
     slots = info["env_slots"]
     console.print(
