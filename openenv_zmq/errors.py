@@ -223,7 +223,7 @@ _ENV_TYPES: dict[str, type[EnvError]] = {
     )
 }
 _LOCAL_TYPES: dict[str, type[OpenEnvZmqError]] = {
-    cls.__name__: cls for cls in (ProtocolError, MessageTooLarge, EnvNotFound, SandboxError)
+    cls.__name__: cls for cls in (ProtocolError, MessageTooLarge, EnvNotFound)
 }
 
 

@@ -9,7 +9,7 @@ worker ──exec, empty environment──> zygote (smolagents and the session m
 
 A worker that hosts such an env starts one zygote before it opens any socket or thread. Every
 session is a process forked from it, hardened, then serving the requests of one env instance;
-``reset()`` replaces it with a fresh one and a missed deadline kills it. :mod:`.host` is what an
-env sees (:class:`~openenv_zmq.sandbox.host.SessionHost`); the layers and what each stops are in
-:mod:`.layers`.
+``reset()`` replaces it with a fresh one and a missed deadline kills it. What an env sees is
+in :mod:`.sessions` (:class:`~openenv_zmq.sandbox.sessions.SessionHost`), which host a process
+has is :mod:`.host`'s, and the layers and what each stops are in :mod:`.layers`.
 """

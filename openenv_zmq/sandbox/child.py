@@ -10,8 +10,8 @@ from typing import NoReturn
 
 from openenv_zmq.sandbox.frames import FrameError, FrameReader, encode_frame
 from openenv_zmq.sandbox.hardening import harden
-from openenv_zmq.sandbox.host import load_factory
 from openenv_zmq.sandbox.layers import SandboxPolicy, check_required
+from openenv_zmq.sandbox.sessions import load_factory
 
 _RECV_BYTES = 2**20
 

@@ -31,8 +31,8 @@ import msgpack
 from openenv_zmq.errors import SandboxError, SessionCrashed
 from openenv_zmq.sandbox.cgroups import remove_cgroup
 from openenv_zmq.sandbox.frames import FrameError, FrameReader, encode_frame
-from openenv_zmq.sandbox.host import Reply, Request, Session, SessionHost, SessionTimedOut
 from openenv_zmq.sandbox.layers import SandboxPolicy, check_required
+from openenv_zmq.sandbox.sessions import Reply, Request, Session, SessionHost, SessionTimedOut
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from openenv_zmq.sandbox import child
 from openenv_zmq.sandbox.cgroups import join_pids_cgroup
 from openenv_zmq.sandbox.frames import FrameReader
 from openenv_zmq.sandbox.hardening import die_with_parent
-from openenv_zmq.sandbox.host import load_factory
 from openenv_zmq.sandbox.layers import Layer, SandboxPolicy, SessionLimits
 from openenv_zmq.sandbox.namespaces import enter_empty_netns
+from openenv_zmq.sandbox.sessions import load_factory
 
 _MAX_MESSAGE = 2**20
 _KEPT_STATUSES = 4096

@@ -10,7 +10,7 @@ from coding_env.server.python_codeact_env import SESSION_FACTORY
 
 from openenv_zmq.sandbox import host
 from openenv_zmq.sandbox.contained import ContainedHost
-from openenv_zmq.sandbox.host import Session, SessionHost
+from openenv_zmq.sandbox.sessions import Session, SessionHost
 from tests.unit.test_coding_env import *  # noqa: F403 - the same tests, on this module's host
 
 pytestmark = pytest.mark.integration

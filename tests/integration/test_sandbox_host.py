@@ -15,8 +15,8 @@ import pytest
 
 from openenv_zmq.errors import SessionCrashed
 from openenv_zmq.sandbox.contained import ContainedHost
-from openenv_zmq.sandbox.host import Session, SessionTimedOut
 from openenv_zmq.sandbox.layers import Layer, SandboxPolicy, SessionLimits, is_on
+from openenv_zmq.sandbox.sessions import Session, SessionTimedOut
 from tests.processes import alive, wait_until
 from tests.sandbox_cgroup import bomb_cgroup
 

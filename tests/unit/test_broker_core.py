@@ -654,5 +654,6 @@ def test_ping_and_status(core: BrokerCore, two_workers: tuple[int, int]) -> None
         "used": 2,
         "free": 6,
         "steps_served": 2,
+        "sandbox": {},
         "last_seen_ago": 1.5,
     }

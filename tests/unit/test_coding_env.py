@@ -23,7 +23,7 @@ from coding_env.server.executor import PyExecutor
 from openenv_zmq.errors import SessionCrashed
 from openenv_zmq.registry import env_types
 from openenv_zmq.sandbox import host
-from openenv_zmq.sandbox.host import Reply, Request, Session, SessionHost, SessionTimedOut
+from openenv_zmq.sandbox.sessions import Reply, Request, Session, SessionHost, SessionTimedOut
 from openenv_zmq.worker.kinds import EnvKind
 
 LONG = "x = " + " + ".join(str(i) for i in range(50))

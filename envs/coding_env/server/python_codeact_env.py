@@ -28,7 +28,8 @@ from coding_env.models import CodeAction, CodeObservation, CodeState
 from coding_env.server.transforms import create_safe_coding_transform
 from openenv_zmq.env import Environment
 from openenv_zmq.errors import SessionCrashed
-from openenv_zmq.sandbox.host import Reply, Session, SessionTimedOut, session_host
+from openenv_zmq.sandbox.host import session_host
+from openenv_zmq.sandbox.sessions import Reply, Session, SessionTimedOut
 
 SESSION_FACTORY = "coding_env.server.executor:PyExecutor"
 """The handler each session runs."""
