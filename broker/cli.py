@@ -399,13 +399,10 @@ def status(connect: str, timeout: float, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     table = Table(title=f"broker {connect}")
-    columns = ["id", "name", "pid", "state", "envs", "used", "free", "steps served", "seen"]
-    # Only workers hosting contained sessions have a sandbox to show.
-    sandboxed = any(w.get("sandbox") for w in info["workers"])
-    for column in [*columns, "sandbox"] if sandboxed else columns:
+    for column in ("id", "name", "pid", "state", "envs", "used", "free", "steps served", "seen"):
         table.add_column(column, justify="right" if column in ("used", "free") else "left")
     for w in info["workers"]:
-        row = [
+        table.add_row(
             str(w["id"]),
             w["name"],
             str(w["pid"]),
@@ -415,11 +412,12 @@ def status(connect: str, timeout: float, as_json: bool) -> None:
             str(w["free"]),
             f"{w['steps_served']:,}",
             f"{w['last_seen_ago']:.1f} s ago",
-        ]
-        if sandboxed:
-            row.append(layers_summary(w["sandbox"]) if w.get("sandbox") else "-")
-        table.add_row(*row)
+        )
     console.print(table)
+    # A line each, under the table: the layers do not fit in a column of a narrow terminal.
+    for w in info["workers"]:
+        if w.get("sandbox"):
+            console.print(f"worker {w['id']} sandbox: {layers_summary(w['sandbox'])}")
     slots = info["env_slots"]
     console.print(
         f"env slots: {slots['used']} used, {slots['free']} free; "

@@ -89,11 +89,6 @@ def session_host() -> SessionHost:
         return _host
 
 
-def running_host() -> SessionHost | None:
-    """The host if one was started, for status and shutdown."""
-    return _host
-
-
 def shutdown() -> None:
     """Close the host (and its zygote); the next :func:`session_host` starts a new one."""
     global _host

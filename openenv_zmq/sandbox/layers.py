@@ -5,8 +5,8 @@
 | ``seccomp``   | sockets, exec, new processes, ptrace, mounts, namespaces,    | required    |
 |               | signals to other processes (with ``no_new_privs``)           |             |
 | ``rlimits``   | memory, CPU time, file size, open files, core dumps          | required    |
-| ``uid``       | reading the worker's files and ``/proc`` (sessions run as     | best effort |
-|               | ``nobody``; only a root worker can switch uid)               |             |
+| ``uid``       | reaching the worker's or another session's files, ``/proc``  | best effort |
+|               | and processes (a uid per session; only a root worker can)    |             |
 | ``netns``     | any network, even if a socket were had (one empty network    | best effort |
 |               | namespace per zygote; needs root or user namespaces)         |             |
 | ``pids-cgroup`` | process floods, as a backstop to seccomp (a writable       | best effort |
