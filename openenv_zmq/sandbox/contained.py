@@ -174,6 +174,13 @@ class ContainedHost(SessionHost):
 
 
 class ContainedSession(Session):
+    """A session process reached over its own socketpair.
+
+    Used from an event loop, the channel stays registered with that loop's selector from the
+    first :meth:`call_async` until :meth:`close`: each call then costs one ``send`` and one
+    ``recv``, where ``loop.sock_recv`` adds a failed ``recv`` and two ``epoll_ctl`` per call.
+    """
+
     def __init__(self, host: ContainedHost, channel: socket.socket, pid: int, pidfd: int) -> None:
         self.pid = pid
         self._host = host
@@ -181,6 +188,12 @@ class ContainedSession(Session):
         self._pidfd = pidfd
         self._reader = FrameReader()
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop whose selector watches the channel, if one does."""
+        self._waiter: asyncio.Future[Reply] | None = None
+        """The reply the call in flight awaits."""
+        self._broken: Exception | None = None
+        """Why the channel is useless, found while no call was waiting."""
 
     def hello(self) -> dict[str, Any]:
         try:
@@ -204,11 +217,17 @@ class ContainedSession(Session):
 
     def call(self, request: Request, timeout_s: float | None) -> Reply:
         self._check_open()
+        self._leave_loop()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
+            if self._broken is not None:
+                raise self._broken
             self._channel.settimeout(timeout_s)
             self._channel.sendall(encode_frame(request))
-            return self._answer(self._read(deadline))
+            reply = self._read(deadline)
+            if self._reader.buffered:
+                self._broken = FrameError("more than one reply to one request")
+            return self._answer(reply)
         except TimeoutError:
             self.close()
             raise SessionTimedOut from None
@@ -218,21 +237,106 @@ class ContainedSession(Session):
     async def call_async(self, request: Request, timeout_s: float | None) -> Reply:
         self._check_open()
         loop = asyncio.get_running_loop()
-        self._channel.setblocking(False)
+        if self._loop is not loop:
+            self._serve_on(loop)
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        # Waiting before the request is out: the reply may be read before this coroutine runs
+        # again after a send that had to wait for room.
+        waiter = self._waiter = loop.create_future()
+        timer = None
         try:
-            async with asyncio.timeout(timeout_s):
-                await loop.sock_sendall(self._channel, encode_frame(request))
-                while (frame := self._reader.next_frame()) is None:
-                    data = await loop.sock_recv(self._channel, _RECV_BYTES)
-                    if not data:
-                        raise ConnectionResetError("the session process closed its channel")
-                    self._reader.feed(data)
-            return self._answer(frame)
+            if self._broken is not None:
+                raise self._broken
+            await self._send(loop, encode_frame(request), deadline)
+            if deadline is not None:
+                timer = loop.call_at(deadline, _expire, waiter)
+            reply = await waiter
         except TimeoutError:
             self.close()
             raise SessionTimedOut from None
         except (ConnectionError, FrameError) as exc:
             raise await asyncio.to_thread(self._crashed, exc) from None
+        except asyncio.CancelledError:
+            self.close()  # the request may still be served: its reply would answer the next
+            raise
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+            if not waiter.done():
+                waiter.cancel()
+            elif not waiter.cancelled():
+                waiter.exception()  # retrieved: a failure while sending was raised instead
+        return self._answer(reply)
+
+    async def _send(
+        self, loop: asyncio.AbstractEventLoop, frame: bytes, deadline: float | None
+    ) -> None:
+        try:
+            sent = self._channel.send(frame)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(frame):  # a large request and a full socket buffer
+            async with asyncio.timeout_at(deadline):
+                await loop.sock_sendall(self._channel, memoryview(frame)[sent:])
+
+    def _serve_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._leave_loop()
+        self._channel.setblocking(False)
+        loop.add_reader(self._channel.fileno(), self._on_readable)
+        self._loop = loop
+
+    def _leave_loop(self) -> None:
+        """Stop the selector of the loop that watched the channel (it must not be running on
+        another thread: the channel is then that loop's alone)."""
+        loop, self._loop = self._loop, None
+        if loop is None or loop.is_closed():
+            return
+        if loop.is_running() and _running_loop() is not loop:
+            self._loop = loop
+            raise SandboxError("this session is served by an event loop on another thread")
+        loop.remove_reader(self._channel.fileno())
+
+    def _on_readable(self) -> None:
+        """The loop's callback: the reply's bytes, the end of the stream, or garbage."""
+        try:
+            data = self._channel.recv(_RECV_BYTES)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._fail(ConnectionResetError(f"the session's channel failed: {exc}"))
+            return
+        if not data:
+            self._fail(ConnectionResetError("the session process closed its channel"))
+            return
+        self._reader.feed(data)
+        try:
+            frame = self._reader.next_frame()
+        except FrameError as exc:
+            self._fail(exc)
+            return
+        if frame is None:
+            return
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            self._fail(FrameError("a reply to no request"))
+            return
+        waiter.set_result(frame)
+        if self._reader.buffered:
+            self._fail(FrameError("more than one reply to one request"))
+
+    def _fail(self, reason: Exception) -> None:
+        """The channel is useless: stop watching it, and tell the call waiting (or the next)."""
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.remove_reader(self._channel.fileno())
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(reason)
+        if self._closed:
+            self._channel.close()
+        else:
+            self._broken = reason
 
     def _answer(self, reply: Reply) -> Reply:
         if "__error__" in reply:
@@ -250,12 +354,38 @@ class ContainedSession(Session):
         )
 
     def close(self) -> None:
+        """Kill the process now; the channel is closed by the loop watching it, if one does
+        (closing it under a running selector would let a new channel take its number)."""
         if self._closed:
             return
         self._closed = True
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
         os.close(self._pidfd)
-        self._channel.close()
+        self._release_channel()
         if self.pid is not None:
             shutil.rmtree(self._host.session_folder(self.pid), ignore_errors=True)
+
+    def _release_channel(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._channel.close()
+        elif _running_loop() is loop or not loop.is_running():
+            self._fail(SandboxError("the session is closed"))
+        else:
+            try:
+                loop.call_soon_threadsafe(self._release_channel)
+            except RuntimeError:  # closed meanwhile
+                self._channel.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _expire(waiter: asyncio.Future[Reply]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())

@@ -37,6 +37,11 @@ class FrameReader:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
+    @property
+    def buffered(self) -> int:
+        """Bytes fed that no frame handed out holds."""
+        return len(self._buffer)
+
     def next_frame(self) -> dict[str, Any] | None:
         """The next whole frame, or ``None`` until more bytes arrive."""
         if len(self._buffer) < _LENGTH.size:

@@ -4,8 +4,10 @@ that runs in a memory- and pids-limited cgroup this module makes."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from openenv_zmq.errors import SessionCrashed
+from openenv_zmq.errors import SandboxError, SessionCrashed
 from openenv_zmq.sandbox.contained import ContainedHost
 from openenv_zmq.sandbox.layers import Layer, SandboxPolicy, SessionLimits, is_on
 from openenv_zmq.sandbox.sessions import Session, SessionTimedOut
@@ -230,3 +232,131 @@ def test_closing_the_host_ends_everything_it_started() -> None:
         host.close()
         for pid in [zygote, *(s.pid or 0 for s in sessions)]:
             wait_until(lambda p=pid: not alive(p), 5, f"process {pid} to end")
+
+
+# Sessions used from an event loop: the channel stays with the loop's selector between calls.
+
+ANSWER_TWICE = """
+import os, stat
+def is_socket(fd):
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+channel = next(fd for fd in range(3, 64) if is_socket(fd))
+os.write(channel, bytes([0, 0, 0, 1, 0x80]))  # a whole frame: an empty map
+result = 'the real reply'
+"""
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_async_calls_on_one_loop_answer_each_session_in_turn(host: ContainedHost) -> None:
+    sessions = [host.open(RAW) for _ in range(8)]
+
+    async def rounds() -> list[list[str]]:
+        answers = []
+        for _ in range(3):
+            replies = await asyncio.gather(
+                *(s.call_async({"code": f"result = {i} * 7"}, 10) for i, s in enumerate(sessions))
+            )
+            answers.append([reply["result"] for reply in replies])
+        return answers
+
+    try:
+        assert asyncio.run(rounds()) == [[str(i * 7) for i in range(8)]] * 3
+        # that loop is closed: the same sessions go on, blocking, then on another loop
+        assert run(sessions[0], "result = 'blocking'")["result"] == "'blocking'"
+        assert asyncio.run(sessions[0].call_async({"code": "result = 2"}, 10))["result"] == "2"
+    finally:
+        for s in sessions:
+            s.close()
+
+
+def test_an_async_deadline_kills_only_that_session(host: ContainedHost) -> None:
+    looping, bystander = host.open(RAW), host.open(RAW)
+
+    async def both() -> tuple[Any, Any]:
+        return await asyncio.gather(
+            looping.call_async({"code": "while True: pass"}, 0.5),
+            bystander.call_async({"code": "result = 'fine'"}, 10),
+            return_exceptions=True,
+        )
+
+    try:
+        started = time.monotonic()
+        timed_out, answered = asyncio.run(both())
+        assert time.monotonic() - started < 5
+        assert isinstance(timed_out, SessionTimedOut)
+        assert answered["result"] == "'fine'"
+        wait_until(lambda: not alive(looping.pid or 0), 5, "the looping session to die")
+        with pytest.raises(SandboxError, match="closed"):
+            asyncio.run(looping.call_async({"code": "result = 1"}, 10))
+    finally:
+        looping.close()
+        bystander.close()
+
+
+def test_a_session_that_dies_mid_async_call_is_reported_with_how(host: ContainedHost) -> None:
+    session = host.open(RAW)
+    with pytest.raises(SessionCrashed, match="exited with code 3"):
+        asyncio.run(session.call_async({"code": "import os; os._exit(3)"}, 10))
+    assert_serving(host)
+
+
+def test_a_cancelled_async_call_ends_its_session(host: ContainedHost) -> None:
+    session = host.open(RAW)
+
+    async def cancelled() -> None:
+        call = asyncio.ensure_future(
+            session.call_async({"code": "import time; time.sleep(30)"}, 60)
+        )
+        await asyncio.sleep(0.3)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    asyncio.run(cancelled())
+    # its reply could still come and answer the next call: the session is gone instead
+    wait_until(lambda: not alive(session.pid or 0), 5, "the cancelled session to die")
+    with pytest.raises(SandboxError, match="closed"):
+        run(session, "result = 1")
+
+
+def test_a_session_that_answers_twice_is_cut_off(host: ContainedHost) -> None:
+    session = host.open(RAW)
+
+    async def twice() -> dict[str, Any]:
+        first = await session.call_async({"code": ANSWER_TWICE}, 10)
+        with pytest.raises(SessionCrashed, match=r"more than one reply|a reply to no request"):
+            await session.call_async({"code": "result = 1"}, 10)
+        return first
+
+    assert asyncio.run(twice()) == {}  # the forged frame came first: its own row, nobody else's
+    assert_serving(host)
+
+
+def test_a_loop_on_another_thread_keeps_its_sessions(host: ContainedHost) -> None:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    before = _open_fds()
+    session = host.open(RAW)
+    try:
+        reply = asyncio.run_coroutine_threadsafe(
+            session.call_async({"code": "result = 'on the loop'"}, 10), loop
+        ).result(10)
+        assert reply["result"] == "'on the loop'"
+        with pytest.raises(SandboxError, match="event loop on another thread"):
+            run(session, "result = 1")
+        # closed from here, the process dies now and the loop lets go of the channel
+        session.close()
+        wait_until(lambda: not alive(session.pid or 0), 5, "the session to die")
+        wait_until(lambda: _open_fds() == before, 5, "the session's channel to be closed")
+    finally:
+        session.close()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
