@@ -34,18 +34,28 @@ class CodeSafetyTransform(Transform[CodeObservation]):
     def __init__(self, penalty: float = -1.0) -> None:
         self.penalty = penalty
         self.dangerous_patterns = list(DANGEROUS_PATTERNS)
+        self._compiled_from: list[str] = []
+        self._compiled: list[tuple[str, re.Pattern[str]]] = []
 
     def __call__(self, observation: CodeObservation) -> CodeObservation:
         code = observation.metadata.get("last_code")
         if code is None:
             return observation
-        pattern = next((p for p in self.dangerous_patterns if re.search(p, code)), None)
+        pattern = next((p for p, regex in self._patterns() if regex.search(code)), None)
         if pattern is not None:
             observation.reward = self.penalty
             observation.metadata["safety_violation"] = pattern
         elif observation.reward is None:
             observation.reward = 0.0
         return observation
+
+    def _patterns(self) -> list[tuple[str, re.Pattern[str]]]:
+        """``dangerous_patterns`` compiled, again whenever the list was changed (``re.search``
+        looks each pattern up in its cache: most of this transform's time)."""
+        if self._compiled_from != self.dangerous_patterns:
+            self._compiled_from = list(self.dangerous_patterns)
+            self._compiled = [(p, re.compile(p)) for p in self._compiled_from]
+        return self._compiled
 
 
 class CodeQualityTransform(Transform[CodeObservation]):
