@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import tomllib
 from pathlib import Path
 
 from openenv_zmq.errors import RemoteError
@@ -28,7 +29,9 @@ def stage_space(env: str, app_port: int = 7860) -> Path:
     """A new temporary folder holding a docker Space that serves ``env`` on ``app_port``.
 
     The folder has the filled ``Dockerfile`` and ``README.md`` (whose front matter tells the Hub
-    ``sdk: docker`` and ``app_port``) and a copy of the project's source. The caller owns the
+    ``sdk: docker`` and ``app_port``) and a copy of the project's source. The image installs the
+    ``gateway`` extra, and the extra named after ``env`` when the project has one (``coding``
+    brings smolagents). The caller owns the
     folder and removes it when done. Raises :class:`~openenv_zmq.errors.EnvNotFound` when ``env``
     resolves to no environment here (it would not on the Space either), and
     :class:`FileNotFoundError` when the project's source is not a checkout.
@@ -48,10 +51,18 @@ def stage_space(env: str, app_port: int = 7860) -> Path:
         else:
             shutil.copy2(source, folder / item)
     # README.md doubles as the package's readme (pyproject names it), so `pip install .` finds it.
+    fields = {"env": env, "app_port": app_port, "extras": ",".join(space_extras(env))}
     for name in ("Dockerfile", "README.md"):
         template = (TEMPLATE_DIR / name).read_text(encoding="utf-8")
-        (folder / name).write_text(template.format(env=env, app_port=app_port), encoding="utf-8")
+        (folder / name).write_text(template.format(**fields), encoding="utf-8")
     return folder
+
+
+def space_extras(env: str) -> list[str]:
+    """The project's extras a Space serving ``env`` installs."""
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    extras = pyproject["project"]["optional-dependencies"]
+    return ["gateway", *([env] if env in extras and env != "gateway" else [])]
 
 
 def push_space(

@@ -19,10 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from broker.hub import PROJECT_ROOT, stage_space
+from broker.hub import PROJECT_ROOT, space_extras, stage_space
 from tests.processes import free_port
 
 BASE_IMAGE = "openenv-zmq/python:3.11-bookworm"
+SPACE_ENV = "coding"
+"""The env the image is staged for (``push --env coding``); the echo tests run it with
+``--env echo``, which needs nothing more."""
 WHEELHOUSE = "wheels"
 """The folder in the build context the Space's Dockerfile installs from when it is there."""
 BASE_BUILD_TIMEOUT = 900.0
@@ -81,20 +84,20 @@ def base_image(docker_engine: None) -> str:
 
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Wheels of the gateway extra's dependencies and of the build backend, built on this host.
+    """Wheels of the Space's extras' dependencies and of the build backend, built on this host.
 
     They are built from a staged copy of the source, so no build output lands in the checkout.
     The project's own wheel is dropped: the image builds the project from the staged source,
     as the Hub's builder does, and needs only the build backend for that.
     """
     wheels = tmp_path_factory.mktemp(WHEELHOUSE)
-    source = stage_space("echo")
+    source = stage_space(SPACE_ENV)
     try:
         pyproject = tomllib.loads((source / "pyproject.toml").read_text(encoding="utf-8"))
         build_requires: list[str] = pyproject["build-system"]["requires"]
         pip_wheel = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheels)]
         done = subprocess.run(
-            [*pip_wheel, f"{source}[gateway]", *build_requires],
+            [*pip_wheel, f"{source}[{','.join(space_extras(SPACE_ENV))}]", *build_requires],
             capture_output=True,
             text=True,
             timeout=WHEEL_BUILD_TIMEOUT,
@@ -117,7 +120,7 @@ def app_port() -> int:
 @pytest.fixture(scope="session")
 def space_image(base_image: str, wheelhouse: Path, app_port: int) -> Iterator[str]:
     """The staged Space built on ``base_image`` from ``wheelhouse``; its tag is removed after."""
-    folder = stage_space("echo", app_port=app_port)
+    folder = stage_space(SPACE_ENV, app_port=app_port)
     tag = f"openenv-zmq/space-test:{uuid.uuid4().hex[:12]}"
     try:
         shutil.copytree(wheelhouse, folder / WHEELHOUSE)

@@ -59,6 +59,19 @@ def test_dockerfile_runs_as_uid_1000_and_exposes_the_port(staged: Path) -> None:
     assert instructions.index(install) < instructions.index("USER 1000")
 
 
+def test_the_image_installs_the_gateway_and_the_extra_named_after_the_env(staged: Path) -> None:
+    def installs(folder: Path) -> str:
+        line = next(i for i in dockerfile_instructions(folder) if "pip install" in i)
+        return line.split('"')[-2]
+
+    assert installs(staged) == ".[gateway]"
+    coding = stage_space("coding")
+    try:
+        assert installs(coding) == ".[gateway,coding]"  # smolagents, for the sessions
+    finally:
+        shutil.rmtree(coding)
+
+
 def test_dockerfile_cmd_starts_the_whole_cluster_with_a_public_gateway(staged: Path) -> None:
     cmd_line = next(line for line in dockerfile_instructions(staged) if line.startswith("CMD "))
     cmd = json.loads(cmd_line.removeprefix("CMD "))
