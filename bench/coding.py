@@ -8,6 +8,10 @@
   ``/ws`` with the same snippet, side by side. Goal: >= 10x.
 - ``deadline``: 256 sessions, one in an infinite loop: the batch answers at the deadline with
   every other row normal.
+- The floor under ``throughput``, our runtime removed: the same 256 sessions as bare forked
+  processes, each running the session's ``PyExecutor`` behind a socketpair, driven by one
+  process with a selector (no broker, worker, hardening or models); and the executor alone, in
+  one process, times the cores.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing
 import os
+import selectors
+import socket
 import statistics
 import time
 from pathlib import Path
@@ -25,10 +32,9 @@ from coding_env import CodeAction
 from rich.console import Console
 from rich.table import Table
 
-from bench.openenv_coding import openenv_coding_server
-from bench.openenv_server import step_sessions
 from broker.bench import embedded_cluster
 from openenv_zmq import BatchClient
+from openenv_zmq.sandbox.frames import RECV_BYTES, FrameReader, encode_frame
 
 SNIPPET = "x = 6 * 7\nprint(x)"
 ZYGOTE_MARK = b"openenv_zmq.sandbox.zygote"
@@ -127,6 +133,12 @@ def runtime_steps_per_s(num_envs: int, workers: int, seconds: float) -> float:
 
 
 def openenv_steps_per_s(servers: int, seconds: float) -> float:
+    # Imported here, not at the top: every process spawned from this one (the broker, its
+    # workers, the floor's driver) imports this module again, and openenv's server brings
+    # gradio, about 10 s of imports each.
+    from bench.openenv_coding import openenv_coding_server
+    from bench.openenv_server import step_sessions
+
     with contextlib.ExitStack() as stack:
         urls = [stack.enter_context(openenv_coding_server()) for _ in range(servers)]
 
@@ -137,6 +149,82 @@ def openenv_steps_per_s(servers: int, seconds: float) -> float:
             return sum(rates)
 
         return asyncio.run(all_servers())
+
+
+def executor_steps_per_s(seconds: float) -> float:
+    """One ``PyExecutor`` stepping the snippet in this process, as fast as it goes."""
+    from coding_env.server.executor import PyExecutor  # smolagents: see openenv_steps_per_s
+
+    executor = PyExecutor()
+    request = {"code": SNIPPET}
+    for _ in range(100):
+        executor.handle(request)
+    steps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for _ in range(100):
+            executor.handle(request)
+        steps += 100
+    return steps / (time.perf_counter() - started)
+
+
+def bare_sessions_steps_per_s(num_envs: int, seconds: float) -> float:
+    """The floor: ``num_envs`` forked processes each serving a ``PyExecutor`` over a socketpair,
+    stepped in full batches by a selector loop. Run in a fresh process (spawned, so no thread
+    of this one is forked)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        rate: float = pool.apply(_bare_sessions, (num_envs, seconds))
+    return rate
+
+
+def _bare_sessions(num_envs: int, seconds: float) -> float:
+    from coding_env.server.executor import PyExecutor  # before the forks, as the zygote does
+
+    channels: list[socket.socket] = []
+    for _ in range(num_envs):
+        ours, theirs = socket.socketpair()
+        if os.fork() == 0:
+            for channel in [ours, *channels]:  # or the driver's close would not end them
+                channel.close()
+            _serve_bare(theirs, PyExecutor())
+        theirs.close()
+        channels.append(ours)
+    selector = selectors.DefaultSelector()
+    readers = {channel.fileno(): (channel, FrameReader()) for channel in channels}
+    for channel in channels:
+        selector.register(channel, selectors.EVENT_READ)
+    request = encode_frame({"code": SNIPPET})
+
+    def batch() -> None:
+        for channel in channels:
+            channel.sendall(request)
+        waiting = len(channels)
+        while waiting:
+            for key, _ in selector.select():
+                channel, reader = readers[key.fd]
+                reader.feed(channel.recv(RECV_BYTES))
+                if reader.next_frame() is not None:
+                    waiting -= 1
+
+    batch()
+    steps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        batch()
+        steps += num_envs
+    rate = steps / (time.perf_counter() - started)
+    for channel in channels:
+        channel.close()
+    for _ in channels:
+        os.wait()
+    return rate
+
+
+def _serve_bare(channel: socket.socket, executor: Any) -> None:
+    reader = FrameReader()
+    while data := channel.recv(RECV_BYTES):
+        reader.feed(data)
+        while (request := reader.next_frame()) is not None:
+            channel.sendall(encode_frame(executor.handle(request)))
+    os._exit(0)
 
 
 def deadline(num_envs: int, workers: int, timeout_s: float) -> dict[str, Any]:
@@ -175,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     resets = reset_latency(args.resets)
     ours = runtime_steps_per_s(args.envs, args.workers, args.seconds)
     theirs = openenv_steps_per_s(cores, args.seconds)
+    bare = bare_sessions_steps_per_s(args.envs, args.seconds)
+    alone = executor_steps_per_s(args.seconds) * cores
     late = deadline(args.envs, args.workers, args.timeout_s)
 
     table = Table(title=f"bench.coding ({cores} cores)")
@@ -201,6 +291,18 @@ def main(argv: list[str] | None = None) -> None:
         f"{ours:,.0f} vs {theirs:,.0f} steps/s = {ratio:.1f}x",
         ">= 10x",
         "yes" if ratio >= 10 else "no",
+    )
+    table.add_row(
+        f"floor: {args.envs} bare forked PyExecutor processes on socketpairs, one driver",
+        f"{bare:,.0f} steps/s = {bare / theirs:.1f}x OpenEnv; ours is {ours / bare:.2f}x this",
+        "",
+        "",
+    )
+    table.add_row(
+        f"floor: the executor alone, one process per core ({cores})",
+        f"{alone:,.0f} steps/s = {alone / theirs:.1f}x OpenEnv",
+        "",
+        "",
     )
     table.add_row(
         f"{args.envs} sessions, one in an infinite loop, deadline {args.timeout_s:g} s",

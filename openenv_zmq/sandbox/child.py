@@ -8,12 +8,10 @@ import traceback
 from collections.abc import Mapping
 from typing import NoReturn
 
-from openenv_zmq.sandbox.frames import FrameError, FrameReader, encode_frame
+from openenv_zmq.sandbox.frames import RECV_BYTES, FrameError, FrameReader, encode_frame
 from openenv_zmq.sandbox.hardening import harden
 from openenv_zmq.sandbox.layers import SandboxPolicy, check_required
 from openenv_zmq.sandbox.sessions import load_factory
-
-_RECV_BYTES = 2**20
 
 
 def run_session(
@@ -39,7 +37,7 @@ def run_session(
     channel.sendall(encode_frame({"pid": os.getpid(), "layers": layers}))
     reader = FrameReader()
     while True:
-        data = channel.recv(_RECV_BYTES)
+        data = channel.recv(RECV_BYTES)
         if not data:
             os._exit(0)
         reader.feed(data)

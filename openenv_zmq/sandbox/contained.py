@@ -30,7 +30,7 @@ import msgpack
 
 from openenv_zmq.errors import SandboxError, SessionCrashed
 from openenv_zmq.sandbox.cgroups import remove_cgroup
-from openenv_zmq.sandbox.frames import FrameError, FrameReader, encode_frame
+from openenv_zmq.sandbox.frames import RECV_BYTES, FrameError, FrameReader, encode_frame
 from openenv_zmq.sandbox.layers import SandboxPolicy, check_required
 from openenv_zmq.sandbox.sessions import Reply, Request, Session, SessionHost, SessionTimedOut
 
@@ -48,7 +48,6 @@ ZYGOTE_START_TIMEOUT_S = 120.0
 """Generous: the zygote imports smolagents (about a second) on a machine that may be busy."""
 HELLO_TIMEOUT_S = 30.0
 _MAX_CONTROL_MESSAGE = 2**20
-_RECV_BYTES = 2**20
 
 
 class ContainedHost(SessionHost):
@@ -205,7 +204,7 @@ class ContainedSession(Session):
         while (frame := self._reader.next_frame()) is None:
             if deadline is not None:
                 self._channel.settimeout(max(deadline - time.monotonic(), 1e-3))
-            data = self._channel.recv(_RECV_BYTES)
+            data = self._channel.recv(RECV_BYTES)
             if not data:
                 raise ConnectionResetError("the session process closed its channel")
             self._reader.feed(data)
@@ -300,7 +299,7 @@ class ContainedSession(Session):
     def _on_readable(self) -> None:
         """The loop's callback: the reply's bytes, the end of the stream, or garbage."""
         try:
-            data = self._channel.recv(_RECV_BYTES)
+            data = self._channel.recv(RECV_BYTES)
         except BlockingIOError:
             return
         except OSError as exc:

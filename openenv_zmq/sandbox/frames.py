@@ -15,6 +15,9 @@ import msgpack
 _LENGTH = struct.Struct(">I")
 MAX_FRAME_BYTES = 64 * 2**20
 """Larger than any reply a well-behaved session sends (its output is capped well below)."""
+RECV_BYTES = 2**16
+"""What one ``recv`` on a session's channel asks for. ``recv(n)`` allocates ``n`` bytes first:
+asking for 1 MiB cost 20 µs per call, against 3 µs for 64 KiB, and most frames are small."""
 
 
 class FrameError(Exception):
