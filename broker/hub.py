@@ -31,10 +31,10 @@ def stage_space(env: str, app_port: int = 7860) -> Path:
     The folder has the filled ``Dockerfile`` and ``README.md`` (whose front matter tells the Hub
     ``sdk: docker`` and ``app_port``) and a copy of the project's source. The image installs the
     ``gateway`` extra, and the extra named after ``env`` when the project has one (``coding``
-    brings smolagents). The caller owns the
-    folder and removes it when done. Raises :class:`~openenv_zmq.errors.EnvNotFound` when ``env``
-    resolves to no environment here (it would not on the Space either), and
-    :class:`FileNotFoundError` when the project's source is not a checkout.
+    brings smolagents). The caller owns the folder and removes it when done. Raises
+    :class:`~openenv_zmq.errors.EnvNotFound` when ``env`` resolves to no environment here (it
+    would not on the Space either), and :class:`FileNotFoundError` when the project's source is
+    not a checkout.
     """
     resolve_env(env)
     missing = [item for item in SOURCE_ITEMS if not (PROJECT_ROOT / item).exists()]

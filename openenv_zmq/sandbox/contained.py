@@ -236,8 +236,6 @@ class ContainedSession(Session):
     async def call_async(self, request: Request, timeout_s: float | None) -> Reply:
         self._check_open()
         loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._serve_on(loop)
         deadline = None if timeout_s is None else loop.time() + timeout_s
         # Waiting before the request is out: the reply may be read before this coroutine runs
         # again after a send that had to wait for room.
@@ -246,6 +244,8 @@ class ContainedSession(Session):
         try:
             if self._broken is not None:
                 raise self._broken
+            if self._loop is not loop:
+                self._serve_on(loop)
             await self._send(loop, encode_frame(request), deadline)
             if deadline is not None:
                 timer = loop.call_at(deadline, _expire, waiter)

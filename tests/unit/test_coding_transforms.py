@@ -105,3 +105,14 @@ def test_the_numbers_can_be_changed() -> None:
     assert transform(CodeObservation(metadata={"last_code": "x=("})).reward == -4.0
     unsafe = CodeObservation(metadata={"last_code": "eval(1)"})
     assert CodeSafetyTransform(penalty=-7.0)(unsafe).reward == -7.0
+
+
+def test_patterns_changed_after_use_are_the_ones_searched() -> None:
+    safety = CodeSafetyTransform()
+    code = "breakpoint()"
+    assert safety(CodeObservation(metadata={"last_code": code})).reward == 0.0
+    safety.dangerous_patterns.append(r"breakpoint\(")
+    flagged = safety(CodeObservation(metadata={"last_code": code}))
+    assert (flagged.reward, flagged.metadata["safety_violation"]) == (-1.0, r"breakpoint\(")
+    safety.dangerous_patterns = [r"import\s+os"]
+    assert safety(CodeObservation(metadata={"last_code": code})).reward == 0.0
