@@ -57,21 +57,55 @@ def _rss(pid: int) -> int:
     return 0
 
 
-def _zygotes_and_sessions() -> dict[int, list[int]]:
-    """Each running zygote's pid and its session processes' pids."""
-    parents: dict[int, list[int]] = {}
-    zygotes = []
+def _process_table() -> tuple[dict[int, int], set[int]]:
+    """Every process's parent, and the zygotes among them."""
+    parents: dict[int, int] = {}
+    marked = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
             stat = (entry / "stat").read_text()
-            parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
             if ZYGOTE_MARK in (entry / "cmdline").read_bytes():
-                zygotes.append(int(entry.name))
+                marked.add(int(entry.name))
     # Sessions are forked from the zygote, so they carry its command line too.
-    sessions = {pid for zygote in zygotes for pid in parents.get(zygote, [])}
-    return {z: parents.get(z, []) for z in zygotes if z not in sessions}
+    return parents, {pid for pid in marked if parents[pid] not in marked}
+
+
+def _zygotes_and_sessions() -> dict[int, list[int]]:
+    """Each running zygote's pid and its session processes' pids."""
+    parents, zygotes = _process_table()
+    sessions: dict[int, list[int]] = {zygote: [] for zygote in zygotes}
+    for pid, parent in parents.items():
+        if parent in zygotes:
+            sessions[parent].append(pid)
+    return sessions
+
+
+def _cpu_by_role() -> dict[str, float]:
+    """CPU seconds so far of this process's descendants, by role: the broker (and what else
+    it started), the workers, their zygotes and the sessions."""
+    parents, zygotes = _process_table()
+    workers = {parents[zygote] for zygote in zygotes}
+    ticks = os.sysconf("SC_CLK_TCK")
+    spent = dict.fromkeys(("broker", "workers", "zygotes", "sessions"), 0.0)
+    for pid in parents:
+        ancestor = pid
+        while ancestor in parents and ancestor != os.getpid():
+            ancestor = parents[ancestor]
+        if ancestor != os.getpid() or pid == os.getpid():
+            continue
+        if pid in zygotes:
+            role = "zygotes"
+        elif parents[pid] in zygotes:
+            role = "sessions"
+        else:
+            role = "workers" if pid in workers else "broker"
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            spent[role] += (int(fields[11]) + int(fields[12])) / ticks
+    return spent
 
 
 def sessions(count: int) -> dict[str, Any]:
@@ -116,20 +150,26 @@ def reset_latency(resets: int) -> dict[str, Any]:
     }
 
 
-def runtime_steps_per_s(num_envs: int, workers: int, seconds: float) -> float:
+def runtime_steps_per_s(
+    num_envs: int, workers: int, seconds: float
+) -> tuple[float, dict[str, float]]:
+    """Steps per second, and the CPU each role spent per step (µs), this client included."""
     with embedded_cluster(workers, ["coding"], num_envs) as address, BatchClient(address) as client:
         client.wait_for_workers(workers, timeout=120)
         envs = client.make("coding", num_envs)
         envs.reset().raise_for_errors()
         actions = [CodeAction(code=SNIPPET)] * num_envs
         envs.step(actions).raise_for_errors()
+        cpu_before, client_before = _cpu_by_role(), time.process_time()
         steps, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
             envs.step(actions).raise_for_errors()
             steps += num_envs
         rate = steps / (time.perf_counter() - started)
+        cpu = {"client": time.process_time() - client_before}
+        cpu.update({k: v - cpu_before[k] for k, v in _cpu_by_role().items()})
         envs.close()
-    return rate
+    return rate, {role: spent / steps * 1e6 for role, spent in cpu.items()}
 
 
 def openenv_steps_per_s(servers: int, seconds: float) -> float:
@@ -261,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
 
     held = sessions(args.sessions)
     resets = reset_latency(args.resets)
-    ours = runtime_steps_per_s(args.envs, args.workers, args.seconds)
+    ours, cpu = runtime_steps_per_s(args.envs, args.workers, args.seconds)
     theirs = openenv_steps_per_s(cores, args.seconds)
     bare = bare_sessions_steps_per_s(args.envs, args.seconds)
     alone = executor_steps_per_s(args.seconds) * cores
@@ -291,6 +331,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{ours:,.0f} vs {theirs:,.0f} steps/s = {ratio:.1f}x",
         ">= 10x",
         "yes" if ratio >= 10 else "no",
+    )
+    table.add_row(
+        "where the CPU goes, per step of that row",
+        ", ".join(f"{role} {us:.0f} µs" for role, us in cpu.items())
+        + f"; {sum(cpu.values()):.0f} µs in all",
+        "",
+        "",
     )
     table.add_row(
         f"floor: {args.envs} bare forked PyExecutor processes on socketpairs, one driver",
