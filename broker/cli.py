@@ -438,6 +438,7 @@ def push(
     """Publish broker + workers + gateway as a Hugging Face docker Space (gateway on port 7860)."""
     from broker.hub import push_space
 
+    _check_envs((env,), None)
     where = push_space(
         repo_id, env=env, private=private, dry_run=dry_run, token=token, endpoint=endpoint
     )
@@ -504,6 +505,8 @@ def bench(
         action_value: Any = json.loads(action)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--action") from None
+    if connect is None:  # the embedded workers would die importing it, and be restarted
+        _check_envs((env,), None)
     with _cluster(connect, workers, env, num_envs) as address:
         progress = Progress(
             TextColumn(f"stepping {num_envs:,} {env} envs"),

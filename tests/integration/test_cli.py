@@ -171,6 +171,8 @@ def test_start_serves_a_gateway_that_openenv_clients_use(procs: Processes) -> No
             "raised RuntimeError: this env module is broken on purpose",
         ),
         (("worker", "--connect", "tcp://127.0.0.1:9", "--env", "no_such_module_xyz:Env"), "xyz"),
+        (("bench", "--env", "nope"), "no env named 'nope'"),
+        (("push", "--repo-id", "org/name", "--env", "nope", "--dry-run"), "no env named 'nope'"),
     ],
 )
 def test_an_env_that_does_not_import_is_a_usage_error(args: tuple[str, ...], reason: str) -> None:
