@@ -29,7 +29,7 @@ from openenv_zmq.client.batching import (
 )
 from openenv_zmq.client.results import BatchResult
 from openenv_zmq.client.state import ClientState, GroupSpec, GroupState, check_timeout
-from openenv_zmq.errors import BatchSizeMismatch, ClientError, SessionLost
+from openenv_zmq.errors import ActionValidationError, BatchSizeMismatch, ClientError, SessionLost
 from openenv_zmq.protocol import EnvIds, Message, Op
 
 T = TypeVar("T")
@@ -46,12 +46,24 @@ def per_env(name: str, values: Sequence[Any] | np.ndarray, expected: int) -> Non
         raise BatchSizeMismatch(f"{len(values)} {name} for {expected} env ids")
 
 
-def dump_actions(actions: Any, expected: int, layout: ArrayLayout | None = None) -> Any:
-    """Actions as one array for an array env, else plain dicts (a repeated model dumped once)."""
+def dump_actions(
+    actions: Any,
+    expected: int,
+    layout: ArrayLayout | None = None,
+    env_ids: Sequence[int] | np.ndarray | None = None,
+) -> Any:
+    """Actions as one array for an array env, else plain dicts (a repeated model dumped once).
+
+    Raises :class:`ActionValidationError` for an action an integer space cannot hold as given
+    (``0.5`` or ``1.7`` for a ``Discrete`` env, ``300`` for ``uint8``): numpy's cast would
+    truncate or wrap it, and the env would run an action nobody chose. ``env_ids`` name the
+    env whose action it is."""
     if layout is not None or isinstance(actions, np.ndarray):
-        array = np.asarray(actions, dtype=None if layout is None else layout.dtype)
+        array = np.asarray(actions)
+        if array.ndim == 0:
+            raise BatchSizeMismatch(f"a single action for {expected} env ids (one per env id)")
         per_env("actions", array, expected)
-        return array
+        return array if layout is None else _cast_exactly(array, layout.dtype, env_ids)
     per_env("actions", actions, expected)
     dumped: dict[int, Any] = {}
     out = []
@@ -64,6 +76,26 @@ def dump_actions(actions: Any, expected: int, layout: ArrayLayout | None = None)
         else:
             out.append(action)
     return out
+
+
+def _cast_exactly(
+    array: np.ndarray, dtype: np.dtype[Any], env_ids: Sequence[int] | np.ndarray | None
+) -> np.ndarray:
+    """``array`` as ``dtype``; into an integer or boolean dtype only when no value changes."""
+    with np.errstate(invalid="ignore"):  # NaN and infinities have no integer: caught below
+        cast = array.astype(dtype, copy=False)
+    if dtype.kind not in "iub" or array.dtype == dtype:
+        return cast
+    changed = cast != array
+    if np.any(changed):
+        position = int(np.flatnonzero(changed.reshape(len(array), -1).any(axis=1))[0])
+        env_id = -1 if env_ids is None else int(env_ids[position])
+        raise ActionValidationError(
+            f"action {array[position].tolist()!r} (position {position}) is not a value of this "
+            f"env's {dtype} action space",
+            env_id,
+        )
+    return cast
 
 
 def make_flow(client: ClientState, spec: GroupSpec) -> Flow[GroupState]:
@@ -224,7 +256,7 @@ def step_requests(
     ``timeout_s`` is the steps' deadline (the group's own by default)."""
     state.check_open()
     check_timeout(timeout_s)
-    rows = dump_actions(actions, len(targets), state.action_layout)
+    rows = dump_actions(actions, len(targets), state.action_layout, targets.env_ids)
     state.check_not_in_flight(targets.env_ids)
     subs = targets.split()
     meta = {} if timeout_s is None else {"timeout_s": timeout_s}

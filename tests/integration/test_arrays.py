@@ -38,6 +38,13 @@ def test_gymnasium_env_by_name_follows_its_spaces(procs: Processes) -> None:
         assert ended.any() or r.rewards.min() == 0
         r = envs.step(np.full(4, 7), env_ids=envs.env_ids[:4])
         assert {type(e) for e in r.errors.values()} == {ActionValidationError}
+        # not truncated to [0, 1] on the way: refused before anything is sent
+        before = envs.state(env_ids=envs.env_ids[:2])
+        with pytest.raises(ActionValidationError, match=r"0\.5") as refused:
+            envs.step(np.array([0.5, 1.7]), env_ids=envs.env_ids[:2])
+        assert refused.value.env_id == envs.env_ids[0]
+        assert envs.state(env_ids=envs.env_ids[:2]) == before
+        assert not envs.step(np.array([0.0, 1.0]), env_ids=envs.env_ids[:2]).errors
         assert all(s.step_count > 0 for s in envs.state(env_ids=envs.env_ids[4:6]))
 
 

@@ -9,6 +9,7 @@ import pytest
 from echo_env import EchoAction, EchoObservation
 
 from openenv_zmq.client.batching import (
+    ArrayLayout,
     EnvModels,
     Placement,
     assemble,
@@ -340,6 +341,35 @@ def test_dump_actions_dumps_a_repeated_model_once() -> None:
     assert rows[3] == {"message": "raw"}
     with pytest.raises(BatchSizeMismatch):
         dump_actions([action], 2)
+
+
+@pytest.mark.parametrize(
+    ("actions", "dtype", "named"),
+    [
+        ([0.5, 1.7], "int64", 10),  # truncated to [0, 1] before
+        ([1.0, np.nan], "int64", 11),
+        ([1.0, np.inf], "int64", 11),
+        ([3, 300], "uint8", 11),  # wrapped to 44 before
+        ([-1, 2], "uint32", 10),
+        ([[0.0, 1.0], [1.0, 0.25]], "int32", 11),  # a row of a vector space
+    ],
+)
+def test_array_actions_an_integer_space_cannot_hold_are_refused(
+    actions: list[Any], dtype: str, named: int
+) -> None:
+    layout = ArrayLayout(np.dtype(dtype), np.asarray(actions).shape[1:])
+    with pytest.raises(ActionValidationError, match="is not a value of") as refused:
+        dump_actions(np.asarray(actions), 2, layout, np.array([10, 11]))
+    assert refused.value.env_id == named
+
+
+def test_array_actions_that_are_values_of_the_space_are_cast() -> None:
+    rows = dump_actions([1.0, 0.0, True], 3, ArrayLayout(np.dtype("int64"), ()))
+    assert rows.dtype == np.int64 and rows.tolist() == [1, 0, 1]
+    floats = dump_actions(np.array([0.1, 2], np.float64), 2, ArrayLayout(np.dtype("float32"), ()))
+    assert floats.dtype == np.float32  # a float space takes the nearest float32
+    with pytest.raises(BatchSizeMismatch, match="a single action"):
+        dump_actions(np.int64(1), 2, ArrayLayout(np.dtype("int64"), ()))
 
 
 @pytest.mark.parametrize(
