@@ -19,7 +19,12 @@ from broker.cluster import ClusterSpec, run_cluster
 from broker.core import BrokerConfig
 from broker.loop import BrokerServer
 from openenv_zmq.client.sync import BatchClient
-from openenv_zmq.errors import EnvNotFound, OpenEnvZmqError, SandboxError
+from openenv_zmq.errors import (
+    ActionValidationError,
+    EnvNotFound,
+    OpenEnvZmqError,
+    SandboxError,
+)
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits
 from openenv_zmq.sandbox.layers import Layer, SandboxPolicy, SessionLimits
 from openenv_zmq.sandbox.layers import summary as layers_summary
@@ -38,6 +43,19 @@ _env_option = click.option(
     show_default=True,
     help="Env the workers host: a registered name or module:Class. Repeat for several.",
 )
+
+
+def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A ZeroMQ endpoint the broker speaks (``tcp://HOST:PORT`` or ``ipc://PATH``), else a usage
+    error naming the option."""
+    if value is None:
+        return None
+    scheme, separator, rest = value.partition("://")
+    if not separator or scheme not in ("tcp", "ipc") or not rest:
+        raise click.BadParameter(f"{value!r} is not tcp://HOST:PORT or ipc://PATH")
+    return value
+
+
 _POSITIVE_INT = click.IntRange(min=1)
 _POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
 _PORT = click.IntRange(1, 65535)
@@ -184,9 +202,19 @@ def main(log_level: str) -> None:
 
 
 @main.command()
-@click.option("--bind", default=DEFAULT_FRONTEND, show_default=True, help="Address clients use.")
 @click.option(
-    "--worker-bind", default=DEFAULT_BACKEND, show_default=True, help="Address workers join."
+    "--bind",
+    callback=_address,
+    default=DEFAULT_FRONTEND,
+    show_default=True,
+    help="Address clients use.",
+)
+@click.option(
+    "--worker-bind",
+    callback=_address,
+    default=DEFAULT_BACKEND,
+    show_default=True,
+    help="Address workers join.",
 )
 @click.option(
     "--workers",
@@ -305,7 +333,12 @@ def _check_envs(envs: tuple[str, ...], app_dir: str | None) -> None:
 
 
 @main.command()
-@click.option("--connect", required=True, help="The broker's worker address (--worker-bind).")
+@click.option(
+    "--connect",
+    callback=_address,
+    required=True,
+    help="The broker's worker address (--worker-bind).",
+)
 @_env_option
 @_app_dir_option
 @_capacity_option
@@ -343,7 +376,13 @@ def worker(
 
 
 @main.command()
-@click.option("--connect", default=DEFAULT_FRONTEND, show_default=True, help="Broker address.")
+@click.option(
+    "--connect",
+    callback=_address,
+    default=DEFAULT_FRONTEND,
+    show_default=True,
+    help="Broker address.",
+)
 @click.option("--env", default="echo", show_default=True, help="Env every session gets.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
 @click.option("--port", type=_PORT, default=8000, show_default=True, help="Port to serve on.")
@@ -382,7 +421,13 @@ def gateway(
 
 
 @main.command()
-@click.option("--connect", default=DEFAULT_FRONTEND, show_default=True, help="Broker address.")
+@click.option(
+    "--connect",
+    callback=_address,
+    default=DEFAULT_FRONTEND,
+    show_default=True,
+    help="Broker address.",
+)
 @click.option(
     "--timeout",
     type=_POSITIVE_FLOAT,
@@ -464,7 +509,10 @@ def _print_report(report: BenchReport) -> None:
 
 @main.command()
 @click.option(
-    "--connect", default=None, help="A running broker; without it an embedded one is started."
+    "--connect",
+    callback=_address,
+    default=None,
+    help="A running broker; without it an embedded one is started.",
 )
 @click.option("--env", default="echo", show_default=True, help="Env to step.")
 @click.option(
@@ -518,15 +566,20 @@ def bench(
         )
         with progress:
             task = progress.add_task("bench", total=duration)
-            report = run_bench(
-                address,
-                env,
-                num_envs,
-                duration,
-                action_value,
-                min_workers=1 if connect else workers,
-                on_batch=lambda elapsed: progress.update(task, completed=elapsed),
-            )
+            try:
+                report = run_bench(
+                    address,
+                    env,
+                    num_envs,
+                    duration,
+                    action_value,
+                    min_workers=1 if connect else workers,
+                    on_batch=lambda elapsed: progress.update(task, completed=elapsed),
+                )
+            except ActionValidationError as exc:
+                raise click.BadParameter(
+                    f"the {env} env refused it ({exc})", param_hint="'--action'"
+                ) from None
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     else:

@@ -26,6 +26,7 @@ from broker.core import (
     WorkerJoined,
 )
 from broker.providers.base import WorkerProvider
+from openenv_zmq.errors import TransportError
 from openenv_zmq.protocol import Frame
 from openenv_zmq.sockets import endpoint, router
 
@@ -68,14 +69,15 @@ class BrokerServer:
         self._stopping = False
 
     def bind(self) -> None:
-        """Create the context and bind both sockets. Raises :class:`zmq.ZMQError` if it cannot."""
+        """Create the context and bind both sockets. Raises :class:`TransportError` naming the
+        address when one cannot be bound (in use, not an address)."""
         if self._bound is not None:
             return
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
-            frontend = router(context, self._addresses[0])
+            frontend = _listening(context, self._addresses[0])
             try:
-                backend = router(context, self._addresses[1])
+                backend = _listening(context, self._addresses[1])
             except BaseException:
                 frontend.close(linger=0)
                 raise
@@ -207,3 +209,11 @@ class BrokerServer:
                 return False
             raise
         return True
+
+
+def _listening(context: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
+    try:
+        return router(context, address)
+    except zmq.ZMQError as exc:
+        reason = exc.strerror if exc.errno is None else zmq.strerror(exc.errno)
+        raise TransportError(f"cannot listen on {address}: {reason}") from None

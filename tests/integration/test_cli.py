@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -209,6 +210,47 @@ def test_numeric_options_are_range_checked(args: tuple[str, ...], named: str) ->
     done = subprocess.run(cli(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done
     assert named in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("start", "--bind", "127.0.0.1:5555"), "--bind"),
+        (("start", "--worker-bind", "tcp:/127.0.0.1:1"), "--worker-bind"),
+        (("worker", "--connect", "udp://127.0.0.1:1"), "--connect"),
+        (("status", "--connect", "localhost:5555"), "--connect"),
+        (("bench", "--connect", "127.0.0.1"), "--connect"),
+        (("gateway", "--connect", "ipc://"), "--connect"),
+    ],
+)
+def test_an_address_without_its_scheme_is_a_usage_error(args: tuple[str, ...], named: str) -> None:
+    done = subprocess.run(cli(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done
+    assert named in done.stderr and "tcp://HOST:PORT" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_port_in_use_is_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ("start", "--workers", "0", "--bind", f"tcp://127.0.0.1:{port}")
+        done = subprocess.run(cli(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done
+    said = (done.stdout + done.stderr).strip().splitlines()
+    assert said == [
+        f"error: TransportError: cannot listen on tcp://127.0.0.1:{port}: Address already in use"
+    ], said
+
+
+def test_bench_of_an_array_env_with_the_echo_action_names_the_action() -> None:
+    args = ("bench", "--env", "cartpole", "--workers", "1", "--num-envs", "4", "--duration", "0.2")
+    done = subprocess.run(cli(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert "'--action'" in error and "int64" in error
+    assert "Traceback" not in done.stderr
 
 
 USERS_ENV_MODULE = """
