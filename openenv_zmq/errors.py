@@ -6,6 +6,7 @@ OpenEnvZmqError
 │   └── MessageTooLarge         over the configured size limit
 ├── EnvNotFound                 an env name or ``module:Class`` that resolves to nothing
 ├── SandboxError                a contained-session layer the operator requires cannot be had
+├── WorkersFailing              every local worker keeps dying as it starts: the broker stops
 ├── ClientError                 misuse detected in this process before anything is sent
 │   ├── ClosedError             stepping a closed client or env group
 │   ├── BatchSizeMismatch       number of actions/seeds/kwargs differs from number of env ids
@@ -60,6 +61,11 @@ class EnvNotFound(OpenEnvZmqError):
 class SandboxError(OpenEnvZmqError):
     """A layer of the contained-session sandbox that is required cannot be set up here (the
     message names the layer and why), or the sandbox's own processes failed."""
+
+
+class WorkersFailing(OpenEnvZmqError):
+    """Every worker the broker starts itself died right after starting, too many times in a
+    row; the broker stops rather than restart them forever."""
 
 
 class ClientError(OpenEnvZmqError):

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from openenv_zmq.errors import WorkersFailing
+
 log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 5.0
@@ -18,6 +20,9 @@ STOP_GRACE_SECONDS = 5.0
 MAX_RESTART_DELAY = 10.0
 SHORT_LIFE_SECONDS = 5.0
 """A worker that dies sooner than this after starting is restarted with a growing delay."""
+MAX_QUICK_DEATHS = 5
+"""A worker that died this many times in a row right after starting is not started again: what
+kills it (a broken env, a missing dependency, no memory) will not go away on its own."""
 
 _PARENT_CHECK_SECONDS = 0.5
 
@@ -52,6 +57,8 @@ class _Slot:
     started_at: float = 0.0
     quick_deaths: int = 0
     restart_at: float | None = None
+    given_up: str = ""
+    """How its last process ended, once it is not started again."""
 
 
 class LocalProvider:
@@ -60,7 +67,9 @@ class LocalProvider:
     ``worker_kwargs`` are passed to :func:`openenv_zmq.worker.loop.run_worker` (``envs``,
     ``capacity``, ``heartbeat_interval``, ...); ``app_dir`` is a folder the workers import envs
     from (``--app-dir``). A worker that exits is restarted at once, or after a growing delay (up
-    to 10 s) when it keeps dying right after starting.
+    to 10 s) when it keeps dying right after starting, and not again after
+    :data:`MAX_QUICK_DEATHS` such deaths in a row; when no worker is left that way, :meth:`poll`
+    raises :class:`WorkersFailing`.
     """
 
     def __init__(self, count: int, app_dir: str | None = None, **worker_kwargs: Any) -> None:
@@ -107,15 +116,32 @@ class LocalProvider:
             process = slot.process
             if process is not None and not process.is_alive():
                 exited.append(slot.name)
-                log.warning("worker %s exited with code %s", slot.name, process.exitcode)
+                code = process.exitcode
+                log.warning("worker %s exited with code %s", slot.name, code)
                 process.close()
                 slot.process = None
                 lived = now - slot.started_at
                 slot.quick_deaths = slot.quick_deaths + 1 if lived < SHORT_LIFE_SECONDS else 0
+                if slot.quick_deaths >= MAX_QUICK_DEATHS:
+                    slot.given_up = f"{slot.name} exited with code {code}"
+                    log.error(
+                        "worker %s died within %g s of starting %d times in a row; not starting "
+                        "it again (its own output above says why)",
+                        slot.name,
+                        SHORT_LIFE_SECONDS,
+                        slot.quick_deaths,
+                    )
+                    continue
                 delay = min(MAX_RESTART_DELAY, 0.5 * 2 ** (slot.quick_deaths - 1))
                 slot.restart_at = now + (delay if slot.quick_deaths else 0.0)
             if slot.process is None and slot.restart_at is not None and now >= slot.restart_at:
                 self._launch(slot)
+        if self._slots and all(slot.given_up for slot in self._slots):
+            raise WorkersFailing(
+                f"every local worker died within {SHORT_LIFE_SECONDS:g} s of starting, "
+                f"{MAX_QUICK_DEATHS} times in a row (last: "
+                f"{'; '.join(slot.given_up for slot in self._slots)}); the broker stops"
+            )
         return exited
 
     def worker_died(self, name: str) -> None:

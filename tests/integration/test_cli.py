@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.providers.local import MAX_QUICK_DEATHS
 from openenv_zmq import BatchClient
 from tests.processes import (
     REPO_ROOT,
@@ -210,6 +212,20 @@ def test_numeric_options_are_range_checked(args: tuple[str, ...], named: str) ->
     done = subprocess.run(cli(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done
     assert named in done.stderr and "Traceback" not in done.stderr
+
+
+def test_workers_that_die_as_they_start_stop_the_broker_after_a_few_tries() -> None:
+    # Before: restarted every 10 s forever, a traceback each time.
+    args = ["start", "--workers", "1", "--bind", "tcp://127.0.0.1:*"]
+    args += ["--worker-bind", "tcp://127.0.0.1:*"]
+    args += ["--env", "tests.unit.env_module_failing_in_workers:Env"]
+    done = subprocess.run(cli(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done
+    said = done.stdout + done.stderr
+    assert len(re.findall(r"worker local-0\S* exited with code 1$", said, re.M)) == MAX_QUICK_DEATHS
+    assert "not starting it again" in said
+    [error] = [line for line in said.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: WorkersFailing: every local worker died")
 
 
 @pytest.mark.parametrize(
