@@ -73,9 +73,10 @@ class BrokerServer:
             return
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
-            frontend = router(context, self._addresses[0])
+            limits = self.core.config.limits
+            frontend = router(context, self._addresses[0], limits)
             try:
-                backend = router(context, self._addresses[1])
+                backend = router(context, self._addresses[1], limits)
             except BaseException:
                 frontend.close(linger=0)
                 raise
