@@ -113,6 +113,23 @@ _max_frame_option = click.option(
     show_default=True,
     help="A bigger WebSocket frame closes its connection with 1009 (message too big).",
 )
+_max_message_option = click.option(
+    "--max-message-mb",
+    type=_POSITIVE_FLOAT,
+    default=DEFAULT_LIMITS.max_message_bytes / 2**20,
+    show_default=True,
+    help="Messages over this size are refused with MessageTooLarge; give workers on other hosts"
+    " the broker's value, or replies it forwards may be over theirs.",
+)
+
+
+def _limits(max_message_mb: float) -> Limits:
+    max_message_bytes = int(max_message_mb * 2**20)
+    return Limits(
+        max_header_bytes=min(DEFAULT_LIMITS.max_header_bytes, max_message_bytes),
+        max_message_bytes=max_message_bytes,
+    )
+
 
 _LAYERS = click.Choice([layer.value for layer in Layer])
 
@@ -244,13 +261,7 @@ def main(log_level: str) -> None:
 @_idle_timeout_option
 @_web_option
 @_max_frame_option
-@click.option(
-    "--max-message-mb",
-    type=_POSITIVE_FLOAT,
-    default=DEFAULT_LIMITS.max_message_bytes / 2**20,
-    show_default=True,
-    help="Messages over this size are refused with MessageTooLarge.",
-)
+@_max_message_option
 @_sandbox_options
 def start(
     bind: str,
@@ -288,10 +299,6 @@ def start(
             max_frame_mb=max_frame_mb,
             app_dir=app_dir,
         )
-    limits = Limits(
-        max_header_bytes=min(DEFAULT_LIMITS.max_header_bytes, int(max_message_mb * 2**20)),
-        max_message_bytes=int(max_message_mb * 2**20),
-    )
     spec = ClusterSpec(
         frontend=bind,
         backend=worker_bind,
@@ -299,7 +306,7 @@ def start(
         envs=envs,
         capacity=capacity,
         max_threads=max_threads,
-        config=BrokerConfig(heartbeat_interval=heartbeat, limits=limits),
+        config=BrokerConfig(heartbeat_interval=heartbeat, limits=_limits(max_message_mb)),
         gateway=gateway,
         app_dir=app_dir,
         sandbox=sandbox,
@@ -345,6 +352,7 @@ def _check_envs(envs: tuple[str, ...], app_dir: str | None) -> None:
 @_max_threads_option
 @_heartbeat_option
 @click.option("--name", default=None, help="Worker name shown in status [default: host-pid].")
+@_max_message_option
 @_sandbox_options
 def worker(
     connect: str,
@@ -354,6 +362,7 @@ def worker(
     max_threads: int,
     heartbeat: float,
     name: str | None,
+    max_message_mb: float,
     **sandbox_flags: Any,
 ) -> None:
     """Run one worker that joins a broker (what a container or another host runs)."""
@@ -370,6 +379,7 @@ def worker(
             liveness=BrokerConfig().liveness,
             max_threads=max_threads,
             sandbox=_sandbox(envs, probe=False, **sandbox_flags),
+            limits=_limits(max_message_mb),
         )
     except SandboxError as exc:
         raise click.UsageError(str(exc)) from None

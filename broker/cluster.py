@@ -62,6 +62,7 @@ def run_cluster(
             sandbox=spec.sandbox,
             heartbeat_interval=spec.config.heartbeat_interval,
             liveness=spec.config.liveness,
+            limits=spec.config.limits,
         )
         if spec.workers
         else None

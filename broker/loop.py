@@ -27,7 +27,7 @@ from broker.core import (
 )
 from broker.providers.base import WorkerProvider
 from openenv_zmq.errors import TransportError
-from openenv_zmq.protocol import Frame
+from openenv_zmq.protocol import Frame, Limits
 from openenv_zmq.sockets import endpoint, router
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,10 @@ class BrokerServer:
             return
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         try:
-            frontend = _listening(context, self._addresses[0])
+            limits = self.core.config.limits
+            frontend = _listening(context, self._addresses[0], limits)
             try:
-                backend = _listening(context, self._addresses[1])
+                backend = _listening(context, self._addresses[1], limits)
             except BaseException:
                 frontend.close(linger=0)
                 raise
@@ -211,9 +212,11 @@ class BrokerServer:
         return True
 
 
-def _listening(context: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
+def _listening(
+    context: zmq.Context[zmq.Socket[bytes]], address: str, limits: Limits
+) -> zmq.Socket[bytes]:
     try:
-        return router(context, address)
+        return router(context, address, limits)
     except zmq.ZMQError as exc:
         reason = exc.strerror if exc.errno is None else zmq.strerror(exc.errno)
         raise TransportError(f"cannot listen on {address}: {reason}") from None

@@ -1,8 +1,9 @@
-"""Every zmq socket recipe of the runtime, defined once: high-water marks, linger, routing.
+"""Every zmq socket recipe of the runtime, defined once: high-water marks, linger, routing, size.
 
 A socket never lingers on close (a dead peer must not hang a process), its queues are bounded
-explicitly (backpressure, not silent drops), and a ROUTER refuses to send to an unknown peer
-instead of dropping the message.
+explicitly (backpressure, not silent drops), a ROUTER refuses to send to an unknown peer
+instead of dropping the message, and no socket accepts a frame so large that receiving it would
+allocate far past the configured message limit (:func:`max_frame_bytes`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import TypeVar
 
 import zmq
 
+from openenv_zmq.protocol import DEFAULT_LIMITS, Limits
+
 HIGH_WATER_MARK = 100_000
 """Messages queued per peer and direction before a send would block (or fail, non-blocking)."""
 ZERO_COPY_MIN_BYTES = 1 << 20
@@ -18,14 +21,41 @@ ZERO_COPY_MIN_BYTES = 1 << 20
 release to a garbage-collector thread, which costs more than copying a frame under ~1 MiB
 (measured: it was the worker's largest cost stepping 8192 CartPoles)."""
 
+MAX_FRAME_HEADROOM_BYTES = 16 * 2**20
+"""How far above the message limit the ``ZMQ_MAXMSGSIZE`` backstop sits.
+
+libzmq drops a peer that sends a frame over ``ZMQ_MAXMSGSIZE`` silently, after reading only the
+frame's length, so nothing is allocated for it; but the peer is never told why, and the requests
+it had in flight are lost. The backstop must therefore sit above anything a well-behaved peer
+sends, which is refused by the codec with a clear ``MessageTooLarge`` instead: the size checks
+count payload bytes, and a routing or identity frame, a header encoded apart, or a peer whose
+limit differs slightly must not turn a clear refusal into a silent drop. A whole default header
+(16 MiB) of headroom covers all of them.
+
+``ZMQ_MAXMSGSIZE`` bounds each frame of a multipart message, not the message: a message of many
+frames each under it passes libzmq, whatever its total, and is refused by the codec's total size
+check. What the backstop guarantees is that no single allocation for an incoming frame exceeds
+the limit plus this headroom; the total a peer can queue is bounded by the high-water marks.
+"""
+
 SocketT = TypeVar("SocketT", bound=zmq.Socket)  # type: ignore[type-arg]
 
 
-def configure(socket: SocketT, high_water_mark: int = HIGH_WATER_MARK) -> SocketT:
-    """No linger, bounded queues both ways, small frames copied; returns ``socket``."""
+def max_frame_bytes(limits: Limits) -> int:
+    """The ``ZMQ_MAXMSGSIZE`` set for ``limits``: the message limit plus the headroom."""
+    return limits.max_message_bytes + MAX_FRAME_HEADROOM_BYTES
+
+
+def configure(
+    socket: SocketT, high_water_mark: int = HIGH_WATER_MARK, limits: Limits = DEFAULT_LIMITS
+) -> SocketT:
+    """No linger, bounded queues both ways, small frames copied, incoming frames bounded by
+    :func:`max_frame_bytes` (set before connect or bind: libzmq reads it per connection);
+    returns ``socket``."""
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.SNDHWM, high_water_mark)
     socket.setsockopt(zmq.RCVHWM, high_water_mark)
+    socket.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes(limits))
     socket.copy_threshold = ZERO_COPY_MIN_BYTES
     return socket
 
@@ -34,7 +64,7 @@ WORKER_HIGH_WATER_MARK = 10_000
 """Messages queued each way between a worker and its broker."""
 
 
-def worker_dealer(socket: SocketT, identity: bytes) -> SocketT:
+def worker_dealer(socket: SocketT, identity: bytes, limits: Limits = DEFAULT_LIMITS) -> SocketT:
     """The DEALER a worker reaches its broker with, before it connects; returns ``socket``.
 
     It queues nothing for a broker that is not connected (``IMMEDIATE``): stale heartbeats and
@@ -42,15 +72,17 @@ def worker_dealer(socket: SocketT, identity: bytes) -> SocketT:
     """
     socket.setsockopt(zmq.IDENTITY, identity)
     socket.setsockopt(zmq.IMMEDIATE, 1)
-    return configure(socket, WORKER_HIGH_WATER_MARK)
+    return configure(socket, WORKER_HIGH_WATER_MARK, limits)
 
 
-def router(context: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
+def router(
+    context: zmq.Context[zmq.Socket[bytes]], address: str, limits: Limits = DEFAULT_LIMITS
+) -> zmq.Socket[bytes]:
     """A ROUTER bound to ``address`` that fails sends to unknown peers (``ROUTER_MANDATORY``).
 
     Raises :class:`zmq.ZMQError` when it cannot bind; the socket is closed then.
     """
-    socket = configure(context.socket(zmq.ROUTER))
+    socket = configure(context.socket(zmq.ROUTER), limits=limits)
     try:
         # Without MANDATORY a ROUTER silently drops messages to unknown peers.
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)

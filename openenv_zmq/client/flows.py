@@ -30,7 +30,7 @@ from openenv_zmq.client.batching import (
 from openenv_zmq.client.results import BatchResult
 from openenv_zmq.client.state import ClientState, GroupSpec, GroupState, check_timeout
 from openenv_zmq.errors import ActionValidationError, BatchSizeMismatch, ClientError, SessionLost
-from openenv_zmq.protocol import EnvIds, Message, Op
+from openenv_zmq.protocol import EnvIds, Message, Op, Repeated
 
 T = TypeVar("T")
 Flow = Generator[list[Message], list[Message], T]
@@ -188,24 +188,35 @@ def _reset_seeds(seed: Seeds, n: int) -> list[int | None]:
     return [None if s is None else int(s) for s in seed]
 
 
-def _reset_kwargs(kwargs: ResetKwargs, n: int) -> list[dict[str, Any]] | None:
+KwargRows = dict[str, Any] | list[dict[str, Any]] | None
+"""Reset kwargs as sent: one dict shared by every env, or one per env."""
+
+
+def _reset_kwargs(kwargs: ResetKwargs, n: int) -> KwargRows:
     if kwargs is None:
         return None
     if isinstance(kwargs, Mapping):
-        return [dict(kwargs)] * n
+        return dict(kwargs)
     per_env("kwargs", kwargs, n)
     return [dict(k) for k in kwargs]
 
 
+def _take_kwargs(kwargs: dict[str, Any] | list[dict[str, Any]], positions: Positions) -> Any:
+    """The kwargs part of the envs at ``positions``: a shared dict is encoded once for all."""
+    if isinstance(kwargs, dict):
+        return Repeated(kwargs, len(positions))
+    return take(kwargs, positions)
+
+
 def _reset_requests(
-    targets: Targets, seeds: list[int | None], kwargs: list[dict[str, Any]] | None
+    targets: Targets, seeds: list[int | None], kwargs: KwargRows
 ) -> tuple[list[SubBatch], list[Message]]:
     subs = targets.split()
     requests = []
     for sub in subs:
         parts: dict[str, Any] = {"seeds": take(seeds, sub.positions)}
         if kwargs is not None:
-            parts["kwargs"] = take(kwargs, sub.positions)
+            parts["kwargs"] = _take_kwargs(kwargs, sub.positions)
         requests.append(Message(Op.RESET, worker=sub.worker, env_ids=sub.env_ids, parts=parts))
     return subs, requests
 
@@ -234,7 +245,7 @@ def reset_flow(
         retry_subs, retry = _reset_requests(
             state.resolve(env_ids[positions]),
             take(seeds, positions),
-            None if kwarg_rows is None else take(kwarg_rows, positions),
+            take(kwarg_rows, positions) if isinstance(kwarg_rows, list) else kwarg_rows,
         )
         answers = yield retry
         retried = _read_answers(state, retry_subs, answers)

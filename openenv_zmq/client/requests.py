@@ -38,16 +38,17 @@ class RequestTable:
 
     def stamp(self, message: Message) -> tuple[int, list[Frame]]:
         """``message`` with a fresh request id, encoded; raises :class:`ProtocolError` (and
-        awaits nothing) when it cannot be encoded."""
+        awaits nothing) when it cannot be encoded or is over the limits."""
         [stamped] = self.stamp_all([message])
         return stamped
 
     def stamp_all(self, messages: Sequence[Message]) -> list[tuple[int, list[Frame]]]:
         """Every message stamped and encoded before any is awaited: a round whose last message
-        cannot be encoded raises :class:`ProtocolError` before the first is sent, so no env
-        steps without its caller seeing the answer."""
+        cannot be encoded, or is over the limits (:class:`MessageTooLarge`), raises
+        :class:`ProtocolError` before the first is sent, so no env steps without its caller
+        seeing the answer."""
         stamped = [
-            (request_id, encode(replace(message, request_id=request_id)))
+            (request_id, encode(replace(message, request_id=request_id), self._limits))
             for message, request_id in zip(messages, self._ids, strict=False)
         ]
         self.awaited.update(request_id for request_id, _ in stamped)

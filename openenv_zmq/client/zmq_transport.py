@@ -27,7 +27,9 @@ class ZmqTransport:
         self.address = address
         self.timeout = timeout
         self._table = RequestTable(limits)
-        self._socket: zmq.Socket[bytes] = configure(zmq.Context.instance().socket(zmq.DEALER))
+        self._socket: zmq.Socket[bytes] = configure(
+            zmq.Context.instance().socket(zmq.DEALER), limits=limits
+        )
         self._socket.connect(address)
 
     def send(self, message: Message) -> int:
@@ -93,7 +95,7 @@ class AsyncZmqTransport:
         self._waiters: dict[int, asyncio.Future[Message]] = {}
         """One per sent request, removed when its caller collects or gives up on the answer."""
         context = zmq.asyncio.Context(zmq.Context.instance())
-        self._socket: zmq.asyncio.Socket = configure(context.socket(zmq.DEALER))
+        self._socket: zmq.asyncio.Socket = configure(context.socket(zmq.DEALER), limits=limits)
         self._socket.connect(address)
         self._reader: asyncio.Task[None] | None = None
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import math
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -42,7 +43,8 @@ Frame: TypeAlias = Any
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Size limits enforced on decode; a message over them raises :class:`MessageTooLarge`."""
+    """Size limits enforced on decode, and on encode when a sender passes them; a message over
+    them raises :class:`MessageTooLarge`."""
 
     max_header_bytes: int = 16 * 2**20
     max_message_bytes: int = 256 * 2**20
@@ -67,6 +69,17 @@ class Message:
     env_ids: EnvIds | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     parts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Repeated:
+    """A part that is a list of ``count`` times the same ``value``: it is packed once and the
+    bytes repeated, and its size is known before the list is built (one reset kwargs dict for
+    64 envs costs one encoding, and fails the size check without 64 copies). It decodes as a
+    plain list."""
+
+    value: Any
+    count: int
 
 
 def _pack_default(obj: Any) -> Any:
@@ -111,6 +124,11 @@ def unpack(frame: Frame, what: str) -> Any:
 
 def _nbytes(frame: Frame) -> int:
     return memoryview(frame).nbytes
+
+
+def _check_size(what: str, size: int, limit: int) -> None:
+    if size > limit:
+        raise MessageTooLarge(f"{what} of {size} bytes is over the limit of {limit}")
 
 
 def _check_header(header: dict[str, Any]) -> tuple[Op, tuple[tuple[str, ArraySpec | None], ...]]:
@@ -196,15 +214,9 @@ def _decode(
     if not frames:
         raise ProtocolError("empty message")
     header_size = _nbytes(frames[0])
-    if header_size > limits.max_header_bytes:
-        raise MessageTooLarge(
-            f"header of {header_size} bytes is over the limit of {limits.max_header_bytes}"
-        )
+    _check_size("header", header_size, limits.max_header_bytes)
     total = header_size + sum(_nbytes(f) for f in frames[1:])
-    if total > limits.max_message_bytes:
-        raise MessageTooLarge(
-            f"message of {total} bytes is over the limit of {limits.max_message_bytes}"
-        )
+    _check_size("message", total, limits.max_message_bytes)
     header = unpack(frames[0], "header")
     if type(header) is not dict:
         raise ProtocolError(f"header must be a msgpack map, got {type(header).__name__}")
@@ -272,12 +284,26 @@ def decode(frames: Sequence[Frame], limits: Limits = DEFAULT_LIMITS) -> Message:
     return replace(message, parts=parts)
 
 
-def encode(message: Message) -> list[Frame]:
+def _pack_repeated(part: Repeated, size: int, limit: int) -> bytes:
+    """``part`` as a msgpack list; :class:`MessageTooLarge` before the copies are made when they
+    would take a message already ``size`` bytes long over ``limit``."""
+    once = pack(part.value)
+    array_header = _packers.packer.pack_array_header(part.count)
+    _check_size("message", size + len(array_header) + len(once) * part.count, limit)
+    return array_header + once * part.count
+
+
+def encode(message: Message, limits: Limits | None = None) -> list[Frame]:
     """Encode a message into frames: the header, then one frame per part.
 
-    Arrays travel as their own buffers (a copy only if not C-contiguous little-endian).
+    Arrays travel as their own buffers (a copy only if not C-contiguous little-endian). A sender
+    passes its ``limits`` to check sizes before anything is sent: parts are measured as they are
+    packed, so a message over the limit fails with :class:`MessageTooLarge` (naming a size
+    reached and the limit) having built at most one part past it.
     Raises :class:`ProtocolError` if the message breaks the schema or a value cannot be encoded.
     """
+    limit = sys.maxsize if limits is None else limits.max_message_bytes
+    size = 0
     header: dict[str, Any] = {"v": PROTOCOL_VERSION, "op": int(message.op)}
     if message.request_id:
         header["id"] = message.request_id
@@ -297,9 +323,18 @@ def encode(message: Message) -> list[Frame]:
                     raise ProtocolError(f"part {name!r}: unsupported dtype {array.dtype}")
                 descriptors.append([name, "a", array.dtype.str, list(array.shape)])
                 payload.append(array.reshape(-1).view(np.uint8).data)
+            elif isinstance(value, Repeated):
+                descriptors.append([name, "m"])
+                payload.append(_pack_repeated(value, size, limit))
             else:
                 descriptors.append([name, "m"])
                 payload.append(pack(value))
+            size += _nbytes(payload[-1])
+            _check_size("message", size, limit)
         header["pl"] = descriptors
     _check_header(header)
-    return [pack(header), *payload]
+    frame0 = pack(header)
+    if limits is not None:
+        _check_size("header", len(frame0), limits.max_header_bytes)
+    _check_size("message", size + len(frame0), limit)
+    return [frame0, *payload]

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from openenv_zmq.autoreset import AutoresetMode
-from openenv_zmq.errors import EnvNotFound, OpenEnvZmqError, ProtocolError
+from openenv_zmq.errors import EnvNotFound, MessageTooLarge, OpenEnvZmqError, ProtocolError
 from openenv_zmq.protocol import (
     DEFAULT_LIMITS,
     EnvIds,
@@ -111,11 +111,22 @@ class WorkerCore:
                     f"a worker does not handle {request.op.name}",
                 )
             )
-        return _answering(request, handler)
+        answer = _answering(request, handler)
+        return answer if isinstance(answer, Pending) else self._within_limits(request, answer)
 
     def finish(self, pending: Pending) -> list[Frame]:
         """The reply to a :class:`Pending` request whose calls have all run. Never raises."""
-        return _answering(pending.request, pending.reply)
+        return self._within_limits(pending.request, _answering(pending.request, pending.reply))
+
+    def _within_limits(self, request: Message, frames: list[Frame]) -> list[Frame]:
+        """``frames``, or a ``MessageTooLarge`` error naming their size when they are over the
+        limits: sent as they are, the broker would refuse them (or its socket drop this worker)."""
+        size = sum(memoryview(frame).nbytes for frame in frames)
+        limit = self._limits.max_message_bytes
+        if size <= limit:
+            return frames
+        text = f"the reply of {size} bytes is over the limit of {limit}"
+        return encode(error_message(request.request_id, MessageTooLarge.__name__, text))
 
     def drop_all(self) -> None:
         """Close and forget every env instance. An env whose ``close()`` raises is forgotten too."""

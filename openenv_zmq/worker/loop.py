@@ -29,7 +29,16 @@ from types import FrameType
 import zmq
 
 from openenv_zmq.errors import ProtocolError
-from openenv_zmq.protocol import CONTROL_ROUTE, Frame, Message, Op, decode, encode
+from openenv_zmq.protocol import (
+    CONTROL_ROUTE,
+    DEFAULT_LIMITS,
+    Frame,
+    Limits,
+    Message,
+    Op,
+    decode,
+    encode,
+)
 from openenv_zmq.sandbox import host as sandbox_host
 from openenv_zmq.sandbox.setup import SandboxOptions, start_sandbox
 from openenv_zmq.sockets import worker_dealer
@@ -61,6 +70,7 @@ def run_worker(
     stop: threading.Event | None = None,
     max_threads: int = MAX_THREADS,
     sandbox: SandboxOptions | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> None:
     """Host ``envs`` for the broker whose backend is at ``connect`` until told to stop.
 
@@ -70,10 +80,11 @@ def run_worker(
     :class:`zmq.ZMQError` for a malformed ``connect`` address. Blocking env calls run on at
     most ``max_threads`` threads. An env that runs code in contained sessions gets its zygote
     started first, as ``sandbox`` says; :class:`~openenv_zmq.errors.SandboxError` when a
-    required layer cannot be had.
+    required layer cannot be had. ``limits`` are the broker's: requests over them are refused,
+    replies are kept under them, and the socket drops a peer far past them.
     """
     name = name or f"{socket.gethostname()}-{os.getpid()}"
-    core = WorkerCore(envs, capacity)
+    core = WorkerCore(envs, capacity, limits)
     # Before any socket or thread: the zygote is exec'd, but nothing of ours should exist yet.
     layers = start_sandbox(envs, sandbox or SandboxOptions())
     meta = {"envs": list(envs), "capacity": capacity, "name": name, "pid": os.getpid()}
@@ -99,7 +110,7 @@ def run_worker(
     try:
         # A fresh identity per process: the broker must not mistake a restarted worker of the
         # same name for the one it knew.
-        worker_dealer(dealer, f"{name}-{secrets.token_hex(4)}".encode())
+        worker_dealer(dealer, f"{name}-{secrets.token_hex(4)}".encode(), limits)
         dealer.connect(connect)
         log.info("worker %s hosting %s (capacity %d) -> %s", name, list(envs), capacity, connect)
         keepalive.start()

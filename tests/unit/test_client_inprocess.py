@@ -4,6 +4,7 @@ no sockets, no processes."""
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from collections.abc import Iterator
 
 import numpy as np
@@ -18,10 +19,12 @@ from openenv_zmq.errors import (
     ClientError,
     ClosedError,
     EnvIdsNotInGroup,
+    MessageTooLarge,
     NoPendingCall,
     NoWorkerAvailable,
     SessionLost,
 )
+from openenv_zmq.protocol import Limits
 from tests.unit.worker_envs import UndeclaredObservation
 
 
@@ -173,3 +176,26 @@ def test_an_openenv_style_env_without_declared_types_answers_with_its_own_models
         assert [o.legal for o in r.observations] == [[1, 2], [1, 2]]
         assert r.rewards.tolist() == [1.0, 1.0]
         assert [s.step_count for s in envs.state()] == [1, 1]
+
+
+def test_reset_with_one_big_dict_encodes_it_once_and_fails_fast() -> None:
+    broker = InProcessBroker(["echo"], workers=1, capacity=64)
+    limits = Limits(max_message_bytes=16 * 2**20)
+    try:
+        with BatchClient(transport=broker.connect(limits=limits)) as client:
+            envs = client.make("echo", num_envs=64)
+            big = {"blob": "x" * 2**20}  # 64 MiB for 64 envs, over the 16 MiB limit
+            tracemalloc.start()
+            try:
+                with pytest.raises(MessageTooLarge, match=r"over the limit of 16777216"):
+                    envs.reset(kwargs=big)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert peak < 8 * 2**20, f"{peak} bytes allocated: more than one encoding of the dict"
+            shared = {"blob": "y" * 2**17}  # 8 MiB for all: under the limit, and it arrives
+            r = envs.reset(kwargs=shared)
+            assert not r.errors
+            assert envs.step([EchoAction(message="a")] * 64).errors == {}
+    finally:
+        broker.close()

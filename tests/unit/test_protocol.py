@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, cast
@@ -25,6 +26,7 @@ from openenv_zmq.protocol import (
     Limits,
     Message,
     Op,
+    Repeated,
     decode,
     decode_header,
     encode,
@@ -722,3 +724,41 @@ def test_error_message_shapes() -> None:
     lost = error_message(4, "SessionLost", "reset to re-place", env_ids=IDS, traceback="tb")
     assert lost.env_ids is IDS
     assert lost.meta == {"type": "SessionLost", "message": "reset to re-place", "traceback": "tb"}
+
+
+def test_encode_refuses_a_message_over_the_senders_limit() -> None:
+    message = Message(Op.REPLY, 3, parts={"obs": ["x" * 1000]})
+    size = sum(len(bytes(f)) for f in encode(message))
+    with pytest.raises(
+        MessageTooLarge, match=rf"message of \d+ bytes is over the limit of {size - 1}"
+    ):
+        encode(message, Limits(max_message_bytes=size - 1))
+    assert decode(encode(message, Limits(max_message_bytes=size))).parts == message.parts
+
+
+def test_a_repeated_part_is_packed_once_and_decodes_as_a_list() -> None:
+    kwargs = {"level": 3, "name": "a"}
+    repeated = encode(
+        Message(Op.RESET, 1, worker=0, env_ids=np.arange(4), parts={"kwargs": Repeated(kwargs, 4)})
+    )
+    listed = encode(
+        Message(Op.RESET, 1, worker=0, env_ids=np.arange(4), parts={"kwargs": [kwargs] * 4})
+    )
+    assert [bytes(f) for f in repeated] == [bytes(f) for f in listed]
+    assert decode(repeated).parts["kwargs"] == [kwargs] * 4
+
+
+def test_a_repeated_part_over_the_limit_fails_before_its_copies_are_made() -> None:
+    blob = {"blob": "x" * 2**20}
+    message = Message(
+        Op.RESET, 1, worker=0, env_ids=np.arange(64), parts={"kwargs": Repeated(blob, 64)}
+    )
+    expected = 3 + 64 * len(msgpack.packb(blob))  # an array16 header, then 64 copies
+    tracemalloc.start()
+    try:
+        with pytest.raises(MessageTooLarge, match=rf"message of {expected} bytes"):
+            encode(message, Limits(max_message_bytes=16 * 2**20))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20, f"{peak} bytes allocated: more than the one encoding"

@@ -6,6 +6,7 @@ and test_worker_vector.py (array envs).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgpack
@@ -314,3 +315,15 @@ def test_ops_a_worker_does_not_handle_are_refused(core: WorkerCore, message: Mes
     assert reply.request_id == 4
     assert reply.meta["type"] == "ProtocolError"
     assert message.op.name in reply.meta["message"]
+
+
+def test_a_reply_over_the_limit_is_refused_not_sent() -> None:
+    core = WorkerCore(["echo"], capacity=4, limits=Limits(max_message_bytes=4096))
+    ids = np.arange(2, dtype=np.int64)
+    answered(core.handle(encode(Message(Op.CREATE, 1, 0, ids, meta={"env": "echo"}))))
+    answered(core.handle(encode(Message(Op.RESET, 2, worker=0, env_ids=ids))))
+    actions = [{"message": "x" * 1950}] * 2  # a request under 4 KiB, echoed in a reply over it
+    reply = answered(core.handle(encode(Message(Op.STEP, 3, 0, ids, parts={"actions": actions}))))
+    assert reply.op is Op.ERROR and reply.request_id == 3
+    assert reply.meta["type"] == "MessageTooLarge"
+    assert re.search(r"reply of \d+ bytes is over the limit of 4096", reply.meta["message"])
