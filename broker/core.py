@@ -384,8 +384,13 @@ class BrokerCore:
                 return self._declare_dead(worker, "its process exited")
         return []
 
-    def undeliverable(self, output: ToWorker, now: float) -> list[Output]:
-        """``output`` could not be sent (peer gone, queue full): fail the request it carried."""
+    def undeliverable(self, output: ToWorker, now: float, gone: bool = False) -> list[Output]:
+        """``output`` could not be sent. ``gone``: the worker's connection is gone, so it is dead
+        now (every request in flight to it answered, its envs ready to be re-placed) rather than
+        after its silence; else its queue is full and only the request it carried fails."""
+        worker = self._live.get(output.identity)
+        if gone and worker is not None:
+            return self._declare_dead(worker, "its connection is gone")
         route = bytes(output.frames[0])
         if route == CONTROL_ROUTE:
             # A lost heartbeat or WELCOME: the worker's silence will tell if it is gone.

@@ -185,7 +185,7 @@ class InProcessBroker:
     def _to_worker(self, output: ToWorker) -> list[Output]:
         worker = self._workers.get(output.identity)
         if worker is None:
-            return self.core.undeliverable(output, self._clock())
+            return self.core.undeliverable(output, self._clock(), gone=True)
         route, *body = output.frames
         now = self._clock()
         if bytes(route) == CONTROL_ROUTE:

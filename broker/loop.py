@@ -185,11 +185,13 @@ class BrokerServer:
             follow_ups: list[Output] = []
             for output in pending:
                 if isinstance(output, ToClient):
-                    if not self._send(frontend, output.client, output.frames):
+                    if self._send(frontend, output.client, output.frames):
                         log.warning("dropped an answer to client %r: unreachable", output.client)
                 elif isinstance(output, ToWorker):
-                    if not self._send(backend, output.identity, output.frames):
-                        follow_ups += self.core.undeliverable(output, time.monotonic())
+                    failed = self._send(backend, output.identity, output.frames)
+                    if failed:
+                        gone = failed == errno.EHOSTUNREACH
+                        follow_ups += self.core.undeliverable(output, time.monotonic(), gone)
                 elif isinstance(output, WorkerJoined):
                     log.info("worker %d (%s) joined", output.worker_id, output.name)
                 elif isinstance(output, WorkerDied):
@@ -201,15 +203,16 @@ class BrokerServer:
             pending = follow_ups
 
     @staticmethod
-    def _send(socket: zmq.Socket[bytes], peer: bytes, frames: list[Frame]) -> bool:
-        """Send without blocking; False if the peer is unknown or its queue is full."""
+    def _send(socket: zmq.Socket[bytes], peer: bytes, frames: list[Frame]) -> int:
+        """Send without blocking; 0, or why not: ``EHOSTUNREACH`` (the ROUTER knows no such
+        peer: its connection is gone) or ``EAGAIN`` (its queue is full)."""
         try:
             socket.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as exc:
             if exc.errno in _UNSENDABLE:
-                return False
+                return exc.errno
             raise
-        return True
+        return 0
 
 
 def _listening(

@@ -75,3 +75,29 @@ def test_killed_remote_worker_is_found_by_heartbeats(procs: Processes) -> None:
         kill_mid_step_and_check(client, broker.heartbeat)
         states = {w["state"] for w in client.status()["workers"]}
         assert states == {"READY", "DEAD"}
+
+
+def test_an_idle_remote_worker_killed_is_dead_at_the_next_send(procs: Processes) -> None:
+    # Heartbeats 5 s apart: its silence would take 15 s to tell. The next request finds its
+    # connection gone instead, and its envs can be re-placed at once (before: "env id N is
+    # live on worker W" until the silence ran out).
+    broker = procs.broker(workers=0, heartbeat=5.0)
+    for _ in range(2):
+        procs.worker(broker.backend, heartbeat=5.0)
+    with BatchClient(broker.frontend) as client:
+        wait_until(lambda: len(client.workers()) == 2, 30, "two workers")
+        envs = client.make("echo", num_envs=8)
+        envs.reset()
+        victim = client.workers()[0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        time.sleep(0.5)  # the kernel closes its socket; the broker's ROUTER drops the peer
+        started = time.monotonic()
+        r = envs.step([EchoAction(message="hi")] * 8)
+        lost = sorted(r.errors)
+        assert len(lost) == 4 and {type(e) for e in r.errors.values()} == {WorkerLost}
+        assert "connection is gone" in str(r.errors[lost[0]])
+        assert not envs.reset(env_ids=lost).errors
+        assert time.monotonic() - started < 2.0
+        assert not envs.step([EchoAction(message="back")] * 8).errors
+        [dead] = [w for w in client.status()["workers"] if w["state"] == "DEAD"]
+        assert dead["id"] == victim["id"]

@@ -443,6 +443,25 @@ def test_undeliverable_request_is_answered_with_worker_lost(
     assert core.undeliverable(beat, 1.0) == []
 
 
+def test_a_worker_whose_connection_is_gone_is_dead_at_once_and_its_envs_move(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    # Before: only the request failed; reset(env_ids=lost) was refused ("env id 0 is live on
+    # worker 1") until the worker's silence ran out (3 heartbeat intervals).
+    w1, w2 = two_workers
+    lost = [env_id for env_id, worker in placed(alloc(core, 4)).items() if worker == w1]
+    [forwarded] = core.on_client(CLIENT, step(w1, lost, request_id=4), 0.1)
+    assert isinstance(forwarded, ToWorker)
+    answer, died = core.undeliverable(forwarded, 0.2, gone=True)
+    assert_error(to_client(answer), "WorkerLost", 4, "connection is gone")
+    assert died == WorkerDied(w1, "worker-1", "its connection is gone")
+    assert worker_status(core, w1)["state"] == "DEAD"
+    [output] = core.on_client(CLIENT, step(w1, lost, request_id=5), 0.3)
+    assert_error(to_client(output), "SessionLost", 5)
+    moved = alloc(core, len(lost), env_ids=lost, request_id=6)
+    assert placed(moved) == dict.fromkeys(lost, w2)
+
+
 # ---------------------------------------------------------------- re-placement and close
 
 
