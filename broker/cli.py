@@ -83,6 +83,13 @@ _idle_timeout_option = click.option(
     default=None,
     help="Close a gateway session (socket and env slot) idle for this many seconds.",
 )
+_header_timeout_option = click.option(
+    "--header-timeout",
+    type=_POSITIVE_FLOAT,
+    default=10.0,
+    show_default=True,
+    help="Close a gateway connection whose request headers take longer than this many seconds.",
+)
 _web_option = click.option(
     "--web/--no-web",
     default=None,
@@ -214,6 +221,7 @@ def main(log_level: str) -> None:
 )
 @_max_sessions_option
 @_idle_timeout_option
+@_header_timeout_option
 @_web_option
 @_max_frame_option
 @click.option(
@@ -237,6 +245,7 @@ def start(
     gateway_host: str,
     max_sessions: int,
     idle_timeout: float | None,
+    header_timeout: float,
     web: bool | None,
     max_frame_mb: float,
     max_message_mb: float,
@@ -256,6 +265,7 @@ def start(
             host=gateway_host,
             max_sessions=max_sessions,
             idle_timeout_s=idle_timeout,
+            header_timeout_s=header_timeout,
             web=web,
             max_frame_mb=max_frame_mb,
             app_dir=app_dir,
@@ -350,6 +360,7 @@ def worker(
 @_app_dir_option
 @_max_sessions_option
 @_idle_timeout_option
+@_header_timeout_option
 @_web_option
 @_max_frame_option
 def gateway(
@@ -360,6 +371,7 @@ def gateway(
     app_dir: str | None,
     max_sessions: int,
     idle_timeout: float | None,
+    header_timeout: float,
     web: bool | None,
     max_frame_mb: float,
 ) -> None:
@@ -374,6 +386,7 @@ def gateway(
         host=host,
         max_sessions=max_sessions,
         idle_timeout_s=idle_timeout,
+        header_timeout_s=header_timeout,
         web=web,
         max_frame_mb=max_frame_mb,
         app_dir=app_dir,
