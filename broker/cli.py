@@ -101,6 +101,13 @@ _idle_timeout_option = click.option(
     default=None,
     help="Close a gateway session (socket and env slot) idle for this many seconds.",
 )
+_header_timeout_option = click.option(
+    "--header-timeout",
+    type=_POSITIVE_FLOAT,
+    default=10.0,
+    show_default=True,
+    help="Close a gateway connection whose request headers take longer than this many seconds.",
+)
 _web_option = click.option(
     "--web/--no-web",
     default=None,
@@ -259,6 +266,7 @@ def main(log_level: str) -> None:
 )
 @_max_sessions_option
 @_idle_timeout_option
+@_header_timeout_option
 @_web_option
 @_max_frame_option
 @_max_message_option
@@ -276,6 +284,7 @@ def start(
     gateway_host: str,
     max_sessions: int,
     idle_timeout: float | None,
+    header_timeout: float,
     web: bool | None,
     max_frame_mb: float,
     max_message_mb: float,
@@ -295,6 +304,7 @@ def start(
             host=gateway_host,
             max_sessions=max_sessions,
             idle_timeout_s=idle_timeout,
+            header_timeout_s=header_timeout,
             web=web,
             max_frame_mb=max_frame_mb,
             app_dir=app_dir,
@@ -399,6 +409,7 @@ def worker(
 @_app_dir_option
 @_max_sessions_option
 @_idle_timeout_option
+@_header_timeout_option
 @_web_option
 @_max_frame_option
 def gateway(
@@ -409,6 +420,7 @@ def gateway(
     app_dir: str | None,
     max_sessions: int,
     idle_timeout: float | None,
+    header_timeout: float,
     web: bool | None,
     max_frame_mb: float,
 ) -> None:
@@ -423,6 +435,7 @@ def gateway(
         host=host,
         max_sessions=max_sessions,
         idle_timeout_s=idle_timeout,
+        header_timeout_s=header_timeout,
         web=web,
         max_frame_mb=max_frame_mb,
         app_dir=app_dir,

@@ -8,6 +8,7 @@ import uvicorn
 
 from openenv_zmq.client.sync import BatchClient
 from openenv_zmq.gateway.app import DEFAULT_MAX_SESSIONS, create_gateway_app
+from openenv_zmq.gateway.header_timeout import DEFAULT_HEADER_TIMEOUT_S, header_timeout_protocol
 from openenv_zmq.registry import add_app_dir
 
 DEFAULT_HOST = "127.0.0.1"
@@ -25,6 +26,8 @@ class GatewaySpec:
     host: str = DEFAULT_HOST
     max_sessions: int = DEFAULT_MAX_SESSIONS
     idle_timeout_s: float | None = None
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    """A connection whose request headers take longer is closed (slow-header clients)."""
     web: bool | None = None
     """Serve the web interface at ``/web/``; ``None``: as ``ENABLE_WEB_INTERFACE`` says."""
     max_frame_mb: float = DEFAULT_MAX_FRAME_MB
@@ -37,7 +40,9 @@ def run_gateway(connect: str, spec: GatewaySpec) -> None:
 
     Every session is one env slot of the broker at ``connect``. Waits (up to a minute) for a
     worker hosting the env to join first, so a gateway started beside its broker finds one.
+    Connections whose request headers are ``spec.header_timeout_s`` late are closed.
     """
+    http = header_timeout_protocol(spec.header_timeout_s)
     if spec.app_dir is not None:
         add_app_dir(spec.app_dir)
     with BatchClient(connect) as client:
@@ -55,4 +60,5 @@ def run_gateway(connect: str, spec: GatewaySpec) -> None:
         port=spec.port,
         log_level="warning",
         ws_max_size=int(spec.max_frame_mb * 2**20),
+        http=http,
     )

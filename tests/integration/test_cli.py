@@ -192,6 +192,8 @@ def test_an_env_that_does_not_import_is_a_usage_error(args: tuple[str, ...], rea
     [
         (("gateway", "--max-sessions", "0"), "--max-sessions"),
         (("gateway", "--idle-timeout", "0"), "--idle-timeout"),
+        (("gateway", "--header-timeout", "0"), "--header-timeout"),
+        (("start", "--gateway-port", "1", "--header-timeout", "-1"), "--header-timeout"),
         (("start", "--gateway-port", "1", "--max-frame-mb", "-1"), "--max-frame-mb"),
         (("start", "--gateway-port", "70000"), "--gateway-port"),
         (("start", "--workers", "-1"), "--workers"),
