@@ -377,12 +377,11 @@ class BrokerCore:
         )
         return max(0.0, due - now)
 
-    def worker_exited(self, name: str, now: float) -> list[Output]:
-        """The process of live worker ``name`` ended: declare it dead now, not after its silence."""
-        for worker in list(self._live.values()):
-            if worker.name == name:
-                return self._declare_dead(worker, "its process exited")
-        return []
+    def worker_exited(self, identity: bytes, now: float) -> list[Output]:
+        """The process of the live worker of socket ``identity`` ended: declare it dead now, not
+        after its silence."""
+        worker = self._live.get(identity)
+        return [] if worker is None else self._declare_dead(worker, "its process exited")
 
     def undeliverable(self, output: ToWorker, now: float, gone: bool = False) -> list[Output]:
         """``output`` could not be sent. ``gone``: the worker's connection is gone, so it is dead
@@ -417,7 +416,7 @@ class BrokerCore:
             outputs.append(
                 self._error(key[0], key[1], WorkerLost.__name__, message, request.env_ids)
             )
-        outputs.append(WorkerDied(worker.id, worker.name, reason))
+        outputs.append(WorkerDied(worker.id, worker.name, reason, worker.identity))
         return outputs
 
     # ------------------------------------------------------------------ bookkeeping

@@ -110,7 +110,7 @@ class InProcessBroker:
         """Worker ``name``'s process ends: its envs are gone and the broker hears of it."""
         worker = self._workers.pop(name.encode())
         worker.core.drop_all()
-        self._deliver(self.core.worker_exited(name, self._clock()))
+        self._deliver(self.core.worker_exited(name.encode(), self._clock()))
 
     def connect(
         self, timeout: float = DEFAULT_TIMEOUT, limits: Limits = DEFAULT_LIMITS

@@ -160,8 +160,8 @@ class BrokerServer:
             if self.provider is not None and now >= next_provider_poll:
                 # Process checks are system calls: not once per message on the hot path.
                 next_provider_poll = now + PROVIDER_POLL_SECONDS
-                for name in self.provider.poll():
-                    self._deliver(core.worker_exited(name, now))
+                for identity in self.provider.poll():
+                    self._deliver(core.worker_exited(identity, now))
             if core.next_timeout(now) <= 0:
                 self._deliver(core.on_tick(now))
 
@@ -199,7 +199,7 @@ class BrokerServer:
                         "worker %d (%s) died: %s", output.worker_id, output.name, output.reason
                     )
                     if self.provider is not None:
-                        self.provider.worker_died(output.name)
+                        self.provider.worker_died(output.identity)
             pending = follow_ups
 
     @staticmethod

@@ -35,6 +35,8 @@ class WorkerDied:
     worker_id: int
     name: str
     reason: str
+    identity: bytes
+    """Its socket identity: what tells it apart from another peer that took its name."""
 
 
 Output = ToClient | ToWorker | WorkerJoined | WorkerDied

@@ -11,11 +11,13 @@ class WorkerProvider(Protocol):
     def start(self, connect: str) -> None:
         """Start every worker, connecting to the backend address ``connect``."""
 
-    def poll(self) -> list[str]:
-        """Names of workers whose process ended since the last poll (replacements are started)."""
+    def poll(self) -> list[bytes]:
+        """Socket identities of the workers whose process ended since the last poll
+        (replacements are started)."""
 
-    def worker_died(self, name: str) -> None:
-        """The broker declared ``name`` dead: stop its process if it still runs."""
+    def worker_died(self, identity: bytes) -> None:
+        """The broker declared the worker of socket ``identity`` dead: stop its process if it is
+        one of this provider's and still runs. Never by name: any peer can claim a name."""
 
     def stop(self) -> None:
         """Stop every worker and wait for it; leave no process behind."""

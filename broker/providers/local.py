@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -53,6 +54,9 @@ class _Slot:
     index: int
     process: BaseProcess | None = None
     name: str = ""
+    identity: bytes = b""
+    """The socket identity its current process registers with: the broker tells this process
+    from any peer by it (a name is only a label, which any peer can claim)."""
     generation: int = 0
     started_at: float = 0.0
     quick_deaths: int = 0
@@ -90,6 +94,7 @@ class LocalProvider:
         slot.name = f"local-{slot.index}" + (
             f".{slot.generation - 1}" if slot.generation > 1 else ""
         )
+        slot.identity = f"{slot.name}-{secrets.token_hex(16)}".encode()
         process = self._context.Process(
             target=_run_local_worker,
             kwargs={
@@ -97,6 +102,7 @@ class LocalProvider:
                 "app_dir": self.app_dir,
                 "connect": self._connect,
                 "name": slot.name,
+                "identity": slot.identity,
                 **self.worker_kwargs,
             },
             name=f"openenv-worker-{slot.name}",
@@ -109,13 +115,13 @@ class LocalProvider:
     def pids(self) -> list[int]:
         return [s.process.pid for s in self._slots if s.process is not None and s.process.pid]
 
-    def poll(self) -> list[str]:
-        exited: list[str] = []
+    def poll(self) -> list[bytes]:
+        exited: list[bytes] = []
         now = time.monotonic()
         for slot in self._slots:
             process = slot.process
             if process is not None and not process.is_alive():
-                exited.append(slot.name)
+                exited.append(slot.identity)
                 code = process.exitcode
                 log.warning("worker %s exited with code %s", slot.name, code)
                 process.close()
@@ -144,10 +150,10 @@ class LocalProvider:
             )
         return exited
 
-    def worker_died(self, name: str) -> None:
+    def worker_died(self, identity: bytes) -> None:
         for slot in self._slots:
-            if slot.name == name and slot.process is not None and slot.process.is_alive():
-                log.warning("killing worker %s: the broker declared it dead", name)
+            if slot.identity == identity and slot.process is not None and slot.process.is_alive():
+                log.warning("killing worker %s: the broker declared it dead", slot.name)
                 slot.process.kill()
 
     def stop(self) -> None:

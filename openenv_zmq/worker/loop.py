@@ -71,6 +71,7 @@ def run_worker(
     max_threads: int = MAX_THREADS,
     sandbox: SandboxOptions | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    identity: bytes | None = None,
 ) -> None:
     """Host ``envs`` for the broker whose backend is at ``connect`` until told to stop.
 
@@ -81,7 +82,9 @@ def run_worker(
     most ``max_threads`` threads. An env that runs code in contained sessions gets its zygote
     started first, as ``sandbox`` says; :class:`~openenv_zmq.errors.SandboxError` when a
     required layer cannot be had. ``limits`` are the broker's: requests over them are refused,
-    replies are kept under them, and the socket drops a peer far past them.
+    replies are kept under them, and the socket drops a peer far past them. ``identity`` is the
+    socket identity the broker will know this worker by (a fresh random one by default); a
+    broker that starts its own workers gives each one it can tell from any other peer's.
     """
     name = name or f"{socket.gethostname()}-{os.getpid()}"
     core = WorkerCore(envs, capacity, limits)
@@ -110,7 +113,8 @@ def run_worker(
     try:
         # A fresh identity per process: the broker must not mistake a restarted worker of the
         # same name for the one it knew.
-        worker_dealer(dealer, f"{name}-{secrets.token_hex(4)}".encode(), limits)
+        identity = identity or f"{name}-{secrets.token_hex(8)}".encode()
+        worker_dealer(dealer, identity, limits)
         dealer.connect(connect)
         log.info("worker %s hosting %s (capacity %d) -> %s", name, list(envs), capacity, connect)
         keepalive.start()

@@ -27,19 +27,19 @@ class Provider:
 
     def __init__(self) -> None:
         self.started: list[str] = []
-        self.died: list[str] = []
-        self.exited: list[str] = []
+        self.died: list[bytes] = []
+        self.exited: list[bytes] = []
         self.stopped = threading.Event()
 
     def start(self, connect: str) -> None:
         self.started.append(connect)
 
-    def poll(self) -> list[str]:
+    def poll(self) -> list[bytes]:
         exited, self.exited = self.exited, []
         return exited
 
-    def worker_died(self, name: str) -> None:
-        self.died.append(name)
+    def worker_died(self, identity: bytes) -> None:
+        self.died.append(identity)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -68,8 +68,12 @@ class Running:
         assert not self.errors
 
 
-def dealer(context: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes]:
+def dealer(
+    context: zmq.Context[zmq.Socket[bytes]], address: str, identity: bytes = b""
+) -> zmq.Socket[bytes]:
     socket = sockets.configure(context.socket(zmq.DEALER))
+    if identity:
+        socket.setsockopt(zmq.IDENTITY, identity)
     socket.connect(address)
     return socket
 
@@ -183,7 +187,7 @@ def test_step_round_trip_and_clean_shutdown(
 def test_in_flight_request_is_answered_when_the_worker_leaves(
     context: zmq.Context[zmq.Socket[bytes]], broker: Running, provider: Provider
 ) -> None:
-    worker = dealer(context, broker.server.backend_address)
+    worker = dealer(context, broker.server.backend_address, b"fake-1-socket")
     client = dealer(context, broker.server.frontend_address)
     worker_id = join(worker)
     ids = ask(client, Message(Op.ALLOC, 9, meta={"env": "echo", "num_envs": 2})).env_ids
@@ -197,7 +201,7 @@ def test_in_flight_request_is_answered_when_the_worker_leaves(
     assert lost.env_ids.tolist() == [0, 1]
     after = ask(client, Message(Op.STATE, 2, worker=worker_id, env_ids=ids))
     assert after.meta["type"] == "SessionLost"
-    assert provider.died == ["fake-1"]
+    assert provider.died == [b"fake-1-socket"]
     worker.close()
     client.close()
 
@@ -208,11 +212,11 @@ def test_exited_and_vanished_workers_fail_their_requests(
     client = dealer(context, broker.server.frontend_address)
     ids = np.array([0], dtype=np.int64)
 
-    exiting = dealer(context, broker.server.backend_address)
+    exiting = dealer(context, broker.server.backend_address, b"exiting-socket")
     exiting_id = join(exiting, "exiting")
     client.send_multipart(encode(Message(Op.STATE, 1, worker=exiting_id, env_ids=ids)))
     assert recv_skipping_heartbeats(exiting)[1].op is Op.STATE
-    provider.exited.append("exiting")
+    provider.exited.append(b"exiting-socket")
     lost = decode(recv(client))
     assert (lost.meta["type"], lost.request_id) == ("WorkerLost", 1)
     exiting.close()

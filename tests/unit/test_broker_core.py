@@ -161,7 +161,7 @@ def test_ready_is_welcomed_with_a_fresh_worker_id(core: BrokerCore) -> None:
 def test_worker_ids_are_never_reused(core: BrokerCore) -> None:
     first = register(core, W1)
     [died] = core.on_worker(W1, control(Op.BYE), 1.0)
-    assert died == WorkerDied(first, "worker-1", "left")
+    assert died == WorkerDied(first, "worker-1", "left", W1)
     assert register(core, W1, now=2.0) == first + 1
 
 
@@ -171,7 +171,7 @@ def test_ready_again_ends_the_old_registration(core: BrokerCore) -> None:
     assert isinstance(forwarded, ToWorker)
     outputs = core.on_worker(W1, ready("worker-1"), 1.0)
     assert_error(to_client(outputs[0]), "WorkerLost", 5)
-    assert outputs[1] == WorkerDied(old, "worker-1", "registered again")
+    assert outputs[1] == WorkerDied(old, "worker-1", "registered again", W1)
     assert to_worker(outputs[2], W1).meta["worker"] == old + 1
     assert outputs[3] == WorkerJoined(old + 1, "worker-1")
 
@@ -418,11 +418,11 @@ def test_worker_exited_declares_it_dead_at_once(
     core: BrokerCore, two_workers: tuple[int, int]
 ) -> None:
     core.on_client(CLIENT, step(two_workers[0], [0], request_id=1), 0.0)
-    outputs = core.worker_exited("worker-1", 0.1)
+    outputs = core.worker_exited(W1, 0.1)
     assert_error(to_client(outputs[0]), "WorkerLost", 1)
-    assert outputs[1] == WorkerDied(two_workers[0], "worker-1", "its process exited")
-    assert core.worker_exited("worker-1", 0.2) == []
-    assert core.worker_exited("nobody", 0.2) == []
+    assert outputs[1] == WorkerDied(two_workers[0], "worker-1", "its process exited", W1)
+    assert core.worker_exited(W1, 0.2) == []
+    assert core.worker_exited(b"nobody", 0.2) == []
 
 
 def test_undeliverable_request_is_answered_with_worker_lost(
@@ -454,7 +454,7 @@ def test_a_worker_whose_connection_is_gone_is_dead_at_once_and_its_envs_move(
     assert isinstance(forwarded, ToWorker)
     answer, died = core.undeliverable(forwarded, 0.2, gone=True)
     assert_error(to_client(answer), "WorkerLost", 4, "connection is gone")
-    assert died == WorkerDied(w1, "worker-1", "its connection is gone")
+    assert died == WorkerDied(w1, "worker-1", "its connection is gone", W1)
     assert worker_status(core, w1)["state"] == "DEAD"
     [output] = core.on_client(CLIENT, step(w1, lost, request_id=5), 0.3)
     assert_error(to_client(output), "SessionLost", 5)
@@ -511,7 +511,7 @@ def test_alloc_with_ids_refuses_live_and_unknown_ids(
 def test_alloc_with_ids_needs_room_on_a_live_worker(core: BrokerCore) -> None:
     w1 = register(core, W1)
     assert counts(alloc(core, 3)) == {w1: 3}
-    assert core.on_worker(W1, control(Op.BYE), 1.0) == [WorkerDied(w1, "worker-1", "left")]
+    assert core.on_worker(W1, control(Op.BYE), 1.0) == [WorkerDied(w1, "worker-1", "left", W1)]
     assert_error(alloc(core, 3, env_ids=[0, 1, 2], request_id=2), "NoWorkerAvailable", 2)
     w2 = register(core, W2, now=2.0)
     assert placed(alloc(core, 3, env_ids=[0, 1, 2], request_id=3, now=2.0)) == {
