@@ -32,6 +32,7 @@ from broker.placement import Host, place
 from broker.workers import WorkerRecord, WorkerRegistry, WorkerState
 from openenv_zmq.errors import (
     EnvNotOnWorker,
+    MessageTooLarge,
     NoWorkerAvailable,
     ProtocolError,
     RemoteError,
@@ -197,20 +198,36 @@ class BrokerCore:
         env: str = request.meta["env"]
         num_envs: int = request.meta["num_envs"]
         request_id = request.request_id
+        limits = self.config.limits
         try:
+            if num_envs > limits.max_env_ids:
+                # Refused before any slot is reserved: no reply could carry the ids.
+                raise MessageTooLarge(
+                    f"asked for {num_envs:,} envs in one group; a reply names at most "
+                    f"{limits.max_env_ids:,} env ids under this broker's header limit of "
+                    f"{limits.max_header_bytes:,} bytes: make several groups"
+                )
             if request.env_ids is None:
-                return ToClient(client, encode(self._alloc_new(request_id, env, num_envs)))
+                return ToClient(client, self._alloc_new(request_id, env, num_envs))
             replaced = self._alloc_again(request_id, env, num_envs, request.env_ids)
-            return ToClient(client, encode(replaced))
+            return ToClient(client, encode(replaced, limits))
         except (ProtocolError, RemoteError) as exc:
             return self._error(client, request_id, type(exc).__name__, str(exc))
 
-    def _alloc_new(self, request_id: int, env: str, num_envs: int) -> Message:
+    def _alloc_new(self, request_id: int, env: str, num_envs: int) -> list[Frame]:
+        """The reply placing ``num_envs`` new envs, encoded; nothing stays reserved when it
+        cannot be encoded."""
         shares = self._shares(env, num_envs)
         env_ids = np.fromiter(
             itertools.islice(self._env_ids, num_envs), dtype=np.int64, count=num_envs
         )
-        return self._place(request_id, env_ids, shares)
+        reply = self._place(request_id, env_ids, shares)
+        try:
+            return encode(reply, self.config.limits)
+        except ProtocolError:
+            for worker, _ in shares:
+                self._release(worker, env_ids)
+            raise
 
     def _alloc_again(self, request_id: int, env: str, num_envs: int, env_ids: EnvIds) -> Message:
         """Move env ids whose worker died to live workers, keeping the ids."""

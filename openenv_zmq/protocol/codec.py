@@ -49,7 +49,15 @@ class Limits:
     max_header_bytes: int = 16 * 2**20
     max_message_bytes: int = 256 * 2**20
 
+    @property
+    def max_env_ids(self) -> int:
+        """The most env ids one message can name: they travel in its header, 8 bytes each, next
+        to fields that take far less than :data:`HEADER_FIELDS_ROOM`."""
+        return max(0, self.max_header_bytes - HEADER_FIELDS_ROOM) // 8
 
+
+HEADER_FIELDS_ROOM = 2**16
+"""Header bytes kept for everything but the env ids (version, op, ids, part descriptors, meta)."""
 DEFAULT_LIMITS = Limits()
 
 

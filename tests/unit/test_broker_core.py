@@ -479,6 +479,26 @@ def test_alloc_with_ids_moves_lost_envs_to_live_workers(
     assert worker_status(core, w1)["used"] == 0
 
 
+def test_a_group_more_env_ids_than_a_reply_names_is_refused_before_any_slot_is_held() -> None:
+    # Before: the slots were reserved, the reply was over the header limit and dropped, the
+    # client timed out, and every slot stayed reserved.
+    limits = Limits(max_header_bytes=2**16 + 8 * 100)
+    assert limits.max_env_ids == 100
+    core = BrokerCore(BrokerConfig(limits=limits))
+    register(core, W1, capacity=1000)
+    assert_error(alloc(core, 101), "MessageTooLarge", 1, "at most 100 env ids")
+    assert core.status()["env_slots"] == {"used": 0, "free": 1000}
+    assert len(placed(alloc(core, 100, request_id=2))) == 100
+
+
+def test_a_placement_whose_reply_cannot_be_encoded_is_undone() -> None:
+    core = BrokerCore(BrokerConfig(limits=Limits(max_message_bytes=512)))
+    register(core, W1, capacity=1000)
+    assert_error(alloc(core, 100), "MessageTooLarge", 1)
+    assert core.status()["env_slots"] == {"used": 0, "free": 1000}
+    assert len(placed(alloc(core, 10, request_id=2))) == 10
+
+
 def test_only_the_latest_dead_workers_without_envs_are_remembered(core: BrokerCore) -> None:
     first = register(core, W1)
     core.on_worker(W1, control(Op.BYE), 0.0)
