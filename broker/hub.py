@@ -105,6 +105,13 @@ def push_space(
         )
     except HfHubHTTPError as exc:
         raise RemoteError(f"the Hugging Face Hub refused to publish {repo_id}: {exc}") from exc
+    except Exception as exc:
+        # Not reached at all: which exception says so depends on huggingface_hub's version (it
+        # has used requests, httpx and httpx2), so the message names the type it raised.
+        where = endpoint or "the Hugging Face Hub"
+        raise RemoteError(
+            f"could not reach {where} to publish {repo_id}: {type(exc).__name__}: {exc}"
+        ) from exc
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return str(url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,3 +142,11 @@ def test_hub_refusal_becomes_remote_error_with_the_hubs_message(fake_hub: FakeHu
         push_space("alice/too-many", token=TOKEN, endpoint=fake_hub.url)
     assert "alice/too-many" in str(caught.value)
     assert fake_hub.files == {}
+
+
+def test_an_unreachable_hub_is_a_remote_error_naming_it() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"  # bound, never listening
+        with pytest.raises(RemoteError, match=f"could not reach {endpoint}"):
+            push_space("alice/nowhere", token=TOKEN, endpoint=endpoint)
