@@ -620,9 +620,11 @@ def _cluster(
 
 
 def run() -> None:
-    """Console entry point: typed errors become a one-line message and exit code 1."""
+    """Console entry point: typed errors become a one-line message and exit code 1 (with
+    ``--log-level debug``, their traceback too)."""
     try:
         main(standalone_mode=True)
     except OpenEnvZmqError as exc:
+        logging.getLogger(__name__).debug("where it was raised", exc_info=exc)
         console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", soft_wrap=True)
         sys.exit(1)

@@ -81,6 +81,11 @@ def test_status_of_a_missing_broker_fails_with_a_message() -> None:
     )
     assert done.returncode == 1
     assert "BrokerUnreachable" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    args = ("--log-level", "debug", "status", "--connect", "tcp://127.0.0.1:9", "--timeout", "0.3")
+    debug = subprocess.run(cli(*args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr and "BrokerUnreachable" in debug.stdout + debug.stderr
 
 
 def test_bench_runs_an_embedded_cluster_and_prints_a_table() -> None:
