@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from openenv_zmq.autoreset import AutoresetMode
-from openenv_zmq.errors import EnvNotFound, MessageTooLarge, OpenEnvZmqError, ProtocolError
+from openenv_zmq.errors import EnvNotFound, OpenEnvZmqError, ProtocolError
 from openenv_zmq.protocol import (
     DEFAULT_LIMITS,
     EnvIds,
@@ -94,8 +94,10 @@ class WorkerCore:
 
         Frames that do not decode get an ``ERROR`` named after the :class:`ProtocolError` subclass;
         an env's failure is reported in its row of the ``REPLY``, never for the whole batch. A
-        reset or step with calls to run off this thread is :class:`Pending`: run its calls, then
-        :meth:`finish` it.
+        reply is built under this worker's limits: a structured env whose row would take it over
+        them gets an error row instead, and a reply over them even so (or an array env's) is a
+        ``MessageTooLarge`` ``ERROR``, never frames the broker would refuse. A reset or step with
+        calls to run off this thread is :class:`Pending`: run its calls, then :meth:`finish` it.
         """
         try:
             request = decode(frames, self._limits)
@@ -111,22 +113,11 @@ class WorkerCore:
                     f"a worker does not handle {request.op.name}",
                 )
             )
-        answer = _answering(request, handler)
-        return answer if isinstance(answer, Pending) else self._within_limits(request, answer)
+        return _answering(request, handler)
 
     def finish(self, pending: Pending) -> list[Frame]:
         """The reply to a :class:`Pending` request whose calls have all run. Never raises."""
-        return self._within_limits(pending.request, _answering(pending.request, pending.reply))
-
-    def _within_limits(self, request: Message, frames: list[Frame]) -> list[Frame]:
-        """``frames``, or a ``MessageTooLarge`` error naming their size when they are over the
-        limits: sent as they are, the broker would refuse them (or its socket drop this worker)."""
-        size = sum(memoryview(frame).nbytes for frame in frames)
-        limit = self._limits.max_message_bytes
-        if size <= limit:
-            return frames
-        text = f"the reply of {size} bytes is over the limit of {limit}"
-        return encode(error_message(request.request_id, MessageTooLarge.__name__, text))
+        return _answering(pending.request, lambda request: pending.reply(request, self._limits))
 
     def drop_all(self) -> None:
         """Close and forget every env instance. An env whose ``close()`` raises is forgotten too."""
@@ -180,7 +171,7 @@ class WorkerCore:
             timeout_s = request.meta.get("timeout_s")
             runtime = Runtime(kind, kwargs, autoreset, concurrency, timeout_s)
             errors = self._slots.create(runtime, env_ids)
-        return reply_frames(request, {"errors": errors}, meta)
+        return reply_frames(request, {"errors": errors}, meta, self._limits)
 
     def _reset(self, request: Message) -> list[Frame] | Pending:
         n = len(request_ids(request))
@@ -192,7 +183,7 @@ class WorkerCore:
             type(kw) is dict and all(type(k) is str for k in kw) for kw in kwargs
         ):
             raise ProtocolError("RESET kwargs must each be a map with string keys")
-        return _answer(request, self._select(request).reset(seeds, kwargs))
+        return self._answer(request, self._select(request).reset(seeds, kwargs))
 
     def _step(self, request: Message) -> list[Frame] | Pending:
         actions = request.parts.get("actions")
@@ -206,13 +197,18 @@ class WorkerCore:
                 f"STEP has {len(actions)} actions for {n} env id(s); they must match"
             )
         timeout_s: float | None = request.meta.get("timeout_s")
-        return _answer(request, self._select(request).step(actions, timeout_s))
+        return self._answer(request, self._select(request).step(actions, timeout_s))
 
     def _state(self, request: Message) -> list[Frame]:
-        return self._select(request).state().encode(request)
+        return self._select(request).state().encode(request, self._limits)
 
     def _close(self, request: Message) -> list[Frame]:
-        return self._select(request).close().encode(request)
+        return self._select(request).close().encode(request, self._limits)
+
+    def _answer(self, request: Message, reply: Reply) -> list[Frame] | Pending:
+        if isinstance(reply, Deferred):
+            return Pending(request, reply)
+        return reply.encode(request, self._limits)
 
 
 @dataclass(slots=True, eq=False)
@@ -226,8 +222,8 @@ class Pending:
     def calls(self) -> list[Call]:
         return self.deferred.calls
 
-    def reply(self, request: Message) -> list[Frame]:
-        return self.deferred.encode(request)
+    def reply(self, request: Message, limits: Limits) -> list[Frame]:
+        return self.deferred.encode(request, limits)
 
 
 Answer = TypeVar("Answer", list[Frame], list[Frame] | Pending)
@@ -247,12 +243,6 @@ def _answering(request: Message, answer: Callable[[Message], Answer]) -> Answer 
                 request.request_id, type(exc).__name__, str(exc), traceback=traceback.format_exc()
             )
         )
-
-
-def _answer(request: Message, reply: Reply) -> list[Frame] | Pending:
-    if isinstance(reply, Deferred):
-        return Pending(request, reply)
-    return reply.encode(request)
 
 
 def request_ids(request: Message) -> EnvIds:

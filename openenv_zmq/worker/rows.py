@@ -5,6 +5,10 @@ Both kinds of env answer in the same vocabulary. A RESET / STEP reply carries ``
 ``states`` and ``errors``; a CREATE / CLOSE reply ``errors``. A failed env's row holds zeros and
 its error row ``[env_id, type name, message, traceback]`` is in ``errors``, optionally followed by
 a map of details (pydantic's error list for a refused action).
+
+A reply is encoded under the worker's limits. Structured rows that would take it over them are
+failed one by one, largest first (:meth:`ModelRows.encode`); a reply that does not fit even so,
+and an array reply, is refused whole with :class:`MessageTooLarge`.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ import numpy.typing as npt
 from pydantic import BaseModel, ValidationError
 
 from openenv_zmq.batch_models import dump_many
-from openenv_zmq.errors import ProtocolError
-from openenv_zmq.protocol import EnvIds, Frame, Message, Op, encode, pack
+from openenv_zmq.errors import MessageTooLarge, ProtocolError
+from openenv_zmq.protocol import EnvIds, Frame, Limits, Message, Op, encode, pack
 from openenv_zmq.registry import type_path
 from openenv_zmq.spaces import Space, batch_shape
 
@@ -67,18 +71,27 @@ def exception_rows(env_ids: EnvIds, rows: RowNumbers, exc: BaseException) -> lis
 
 
 def reply_frames(
-    request: Message, parts: dict[str, Any], meta: dict[str, Any] | None = None
+    request: Message,
+    parts: dict[str, Any],
+    meta: dict[str, Any] | None = None,
+    limits: Limits | None = None,
 ) -> list[Frame]:
-    """The ``REPLY`` to ``request``. Raises :class:`ProtocolError` if a part cannot be encoded."""
-    return encode(
-        Message(Op.REPLY, request.request_id, env_ids=request.env_ids, meta=meta or {}, parts=parts)
+    """The ``REPLY`` to ``request``. Raises :class:`ProtocolError` if a part cannot be encoded,
+    and :class:`MessageTooLarge` if the reply is over ``limits`` (when given)."""
+    message = Message(
+        Op.REPLY, request.request_id, env_ids=request.env_ids, meta=meta or {}, parts=parts
     )
+    return encode(message, limits)
 
 
 class Reply(Protocol):
-    """What a slot table answers a request with; the request's frames are built last."""
+    """What a slot table answers a request with; the request's frames are built last.
 
-    def encode(self, request: Message) -> list[Frame]: ...
+    :meth:`encode` raises :class:`MessageTooLarge` when the reply cannot be brought under
+    ``limits`` (when given), which fails the whole request.
+    """
+
+    def encode(self, request: Message, limits: Limits | None = None) -> list[Frame]: ...
 
 
 @dataclass(slots=True)
@@ -87,8 +100,8 @@ class PartsReply:
 
     parts: dict[str, Any]
 
-    def encode(self, request: Message) -> list[Frame]:
-        return reply_frames(request, self.parts)
+    def encode(self, request: Message, limits: Limits | None = None) -> list[Frame]:
+        return reply_frames(request, self.parts, limits=limits)
 
 
 class ModelRows:
@@ -136,11 +149,19 @@ class ModelRows:
 
     def clear(self, i: int) -> None:
         self.values[i] = None
+        if self.final is not None:
+            self.final[i] = None
         self.rewards[i] = 0.0
         self.terminated[i] = False
 
-    def _parts(self, row_types: list[Any] | None, final_types: list[Any] | None) -> dict[str, Any]:
-        parts: dict[str, Any] = {self.part: self.values}
+    def _parts(
+        self,
+        values: list[Any],
+        final: list[Any] | None,
+        row_types: list[Any] | None,
+        final_types: list[Any] | None,
+    ) -> dict[str, Any]:
+        parts: dict[str, Any] = {self.part: values}
         if row_types is not None:
             parts["row_types"] = row_types
         if final_types is not None:
@@ -148,9 +169,9 @@ class ModelRows:
         if self.part == "obs":
             parts["rew"] = np.array(self.rewards, dtype=np.float32)
             parts["term"] = np.array(self.terminated, dtype=np.bool_)
-            parts["trunc"] = np.zeros(len(self.values), dtype=np.bool_)
-        if self.final is not None:
-            parts["final_obs"] = self.final
+            parts["trunc"] = np.zeros(len(values), dtype=np.bool_)
+        if final is not None:
+            parts["final_obs"] = final
         parts["errors"] = self.errors
         return parts
 
@@ -182,32 +203,100 @@ class ModelRows:
                 self.errors.append(exception_row(self.env_ids[i], exc))
         return out
 
-    def encode(self, request: Message) -> list[Frame]:
-        """Dump the models and build the reply. Call once, after every row is filled."""
+    def encode(self, request: Message, limits: Limits | None = None) -> list[Frame]:
+        """Dump the models and build the reply. Call once, after every row is filled.
+
+        A row msgpack cannot carry fails its env alone; so do the largest rows, one by one, when
+        the reply is over ``limits``, until the rest fit. A failed row's slot stays as its call
+        left it: the env did reset or step and answers on, only this answer of it is lost.
+        Raises :class:`MessageTooLarge` if the reply is over ``limits`` even with every row
+        failed.
+        """
         row_types = self._row_types(self.values)
         final_types = None if self.final is None else self._row_types(self.final)
         self.values = self._dump(self.values)
         if self.final is not None:
             self.final = self._dump(self.final)
         try:
-            return reply_frames(request, self._parts(row_types, final_types))
+            return reply_frames(
+                request, self._parts(self.values, self.final, row_types, final_types), limits=limits
+            )
         except ProtocolError:
+            # Over the limits (MessageTooLarge) or a value msgpack cannot carry: either way, fail
+            # the envs at fault, not the batch. Only this rare path pays for packing row by row.
             pass
-        # Some env returned a value msgpack cannot carry: fail those envs, not the whole batch.
-        # Only this rare path pays for packing rows one by one.
+        sizes = self._row_sizes()
+        if limits is not None:
+            self._fail_largest(request, sizes, limits.max_message_bytes, row_types, final_types)
+        parts = self._parts(self.values, self.final, row_types, final_types)
+        try:
+            return reply_frames(request, parts, limits=limits)
+        except MessageTooLarge as exc:
+            raise MessageTooLarge(
+                f"the reply to {len(self.values)} env(s) is over the limit even with every row "
+                f"failed: {exc}"
+            ) from exc
+
+    def _row_sizes(self) -> dict[int, int]:
+        """The packed size of each filled row (its value and final value, by position); a row
+        msgpack cannot carry fails its env instead."""
+        sizes: dict[int, int] = {}
         for i, value in enumerate(self.values):
-            if value is None:
+            final = None if self.final is None else self.final[i]
+            if value is None and final is None:
                 continue
             try:
-                pack(value)
+                sizes[i] = len(pack(value)) + len(pack(final))
             except ProtocolError as exc:
                 self.clear(i)
                 self.errors.append(error_row(self.env_ids[i], "EnvExecutionError", str(exc)))
-        return reply_frames(request, self._parts(row_types, final_types))
+        return sizes
+
+    def _fail_largest(
+        self,
+        request: Message,
+        sizes: dict[int, int],
+        limit: int,
+        row_types: list[Any] | None,
+        final_types: list[Any] | None,
+    ) -> None:
+        """Fail the largest of the rows measured in ``sizes`` until the reply fits under
+        ``limit`` by an estimate that never falls short: the reply with every one of them
+        emptied, plus those kept, plus the error rows added."""
+        n = len(self.values)
+        emptied = [None] * n
+        parts = self._parts(
+            emptied, None if self.final is None else emptied, row_types, final_types
+        )
+        estimate = sum(memoryview(frame).nbytes for frame in reply_frames(request, parts))
+        estimate += sum(sizes.values()) + _ARRAY_HEADER_GROWTH
+        noun = "state" if self.part == "states" else "observation"
+        for i in sorted(sizes, key=sizes.__getitem__, reverse=True):
+            if estimate <= limit:
+                return
+            both = self.final is not None and self.final[i] is not None
+            what = "observation and final observation" if both else noun
+            message = (
+                f"its {what} of {sizes[i]} bytes does not fit a reply under the limit of {limit}"
+            )
+            row = error_row(self.env_ids[i], "EnvExecutionError", message)
+            self.clear(i)
+            self.errors.append(row)
+            estimate += len(pack(row)) - sizes[i]
+
+
+_ARRAY_HEADER_GROWTH = 4
+"""The most a msgpack array header grows by as items are added (1 byte up to 5): the errors
+list's, as error rows replace rows."""
 
 
 class ArrayRows:
-    """The rows of a RESET / STEP reply of vector envs: one array per part, filled host by host."""
+    """The rows of a RESET / STEP reply of vector envs: one array per part, filled host by host.
+
+    Every row of an array is the same size, so failing some rows would not make the reply
+    smaller: a reply over the limits is refused whole (:meth:`encode` raises
+    :class:`MessageTooLarge`).
+    """
 
     def __init__(self, env_ids: EnvIds, observation_space: Space, errors: list[ErrorRow]) -> None:
         n = len(env_ids)
@@ -223,7 +312,7 @@ class ArrayRows:
     def fail(self, rows: RowNumbers, type_name: str, message: str) -> None:
         self.errors += error_rows(self.env_ids, rows, type_name, message)
 
-    def encode(self, request: Message) -> list[Frame]:
+    def encode(self, request: Message, limits: Limits | None = None) -> list[Frame]:
         parts: dict[str, Any] = {
             "obs": self.obs,
             "rew": self.rewards,
@@ -233,4 +322,4 @@ class ArrayRows:
         }
         if self.final_obs is not None:
             parts["final_obs"] = self.final_obs
-        return reply_frames(request, parts)
+        return reply_frames(request, parts, limits=limits)

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.batch_models import validate_many
 from openenv_zmq.errors import ProtocolError
-from openenv_zmq.protocol import EnvIds, Frame, Message
+from openenv_zmq.protocol import EnvIds, Frame, Limits, Message
 from openenv_zmq.worker.calls import Call, Mode, grace
 from openenv_zmq.worker.kinds import Runtime, Slot
 from openenv_zmq.worker.rows import (
@@ -232,8 +232,8 @@ class Deferred:
                     rows.errors.append(exception_row(env_id, exc))
         return rows
 
-    def encode(self, request: Message) -> list[Frame]:
-        return self.settle().encode(request)
+    def encode(self, request: Message, limits: Limits | None = None) -> list[Frame]:
+        return self.settle().encode(request, limits)
 
 
 NEXT_STEP = AutoresetMode.NEXT_STEP

@@ -9,9 +9,12 @@ NEEDS_RESET --reset returned--> RUNNING <--step / reset returned--> DONE
 Every status that follows a reset or step is decided here. A step that returned settles the
 slot (:func:`settled`, :func:`settled_many`): DONE when its episode ended, else RUNNING. A reset
 goes through :func:`after_reset`: one that raised leaves no episode to step (NEEDS_RESET). A step
-that raised leaves the episode as it was (OpenEnv keeps the session). Stepping a DONE env is
-allowed: with autoreset off it is the env's call. A structured slot is forgotten when closed; a
-vector index is marked CLOSED, as its vector env lives on until all its indices are closed.
+that raised leaves the episode as it was (OpenEnv keeps the session). A reset or step that
+returned what its reply cannot carry (a value msgpack cannot encode, a row too large for the
+reply) settles the slot all the same: the env answers on, only that answer became an error row.
+Stepping a DONE env is allowed: with autoreset off it is the env's call. A structured slot is
+forgotten when closed; a vector index is marked CLOSED, as its vector env lives on until all its
+indices are closed.
 """
 
 from __future__ import annotations

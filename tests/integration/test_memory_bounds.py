@@ -1,9 +1,11 @@
 """Memory bounds at the sockets: a giant frame is dropped by libzmq before the broker allocates
-it, and a client refuses a request over its limit before anything leaves."""
+it, a client refuses a request over its limit before anything leaves, and a worker answers the
+envs whose rows would take its reply over the limit with per-env errors."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +16,10 @@ from echo_env import EchoAction
 from zmq.utils.monitor import recv_monitor_message
 
 from openenv_zmq import AsyncBatchClient, BatchClient
-from openenv_zmq.errors import MessageTooLarge
+from openenv_zmq.errors import EnvExecutionError, MessageTooLarge
 from openenv_zmq.protocol import Limits, Message, Op, encode
 from tests.processes import Broker, Processes, wait_until
+from tests.unit.worker_envs import INFLATING, inflate
 
 MAX_MESSAGE_MB = 16
 CLIENT_LIMITS = Limits(max_message_bytes=2**20)
@@ -132,3 +135,32 @@ def test_an_async_client_refuses_an_oversized_request_before_sending_it(broker: 
             assert not r.errors
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_worker_fails_the_envs_whose_rows_would_take_its_reply_over_the_limit(
+    procs: Processes,
+) -> None:
+    broker = procs.broker(workers=1, envs=(INFLATING,), extra=("--max-message-mb", "1"))
+    with BatchClient(broker.frontend, timeout=30) as client:
+        envs = client.make(INFLATING, num_envs=8)
+        envs.reset()
+        actions = [EchoAction(message="hi")] * 8
+        actions[1] = actions[6] = EchoAction(**inflate(2 * 2**20))  # each twice the limit
+        r = envs.step(actions)
+        big = [int(envs.env_ids[1]), int(envs.env_ids[6])]
+        assert sorted(r.errors) == sorted(big)
+        for env_id in big:
+            error = r.errors[env_id]
+            assert isinstance(error, EnvExecutionError)
+            assert re.fullmatch(
+                r"its observation of \d{7} bytes does not fit a reply under the limit of 1048576",
+                str(error),
+            )
+        expected: list[str | None] = ["hi"] * 8
+        expected[1] = expected[6] = None
+        assert [o and o.echoed_message for o in r.observations] == expected
+        assert r.dones.tolist() == [False, True, False, False, False, False, True, False]
+        r = envs.step([EchoAction(message="again")] * 8)
+        assert not r.errors
+        assert {o.echoed_message for o in r.observations} == {"again"}
+        assert [s.step_count for s in envs.state()] == [2] * 8

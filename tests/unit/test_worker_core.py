@@ -16,7 +16,7 @@ import pytest
 from openenv_zmq.protocol import Limits, Message, Op, decode, encode
 from openenv_zmq.worker import SlotStatus, WorkerCore
 from openenv_zmq.worker.core import Pending
-from tests.unit.worker_envs import COUNTER, FLAKY, FlakyEnv
+from tests.unit.worker_envs import COUNTER, FLAKY, INFLATING, FlakyEnv, inflate
 
 # ---- helpers -----------------------------------------------------------------------------------
 
@@ -317,13 +317,81 @@ def test_ops_a_worker_does_not_handle_are_refused(core: WorkerCore, message: Mes
     assert message.op.name in reply.meta["message"]
 
 
-def test_a_reply_over_the_limit_is_refused_not_sent() -> None:
-    core = WorkerCore(["echo"], capacity=4, limits=Limits(max_message_bytes=4096))
-    ids = np.arange(2, dtype=np.int64)
-    answered(core.handle(encode(Message(Op.CREATE, 1, 0, ids, meta={"env": "echo"}))))
-    answered(core.handle(encode(Message(Op.RESET, 2, worker=0, env_ids=ids))))
-    actions = [{"message": "x" * 1950}] * 2  # a request under 4 KiB, echoed in a reply over it
-    reply = answered(core.handle(encode(Message(Op.STEP, 3, 0, ids, parts={"actions": actions}))))
-    assert reply.op is Op.ERROR and reply.request_id == 3
+# ---- replies over the limit --------------------------------------------------------------------
+
+ROW_OVER_LIMIT = re.compile(
+    r"its observation of (\d+) bytes does not fit a reply under the limit of (\d+)"
+)
+
+
+def step_inflating(limit: int, sizes: dict[int, int]) -> tuple[WorkerCore, Message]:
+    """Eight inflating echo envs under ``limit``, reset, then stepped: env ``i`` echoes
+    ``sizes[i]`` bytes, the others "hi". The requests are all small."""
+    core = WorkerCore([INFLATING], capacity=8, limits=Limits(max_message_bytes=limit))
+    ids = list(range(8))
+    create(core, INFLATING, ids)
+    call(core, Op.RESET, ids)
+    actions = [inflate(sizes[i]) if i in sizes else {"message": "hi"} for i in ids]
+    return core, call(core, Op.STEP, ids, parts={"actions": actions})
+
+
+def named_size(row: list[Any], limit: int) -> int:
+    """The row size an over-the-limit error row names (checking its type and limit)."""
+    _, type_name, message, _ = row
+    assert type_name == "EnvExecutionError"
+    match = ROW_OVER_LIMIT.fullmatch(message)
+    assert match is not None, message
+    assert int(match[2]) == limit
+    return int(match[1])
+
+
+def test_rows_over_the_limit_become_errors_of_their_envs_alone() -> None:
+    limit = 32 * 1024
+    core, reply = step_inflating(limit, {2: 40_000, 5: 50_000})
+    assert reply.op is Op.REPLY and reply.request_id == 7
+    rows = errors_by_id(reply)
+    assert set(rows) == {2, 5}
+    assert 40_000 < named_size(rows[2], limit) < 40_200  # the echoed message and its fields
+    assert 50_000 < named_size(rows[5], limit) < 50_200
+    echoed = [obs and obs["echoed_message"] for obs in reply.parts["obs"]]
+    assert echoed == ["hi", "hi", None, "hi", "hi", None, "hi", "hi"]
+    assert reply.parts["rew"][[2, 5]].tolist() == [0.0, 0.0]
+    # The two envs did step and answer on: only that step's observation was lost.
+    assert core.status(2) is SlotStatus.RUNNING
+    again = call(core, Op.STEP, [2, 5], parts={"actions": [{"message": "hi"}] * 2})
+    assert again.parts["errors"] == []
+    assert [obs["echoed_message"] for obs in again.parts["obs"]] == ["hi", "hi"]
+    states = call(core, Op.STATE, [2, 5]).parts["states"]
+    assert [state["step_count"] for state in states] == [2, 2]
+
+
+def test_the_largest_row_fails_first_and_alone_when_that_is_enough() -> None:
+    limit = 64 * 1024  # under both rows together, over either one
+    _, reply = step_inflating(limit, {2: 30_000, 5: 40_000})
+    assert reply.op is Op.REPLY
+    rows = errors_by_id(reply)
+    assert set(rows) == {5}
+    assert 40_000 < named_size(rows[5], limit) < 40_200
+    assert reply.parts["obs"][2]["message_length"] == 30_000
+
+
+def test_a_reply_over_the_limit_even_with_every_row_failed_is_refused_whole() -> None:
+    # So small that eight error rows are over it too (as were the reset's eight observations:
+    # that reply was refused whole as well, though the envs did reset).
+    core, reply = step_inflating(512, dict.fromkeys(range(8), 10_000))
+    assert reply.op is Op.ERROR and reply.request_id == 7
     assert reply.meta["type"] == "MessageTooLarge"
-    assert re.search(r"reply of \d+ bytes is over the limit of 4096", reply.meta["message"])
+    message = reply.meta["message"]
+    assert message.startswith("the reply to 8 env(s) is over the limit even with every row failed")
+    assert re.search(r"\d+ bytes is over the limit of 512$", message)
+    assert core.status(0) is SlotStatus.RUNNING
+
+
+def test_an_array_reply_over_the_limit_is_refused_whole() -> None:
+    core = WorkerCore([COUNTER], capacity=64, limits=Limits(max_message_bytes=1200))
+    ids = list(range(64))
+    create(core, COUNTER, ids)
+    reply = call(core, Op.RESET, ids)  # 64 rows of 8 bytes, and their rewards and flags
+    assert reply.op is Op.ERROR and reply.request_id == 7
+    assert reply.meta["type"] == "MessageTooLarge"
+    assert re.fullmatch(r"message of \d+ bytes is over the limit of 1200", reply.meta["message"])

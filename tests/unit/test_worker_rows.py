@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import numpy as np
 import pytest
 from pydantic import BaseModel, ValidationError, model_serializer
 
-from openenv_zmq.protocol import Message, Op, decode
+from openenv_zmq.protocol import Limits, Message, Op, decode
 from openenv_zmq.spaces import Box
 from openenv_zmq.types import Observation
 from openenv_zmq.worker import SlotStatus
@@ -80,6 +81,33 @@ def test_model_rows_zero_a_row_whose_model_cannot_be_dumped() -> None:
     assert reply.parts["rew"].tolist() == [0.0, 1.0]
     assert reply.parts["term"].tolist() == [False, False]
     assert reply.parts["obs"][1]["reward"] == 1.0
+
+
+class Payload(Observation):
+    payload: Any = None
+
+
+def test_model_rows_fail_unpackable_and_oversized_rows_in_one_pass() -> None:
+    limit = 4096
+    rows = ModelRows([0, 1, 2], "obs", [])
+    rows.put_observation(0, Payload(payload=object()))  # msgpack cannot carry it
+    rows.put_observation(1, Payload(payload="x" * 3000, reward=1.0))
+    rows.put_final(1, Payload(payload="y" * 3000))  # a same-step reset kept the episode's last
+    rows.put_observation(2, Payload(payload="small", reward=2.0))
+    reply = decode(rows.encode(request([0, 1, 2]), Limits(max_message_bytes=limit)))
+    unpackable, oversized = reply.parts["errors"]
+    assert unpackable[:2] == [0, "EnvExecutionError"]
+    assert "cannot be encoded" in unpackable[2]
+    assert oversized[:2] == [1, "EnvExecutionError"]
+    assert re.fullmatch(
+        rf"its observation and final observation of 6\d\d\d bytes does not fit a reply under "
+        rf"the limit of {limit}",
+        oversized[2],
+    )
+    assert reply.parts["obs"][:2] == [None, None]
+    assert reply.parts["final_obs"] == [None, None, None]
+    assert reply.parts["obs"][2]["payload"] == "small"
+    assert reply.parts["rew"].tolist() == [0.0, 0.0, 2.0]
 
 
 def test_array_rows_start_zeroed_and_fail_rows_by_position() -> None:

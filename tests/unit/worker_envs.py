@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
+from echo_env import EchoAction, EchoObservation
+from echo_env.server.echo_environment import EchoEnvironment
 
 from openenv_zmq.env import Environment, VectorEnvironment
 from openenv_zmq.spaces import Box, Discrete
@@ -171,7 +173,29 @@ class CounterEnvs(VectorEnvironment):
         self.closed = True
 
 
+class InflatingEchoEnv(EchoEnvironment):
+    """Echo whose message ``"inflate:N"`` comes back as ``N`` bytes: a request far smaller than
+    the reply it gets (any other message is echoed as it is)."""
+
+    def step(
+        self, action: EchoAction, timeout_s: float | None = None, **kwargs: Any
+    ) -> EchoObservation:
+        size = action.message.removeprefix(INFLATE)
+        if size != action.message:
+            action = EchoAction(message="x" * int(size))
+        return super().step(action)
+
+
+INFLATE = "inflate:"
+
+
+def inflate(size: int) -> dict[str, str]:
+    """The action of :class:`InflatingEchoEnv` echoed as ``size`` bytes."""
+    return {"message": f"{INFLATE}{size}"}
+
+
 FLAKY = f"{__name__}:FlakyEnv"
+INFLATING = f"{__name__}:InflatingEchoEnv"
 SEED_ONLY = f"{__name__}:SeedOnlyEnv"
 COUNTDOWN = f"{__name__}:CountdownEnv"
 COUNTER = f"{__name__}:CounterEnvs"
