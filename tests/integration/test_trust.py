@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import zmq
@@ -41,3 +42,18 @@ def test_a_stranger_with_a_workers_name_cannot_end_that_worker(procs: Processes)
         envs = client.make("echo", num_envs=4)
         envs.reset()
         assert not envs.step([EchoAction(message="still here")] * 4).errors
+
+
+def test_a_client_never_imports_a_module_a_worker_names(procs: Processes) -> None:
+    forged = "tests.integration.forged_env:Env"
+    broker = procs.broker(workers=1, envs=(forged,))
+    broker.wait_for_workers(1)
+    sys.modules.pop("tests.integration.forged_types", None)
+    with BatchClient(broker.frontend) as client:
+        envs = client.make(forged, num_envs=2)
+        r = envs.reset()
+        assert not r.errors
+        # the worker said "tests.integration.forged_types:Planted"; the client kept a dict
+        assert r.observations[0]["echoed_message"] == "planted"
+        assert r.observations[0]["planted"] is True
+    assert "tests.integration.forged_types" not in sys.modules
