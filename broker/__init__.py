@@ -10,12 +10,14 @@ from broker.core import (
     WorkerJoined,
     WorkerState,
 )
+from broker.epoch import Epoch
 from broker.loop import BrokerServer
 
 __all__ = [
     "BrokerConfig",
     "BrokerCore",
     "BrokerServer",
+    "Epoch",
     "Output",
     "ToClient",
     "ToWorker",

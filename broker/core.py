@@ -14,6 +14,9 @@ It keeps four tables:
   request gets exactly one answer: the worker's, or ``WorkerLost`` when the worker dies first;
 - the number of requests each client has in flight (its limit is backpressure, not a silent drop).
 
+Env ids and worker ids count up from the core's :class:`~broker.epoch.Epoch`, a random start per
+broker lifetime, so that a client holding ids from before a restart reaches none of the new ones.
+
 Only frame 0 of a message is ever decoded; payload frames are forwarded as the very same objects.
 """
 
@@ -27,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from broker.epoch import Epoch
 from broker.outputs import Output, ToClient, ToWorker, WorkerDied, WorkerJoined
 from broker.placement import Host, place
 from broker.workers import WorkerRecord, WorkerRegistry, WorkerState
@@ -79,6 +83,9 @@ class BrokerConfig:
     worker is detected within 3 intervals."""
     max_in_flight_per_client: int = 4096
     limits: Limits = DEFAULT_LIMITS
+    epoch: Epoch | None = None
+    """Where env ids and worker ids start; ``None`` (the default) draws a fresh random one for
+    each core, so that no id of an earlier broker lifetime is valid in this one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,14 +104,15 @@ class BrokerCore:
     def __init__(self, config: BrokerConfig | None = None) -> None:
         self.config = config or BrokerConfig()
         self._silence_limit = self.config.liveness * self.config.heartbeat_interval
-        self._registry = WorkerRegistry()
+        epoch = Epoch.fresh() if self.config.epoch is None else self.config.epoch
+        self._registry = WorkerRegistry(epoch.first_worker_id)
         # The step path looks workers up in the registry's tables directly.
         self._workers = self._registry.by_id
         self._live = self._registry.live
         self._placement: dict[int, int] = {}
         self._in_flight: dict[tuple[bytes, int], _Request] = {}
         self._client_in_flight: dict[bytes, int] = {}
-        self._env_ids = itertools.count(0)
+        self._env_ids = itertools.count(epoch.first_env_id)
         self._now = 0.0
         """The latest clock reading passed in, for :meth:`status`."""
 
@@ -153,7 +161,8 @@ class BrokerCore:
             message = (
                 f"worker {request.worker} died and hosts none of these env ids any more"
                 if self._registry.existed(request.worker)
-                else f"no worker {request.worker}"
+                else f"no worker {request.worker} in this broker's lifetime: these envs come from"
+                " an earlier broker at this address, or were never made; make them again"
             )
             return [self._error(client, request_id, EnvNotOnWorker.__name__, message, env_ids)]
         if worker.state is WorkerState.DEAD:

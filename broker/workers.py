@@ -65,24 +65,25 @@ class WorkerRegistry:
     """Workers by id (live ones, dead ones while env ids are placed on them, and the latest
     :data:`DEAD_WORKERS_KEPT` dead ones without) and live workers by socket identity.
 
-    Worker ids are never reused: a record forgotten after death stays unknown.
+    Worker ids count up from ``first_id`` and are never reused: a record forgotten after death
+    stays unknown.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, first_id: int) -> None:
         self.by_id: dict[int, WorkerRecord] = {}
         self.live: dict[bytes, WorkerRecord] = {}
         self._retired: deque[int] = deque()
         """Dead workers with no env ids placed on them, oldest first."""
-        self._last_id = 0
+        self._first_id = first_id
+        self._next_id = first_id
 
     def add(
         self, identity: bytes, ready: Mapping[str, Any], now: float, next_heartbeat: float
     ) -> WorkerRecord:
         """A new live worker from the meta of its READY, under a fresh id (the caller ends an
         older registration of ``identity`` first)."""
-        self._last_id += 1
         worker = WorkerRecord(
-            id=self._last_id,
+            id=self._next_id,
             identity=identity,
             name=ready["name"],
             pid=ready["pid"],
@@ -92,13 +93,14 @@ class WorkerRegistry:
             last_seen=now,
             next_heartbeat=next_heartbeat,
         )
+        self._next_id += 1
         self.by_id[worker.id] = worker
         self.live[identity] = worker
         return worker
 
     def existed(self, worker_id: int) -> bool:
-        """Whether ``worker_id`` was ever given out, even if its record is forgotten."""
-        return worker_id <= self._last_id
+        """Whether ``worker_id`` was ever given out here, even if its record is forgotten."""
+        return self._first_id <= worker_id < self._next_id
 
     def declare_dead(self, worker: WorkerRecord, reason: str) -> None:
         """The one transition ``READY -> DEAD``; its env ids stay placed on it as tombstones."""

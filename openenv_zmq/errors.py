@@ -193,7 +193,8 @@ class EnvBusy(EnvError):
 
 
 class EnvNotOnWorker(EnvError):
-    """The worker hosts no env with this id."""
+    """The worker hosts no env with this id: it was closed, or made by an earlier broker at this
+    address (ids are never valid across broker restarts); make the envs again."""
 
 
 class WorkerLost(EnvError):

@@ -183,13 +183,17 @@ class Processes:
         heartbeat: float = 0.5,
         transport: str = "tcp",
         extra: tuple[str, ...] = (),
+        bind: str | None = None,
     ) -> Broker:
+        """A broker with ``workers`` local workers; ``bind`` is its client address (a fresh
+        one of ``transport`` by default), e.g. an earlier broker's, to start it again."""
         if transport == "tcp":
-            bind, worker_bind = "tcp://127.0.0.1:*", "tcp://127.0.0.1:*"
+            front, worker_bind = "tcp://127.0.0.1:*", "tcp://127.0.0.1:*"
         else:
             n = len(self.brokers)
-            bind = f"ipc://{self.folder}/front{n}.sock"
+            front = f"ipc://{self.folder}/front{n}.sock"
             worker_bind = f"ipc://{self.folder}/back{n}.sock"
+        bind = bind or front
         args = ["start", "--bind", bind, "--worker-bind", worker_bind, "--workers", str(workers)]
         args += ["--heartbeat", str(heartbeat), *extra]
         for env in envs:

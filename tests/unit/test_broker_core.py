@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from broker.core import (
     WorkerDied,
     WorkerJoined,
 )
+from broker.epoch import ID_LIMIT, Epoch
 from broker.workers import DEAD_WORKERS_KEPT
 from openenv_zmq.protocol import Frame, Limits, Message, Op, decode, encode, pack
 
@@ -27,6 +29,8 @@ CLIENT_B = b"client-b"
 W1 = b"worker-1"
 W2 = b"worker-2"
 CONTROL = b""
+EPOCH = Epoch(first_env_id=0, first_worker_id=1)
+"""The numbering these tests spell out: env ids from 0, worker ids from 1."""
 
 
 # ---------------------------------------------------------------- helpers
@@ -131,6 +135,10 @@ def counts(answer: Message) -> dict[int, int]:
     return result
 
 
+def config(**fields: Any) -> BrokerConfig:
+    return BrokerConfig(epoch=EPOCH, **fields)
+
+
 def worker_status(core: BrokerCore, worker_id: int) -> dict[str, Any]:
     entries: list[dict[str, Any]] = core.status()["workers"]
     [entry] = [w for w in entries if w["id"] == worker_id]
@@ -139,7 +147,7 @@ def worker_status(core: BrokerCore, worker_id: int) -> dict[str, Any]:
 
 @pytest.fixture
 def core() -> BrokerCore:
-    return BrokerCore(BrokerConfig(heartbeat_interval=1.0, liveness=2.5))
+    return BrokerCore(config(heartbeat_interval=1.0, liveness=2.5))
 
 
 @pytest.fixture
@@ -299,7 +307,7 @@ def test_duplicate_request_id_in_flight_is_refused(
 
 
 def test_too_many_in_flight() -> None:
-    core = BrokerCore(BrokerConfig(max_in_flight_per_client=2))
+    core = BrokerCore(config(max_in_flight_per_client=2))
     w1 = register(core, W1)
     for request_id in (1, 2):
         assert isinstance(core.on_client(CLIENT, step(w1, [0], request_id), 0.0)[0], ToWorker)
@@ -572,6 +580,67 @@ def test_close_on_a_dead_worker_answers_at_once(
     assert_error(alloc(core, 1, env_ids=on_w1[:1], request_id=7), "RemoteError", 7, "unknown")
 
 
+# ---------------------------------------------------------------- broker lifetimes
+
+
+def lifetime(epoch: Epoch | None, num_envs: int = 16) -> tuple[BrokerCore, dict[int, int]]:
+    """A core numbering from ``epoch`` (a fresh one when ``None``, as a broker does) with two
+    workers and ``num_envs`` echo envs placed on them: env id -> worker id."""
+    core = BrokerCore(BrokerConfig(epoch=epoch))
+    register(core, W1, capacity=num_envs)
+    register(core, W2, capacity=num_envs)
+    return core, placed(alloc(core, num_envs))
+
+
+def test_a_core_numbers_env_ids_and_worker_ids_from_its_epoch() -> None:
+    _, where = lifetime(Epoch(first_env_id=5000, first_worker_id=70))
+    assert sorted(where) == list(range(5000, 5016))
+    assert sorted(set(where.values())) == [70, 71]
+
+
+def test_two_broker_lifetimes_share_no_env_id_and_no_worker_id() -> None:
+    _, first = lifetime(None)
+    _, second = lifetime(None)
+    assert not first.keys() & second.keys()
+    assert not set(first.values()) & set(second.values())
+
+
+def test_fresh_epochs_are_far_apart() -> None:
+    # 100 lifetimes giving out a million ids each: a shared id would need two starts closer
+    # than that (odds about 2e-6 for random starts below 2**52).
+    for first in ("first_env_id", "first_worker_id"):
+        starts = sorted(getattr(Epoch.fresh(), first) for _ in range(100))
+        assert min(b - a for a, b in itertools.pairwise(starts)) > 10**6
+
+
+def test_ids_stay_below_2_to_the_53() -> None:
+    for epoch in (Epoch(first_env_id=2**52 - 1, first_worker_id=2**52 - 1), None):
+        _, where = lifetime(epoch, num_envs=1000)
+        assert max(*where, *where.values()) < ID_LIMIT
+    for bad in ((2**52, 1), (0, 2**52), (-1, 1)):
+        with pytest.raises(ValueError, match=r"2\*\*52"):
+            Epoch(*bad)
+
+
+def test_a_group_from_an_earlier_lifetime_reaches_no_worker() -> None:
+    _, old = lifetime(EPOCH)
+    core, new = lifetime(Epoch(first_env_id=1000, first_worker_id=100))
+    stale: dict[int, list[int]] = {}
+    for env_id, worker_id in old.items():
+        stale.setdefault(worker_id, []).append(env_id)
+    for request_id, (worker_id, env_ids) in enumerate(stale.items(), start=1):
+        for op, frames in (
+            (Op.STEP, step(worker_id, env_ids, request_id)),
+            (Op.CLOSE, request(Op.CLOSE, worker_id, env_ids, request_id)),
+        ):
+            [output] = core.on_client(CLIENT, frames, 1.0)
+            answer = to_client(output)
+            assert_error(answer, "EnvNotOnWorker", request_id, "earlier broker")
+            assert answer.env_ids is not None and answer.env_ids.tolist() == env_ids, op
+    assert core.status()["in_flight"] == 0
+    assert core.status()["env_slots"]["used"] == len(new)
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -590,7 +659,7 @@ def test_wrong_version_and_unknown_op_are_refused_with_the_request_id(core: Brok
 
 
 def test_oversized_message_is_refused(core: BrokerCore) -> None:
-    small = BrokerCore(BrokerConfig(limits=Limits(max_header_bytes=512, max_message_bytes=1024)))
+    small = BrokerCore(config(limits=Limits(max_header_bytes=512, max_message_bytes=1024)))
     w1 = register(small, W1)
     big = request(Op.STEP, w1, [0], 3, actions=[{"message": "x" * 2000}])
     [output] = small.on_client(CLIENT, big, 0.0)
@@ -617,7 +686,7 @@ def test_malformed_frames_from_a_worker_get_an_error_on_the_control_route(
     [output] = core.on_worker(W1, [CLIENT, *encode(Message(Op.PING, 1))], 0.0)
     assert_error(to_worker(output, W1), "ProtocolError", 0, "PING")
     huge = [CONTROL, *encode(Message(Op.HEARTBEAT)), b"x" * 2000]
-    [output] = BrokerCore(BrokerConfig(limits=Limits(512, 1024))).on_worker(W1, huge, 0.0)
+    [output] = BrokerCore(config(limits=Limits(512, 1024))).on_worker(W1, huge, 0.0)
     assert_error(to_worker(output, W1), "MessageTooLarge", 0)
     # An error on the control route is logged, never answered.
     error = encode(Message(Op.ERROR, meta={"type": "ProtocolError", "message": "?"}))
@@ -658,7 +727,7 @@ frame = st.one_of(
 def test_no_input_makes_the_core_raise(
     client_frames: list[bytes], worker_frames: list[bytes]
 ) -> None:
-    core = BrokerCore()
+    core = BrokerCore(config())
     register(core, W1)
     core.on_client(CLIENT, step(1, [0], request_id=1), 0.0)
     for output in core.on_client(CLIENT, client_frames, 0.0):
