@@ -216,11 +216,7 @@ class InProcessTransport:
         self._table = RequestTable(limits)
         self._identity: bytes | None = broker.attach(self._table)
 
-    def send(self, message: Message) -> int:
-        [request_id] = self._send_all([message])
-        return request_id
-
-    def _send_all(self, messages: Sequence[Message]) -> list[int]:
+    def send(self, messages: Sequence[Message]) -> list[int]:
         if self._identity is None:
             raise ClosedError("the transport is closed")
         stamped = self._table.stamp_all(messages)
@@ -229,7 +225,7 @@ class InProcessTransport:
         return [request_id for request_id, _ in stamped]
 
     def exchange(self, messages: list[Message], timeout: float | None = None) -> list[Message]:
-        request_ids = self._send_all(messages)
+        request_ids = self.send(messages)
         missing = self._table.give_up(request_ids)
         answers = self._table.take(request_ids)
         if missing:
@@ -263,10 +259,10 @@ class AsyncInProcessTransport:
         self.address = transport.address
         self.timeout = transport.timeout
 
-    async def send(self, message: Message) -> int:
-        request_id = self._sync.send(message)
+    async def send(self, messages: Sequence[Message]) -> list[int]:
+        request_ids = self._sync.send(messages)
         await asyncio.sleep(0)
-        return request_id
+        return request_ids
 
     async def exchange(
         self, messages: list[Message], timeout: float | None = None

@@ -90,8 +90,9 @@ class AsyncEnvGroup(GroupView):
     ) -> None:
         state = self._state
         subs, requests = step_requests(state, actions, state.resolve(env_ids), timeout_s)
-        for sub, request in zip(subs, requests, strict=True):
-            state.sent(await self._transport.send(request), sub)
+        # All at once: a sub-batch over the limits must not leave the others sent and unseen.
+        for request_id, sub in zip(await self._transport.send(requests), subs, strict=True):
+            state.sent(request_id, sub)
 
     async def recv(self, timeout: float | None = None) -> BatchResult:
         state = self._state

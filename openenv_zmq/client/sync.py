@@ -110,8 +110,9 @@ class EnvGroup(GroupView):
         """
         state = self._state
         subs, requests = step_requests(state, actions, state.resolve(env_ids), timeout_s)
-        for sub, request in zip(subs, requests, strict=True):
-            state.sent(self._transport.send(request), sub)
+        # All at once: a sub-batch over the limits must not leave the others sent and unseen.
+        for request_id, sub in zip(self._transport.send(requests), subs, strict=True):
+            state.sent(request_id, sub)
 
     def recv(self, timeout: float | None = None) -> BatchResult:
         """The sub-batches of earlier ``send()`` calls that have finished (at least one).

@@ -33,9 +33,11 @@ class Transport(Protocol):
     timeout: float
     """Seconds a request waits for its answer when a call passes no timeout."""
 
-    def send(self, message: Message) -> int:
-        """Send ``message`` with a fresh request id, returned; raises :class:`TransportError`
-        when it cannot be sent."""
+    def send(self, messages: Sequence[Message]) -> list[int]:
+        """Send ``messages``, each with a fresh request id, returned in order. Every one is
+        encoded before the first is sent: one over the limits (:class:`MessageTooLarge`) or not
+        encodable raises with nothing sent. Raises :class:`TransportError` when they cannot be
+        sent."""
         ...
 
     def exchange(self, messages: list[Message], timeout: float | None = None) -> list[Message]:
@@ -60,7 +62,7 @@ class AsyncTransport(Protocol):
     address: str
     timeout: float
 
-    async def send(self, message: Message) -> int: ...
+    async def send(self, messages: Sequence[Message]) -> list[int]: ...
 
     async def exchange(
         self, messages: list[Message], timeout: float | None = None

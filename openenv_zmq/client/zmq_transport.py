@@ -32,11 +32,7 @@ class ZmqTransport:
         )
         self._socket.connect(address)
 
-    def send(self, message: Message) -> int:
-        [request_id] = self._send_all([message])
-        return request_id
-
-    def _send_all(self, messages: Sequence[Message]) -> list[int]:
+    def send(self, messages: Sequence[Message]) -> list[int]:
         """Encode every message, then send each; raises :class:`ProtocolError` before sending
         anything when one cannot be encoded."""
         stamped = self._table.stamp_all(messages)
@@ -62,7 +58,7 @@ class ZmqTransport:
 
     def exchange(self, messages: list[Message], timeout: float | None = None) -> list[Message]:
         timeout = self.timeout if timeout is None else timeout
-        request_ids = self._send_all(messages)
+        request_ids = self.send(messages)
         if not self._wait(request_ids, len(request_ids), timeout):
             missing = self._table.give_up(request_ids)
             self._table.take(request_ids)
@@ -107,11 +103,7 @@ class AsyncZmqTransport:
                 if waiter is not None and not waiter.done():
                     waiter.set_result(answer)
 
-    async def send(self, message: Message) -> int:
-        [request_id] = await self._send_all([message])
-        return request_id
-
-    async def _send_all(self, messages: Sequence[Message]) -> list[int]:
+    async def send(self, messages: Sequence[Message]) -> list[int]:
         """Encode every message, then send each; raises :class:`ProtocolError` before sending
         anything when one cannot be encoded."""
         loop = asyncio.get_running_loop()
@@ -128,7 +120,7 @@ class AsyncZmqTransport:
         self, messages: list[Message], timeout: float | None = None
     ) -> list[Message]:
         timeout = self.timeout if timeout is None else timeout
-        request_ids = await self._send_all(messages)
+        request_ids = await self.send(messages)
         waiters = [self._waiters[rid] for rid in request_ids]
         try:
             async with asyncio.timeout(timeout):

@@ -199,3 +199,25 @@ def test_reset_with_one_big_dict_encodes_it_once_and_fails_fast() -> None:
             assert envs.step([EchoAction(message="a")] * 64).errors == {}
     finally:
         broker.close()
+
+
+@pytest.mark.parametrize("big_first", [True, False])
+def test_send_with_one_sub_batch_over_the_limit_sends_none(big_first: bool) -> None:
+    # Before: send() sent the sub-batches one by one, so a later one over the limit raised
+    # after the earlier ones had gone: envs stepped that no recv() was waiting for.
+    broker = InProcessBroker(["echo"], workers=2, capacity=4)
+    limits = Limits(max_message_bytes=2**16)
+    try:
+        with BatchClient(transport=broker.connect(limits=limits)) as client:
+            envs = client.make("echo", num_envs=2)  # one env on each worker
+            envs.reset()
+            big, small = EchoAction(message="x" * 2**16), EchoAction(message="small")
+            with pytest.raises(MessageTooLarge):
+                envs.send([big, small] if big_first else [small, big])
+            assert [s.step_count for s in envs.state()] == [0, 0]
+            with pytest.raises(NoPendingCall):
+                envs.recv(timeout=0.1)
+            envs.send([small, small])
+            assert not envs.recv(timeout=5).errors
+    finally:
+        broker.close()
