@@ -82,6 +82,8 @@ def _cast_exactly(
     array: np.ndarray, dtype: np.dtype[Any], env_ids: Sequence[int] | np.ndarray | None
 ) -> np.ndarray:
     """``array`` as ``dtype``; into an integer or boolean dtype only when no value changes."""
+    if array.dtype == dtype:  # the step path's usual case: nothing to cast or check
+        return array
     try:
         with np.errstate(invalid="ignore"):  # NaN and infinities have no integer: caught below
             cast = array.astype(dtype, copy=False)
@@ -91,7 +93,7 @@ def _cast_exactly(
             f"this env's actions are {dtype} arrays; got {type(first).__name__} ({first!r:.80})",
             -1 if env_ids is None or not len(env_ids) else int(env_ids[0]),
         ) from None
-    if dtype.kind not in "iub" or array.dtype == dtype:
+    if dtype.kind not in "iub":
         return cast
     changed = cast != array
     if np.any(changed):
