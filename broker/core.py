@@ -4,7 +4,7 @@ Feed it every message with :meth:`BrokerCore.on_client` (frontend) and :meth:`Br
 (backend), call :meth:`BrokerCore.on_tick` within :meth:`BrokerCore.next_timeout` seconds, and
 deliver what each call returns, in order. No call raises on any input.
 
-It keeps four tables:
+It keeps five tables:
 
 - workers: a :class:`WorkerRegistry` of records by id (lifecycle ``READY -> DEAD``, see
   :class:`WorkerState`) and of live workers by identity;
@@ -12,7 +12,10 @@ It keeps four tables:
   requests for them answer ``SessionLost`` and ``ALLOC`` with ids can move them to a live worker;
 - in flight: ``(client, request id)`` -> the worker it was forwarded to, so that every forwarded
   request gets exactly one answer: the worker's, or ``WorkerLost`` when the worker dies first;
-- the number of requests each client has in flight (its limit is backpressure, not a silent drop).
+- the number of requests each client has in flight (its limit is backpressure, not a silent drop);
+- client sessions and the env groups each owns (:class:`~broker.sessions.SessionTable`): every
+  request but HELLO, STATUS and PING acts for a session, on env ids of one of its own groups, and
+  renews the session's lease; a session whose lease runs out has its groups closed.
 
 Env ids and worker ids count up from the core's :class:`~broker.epoch.Epoch`, a random start per
 broker lifetime, so that a client holding ids from before a restart reaches none of the new ones.
@@ -25,7 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,11 +36,13 @@ import numpy as np
 from broker.epoch import Epoch
 from broker.outputs import Output, ToClient, ToWorker, WorkerDied, WorkerJoined
 from broker.placement import Host, place
+from broker.sessions import Group, Session, SessionTable
 from broker.workers import WorkerRecord, WorkerRegistry, WorkerState
 from openenv_zmq.errors import (
     EnvNotOnWorker,
     MessageTooLarge,
     NoWorkerAvailable,
+    OpenEnvZmqError,
     ProtocolError,
     RemoteError,
     SessionLost,
@@ -86,6 +91,14 @@ class BrokerConfig:
     epoch: Epoch | None = None
     """Where env ids and worker ids start; ``None`` (the default) draws a fresh random one for
     each core, so that no id of an earlier broker lifetime is valid in this one."""
+    lease: float = 300.0
+    """Seconds a client session keeps its env groups after its last request or heartbeat.
+    Clients heartbeat every ``heartbeat_interval`` on their own, so only a client that is gone
+    (killed, suspended, cut off) loses its envs."""
+    max_envs_per_client: int | None = None
+    """The most env slots one client session may hold at once; ``None``: no limit."""
+    max_client_sessions: int = 65_536
+    """Client sessions kept at once: each costs memory until its lease runs out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +109,10 @@ class _Request:
 
 
 _HEARTBEAT: tuple[Frame, ...] = tuple(encode(Message(Op.HEARTBEAT)))
+BROKER_ROUTE = b"\x00broker"
+"""Route of requests the broker itself sends a worker (closing an expired session's envs). A
+frontend identity is never this: libzmq's own are 5 bytes, and one a peer picks cannot start
+with a zero byte."""
 
 
 class BrokerCore:
@@ -112,14 +129,25 @@ class BrokerCore:
         self._placement: dict[int, int] = {}
         self._in_flight: dict[tuple[bytes, int], _Request] = {}
         self._client_in_flight: dict[bytes, int] = {}
-        self._env_ids = itertools.count(epoch.first_env_id)
+        self._first_env_id = self._next_env_id = epoch.first_env_id
+        self._sessions = SessionTable(
+            self.config.lease, self.config.max_envs_per_client, self.config.max_client_sessions
+        )
+        self._sweep_interval = min(self.config.heartbeat_interval, self.config.lease / 4)
+        self._next_sweep = 0.0
+        self._own_request_ids = itertools.count(1)
         self._now = 0.0
         """The latest clock reading passed in, for :meth:`status`."""
 
     # ------------------------------------------------------------------ frontend
 
-    def on_client(self, client: bytes, frames: Sequence[Frame], now: float) -> list[Output]:
-        """A message from frontend peer ``client`` (its identity frame already removed)."""
+    def on_client(
+        self, client: bytes, frames: Sequence[Frame], now: float, key: str | None = None
+    ) -> list[Output]:
+        """A message from frontend peer ``client`` (its identity frame already removed).
+
+        ``key``: the client's CURVE public key (z85) when CURVE is on; a session is bound to it.
+        """
         self._now = now
         try:
             request = decode_header(frames, self.config.limits)
@@ -128,23 +156,69 @@ class BrokerCore:
             log.info("refused a malformed request %d from %r: %s", request_id, client, exc)
             return [self._error(client, request_id, type(exc).__name__, str(exc))]
         op = request.op
-        if op in WORKER_OPS:
-            return self._forward(client, request, frames)
-        if op is Op.ALLOC:
-            return [self._alloc(client, request)]
         if op is Op.STATUS:
             status = Message(Op.REPLY, request.request_id, meta={"status": self.status()})
             return [ToClient(client, encode(status))]
+        if op is Op.HELLO:
+            return [self._hello(client, request.request_id, key, now)]
+        session = None
+        if request.session is not None:
+            try:
+                session = self._sessions.find(request.session, key, now)
+            except RemoteError as exc:
+                return [self._error(client, request.request_id, type(exc).__name__, str(exc))]
         if op is Op.PING:
             return [ToClient(client, encode(Message(Op.REPLY, request.request_id)))]
+        if session is None:
+            message = f"{op.name} needs a client session ('s'): send HELLO first"
+            return [self._error(client, request.request_id, ProtocolError.__name__, message)]
+        if op in WORKER_OPS:
+            return self._forward(client, session, request, frames)
+        if op is Op.ALLOC:
+            return [self._alloc(client, session, request)]
         return [
             self._error(
                 client, request.request_id, ProtocolError.__name__, f"{op.name} is not a request op"
             )
         ]
 
-    def _forward(self, client: bytes, request: Message, frames: Sequence[Frame]) -> list[Output]:
+    def _hello(self, client: bytes, request_id: int, key: str | None, now: float) -> ToClient:
+        try:
+            session = self._sessions.open(key, now)
+        except RemoteError as exc:
+            return self._error(client, request_id, type(exc).__name__, str(exc))
+        meta = {
+            "session": session.token,
+            "lease_s": self.config.lease,
+            "heartbeat_s": self.config.heartbeat_interval,
+        }
+        return ToClient(client, encode(Message(Op.REPLY, request_id, meta=meta)))
+
+    def _own_group(self, session: Session, request: Message) -> Group:
+        """The request's group, checked to be ``session``'s and to hold its env ids.
+
+        Raises :class:`NotOwner`, or :class:`EnvNotOnWorker` when there is no such group.
+        """
+        if request.group is None:
+            raise ProtocolError(f"{request.op.name} needs the id ('g') of its env ids' group")
+        group = self._sessions.group(session, request.group, request.env_ids)
+        if group is not None:
+            return group
+        if self._first_env_id <= request.group < self._next_env_id:
+            raise EnvNotOnWorker(f"env group {request.group} is closed; make the envs again")
+        raise EnvNotOnWorker(
+            f"no env group {request.group} in this broker's lifetime: these envs come from an"
+            " earlier broker at this address, or were never made; make them again"
+        )
+
+    def _forward(
+        self, client: bytes, session: Session, request: Message, frames: Sequence[Frame]
+    ) -> list[Output]:
         request_id, env_ids = request.request_id, request.env_ids
+        try:
+            group = self._own_group(session, request)
+        except OpenEnvZmqError as exc:
+            return [self._error(client, request_id, type(exc).__name__, str(exc), env_ids)]
         key = (client, request_id)
         if key in self._in_flight:
             message = f"request id {request_id} is already in flight"
@@ -166,9 +240,9 @@ class BrokerCore:
             )
             return [self._error(client, request_id, EnvNotOnWorker.__name__, message, env_ids)]
         if worker.state is WorkerState.DEAD:
-            return [self._to_dead_worker(client, request, worker)]
+            return [self._to_dead_worker(client, request, worker, group)]
         if request.op is Op.CLOSE:
-            self._release(worker, env_ids)
+            self._sessions.released(group, self._release(worker, env_ids))
         elif request.op is Op.STEP and env_ids is not None:
             worker.steps_served += len(env_ids)
         self._in_flight[key] = _Request(worker.id, env_ids, request.op)
@@ -176,10 +250,12 @@ class BrokerCore:
         worker.in_flight.add(key)
         return [ToWorker(worker.identity, [client, *frames])]
 
-    def _to_dead_worker(self, client: bytes, request: Message, worker: WorkerRecord) -> ToClient:
+    def _to_dead_worker(
+        self, client: bytes, request: Message, worker: WorkerRecord, group: Group
+    ) -> ToClient:
         if request.op is Op.CLOSE:
             # Nothing is left to close: the envs died with their worker.
-            self._release(worker, request.env_ids)
+            self._sessions.released(group, self._release(worker, request.env_ids))
             reply = Message(Op.REPLY, request.request_id, env_ids=request.env_ids)
             return ToClient(client, encode(reply))
         message = (
@@ -190,20 +266,22 @@ class BrokerCore:
             client, request.request_id, SessionLost.__name__, message, request.env_ids
         )
 
-    def _release(self, worker: WorkerRecord, env_ids: EnvIds | None) -> None:
-        """Forget the placement of those ``env_ids`` that are placed on ``worker``."""
+    def _release(self, worker: WorkerRecord, env_ids: EnvIds | None) -> int:
+        """Forget the placement of those ``env_ids`` that are placed on ``worker``; returns how
+        many were."""
         if env_ids is None:
-            return
+            return 0
         released = 0
         for env_id in env_ids.tolist():
             if self._placement.get(env_id) == worker.id:
                 del self._placement[env_id]
                 released += 1
         self._registry.unplace(worker, released)
+        return released
 
     # ------------------------------------------------------------------ allocation
 
-    def _alloc(self, client: bytes, request: Message) -> ToClient:
+    def _alloc(self, client: bytes, session: Session, request: Message) -> ToClient:
         env: str = request.meta["env"]
         num_envs: int = request.meta["num_envs"]
         request_id = request.request_id
@@ -217,26 +295,30 @@ class BrokerCore:
                     f"{limits.max_header_bytes:,} bytes: make several groups"
                 )
             if request.env_ids is None:
-                return ToClient(client, self._alloc_new(request_id, env, num_envs))
+                return ToClient(client, self._alloc_new(session, request_id, env, num_envs))
+            self._own_group(session, request)
             replaced = self._alloc_again(request_id, env, num_envs, request.env_ids)
             return ToClient(client, encode(replaced, limits))
-        except (ProtocolError, RemoteError) as exc:
+        except OpenEnvZmqError as exc:
             return self._error(client, request_id, type(exc).__name__, str(exc))
 
-    def _alloc_new(self, request_id: int, env: str, num_envs: int) -> list[Frame]:
-        """The reply placing ``num_envs`` new envs, encoded; nothing stays reserved when it
-        cannot be encoded."""
+    def _alloc_new(self, session: Session, request_id: int, env: str, num_envs: int) -> list[Frame]:
+        """The reply placing ``num_envs`` new envs as a new group of ``session``, encoded;
+        nothing stays reserved when it cannot be encoded."""
+        self._sessions.check_quota(session, num_envs)
         shares = self._shares(env, num_envs)
-        env_ids = np.fromiter(
-            itertools.islice(self._env_ids, num_envs), dtype=np.int64, count=num_envs
-        )
-        reply = self._place(request_id, env_ids, shares)
+        start = self._next_env_id
+        env_ids = np.arange(start, start + num_envs, dtype=np.int64)
+        reply = replace(self._place(request_id, env_ids, shares), group=start)
         try:
-            return encode(reply, self.config.limits)
+            frames = encode(reply, self.config.limits)
         except ProtocolError:
             for worker, _ in shares:
                 self._release(worker, env_ids)
             raise
+        self._next_env_id += num_envs
+        self._sessions.add_group(session, start, num_envs)
+        return frames
 
     def _alloc_again(self, request_id: int, env: str, num_envs: int, env_ids: EnvIds) -> Message:
         """Move env ids whose worker died to live workers, keeping the ids."""
@@ -293,6 +375,10 @@ class BrokerCore:
             return self._bad_worker_message(identity, worker, ProtocolError("empty message"))
         route = bytes(frames[0])
         body = frames[1:]
+        if route == BROKER_ROUTE and worker is not None:
+            # The answer to a CLOSE the broker sent for an expired session: nobody awaits it.
+            worker.last_seen = now
+            return []
         try:
             message = decode_header(body, self.config.limits)
         except ProtocolError as exc:
@@ -383,9 +469,14 @@ class BrokerCore:
     # ------------------------------------------------------------------ liveness
 
     def on_tick(self, now: float) -> list[Output]:
-        """Send heartbeats that are due and declare workers silent for too long dead."""
+        """Send heartbeats that are due, declare workers silent for too long dead and close the
+        env groups of client sessions whose lease ran out."""
         self._now = now
         outputs: list[Output] = []
+        if now >= self._next_sweep:
+            self._next_sweep = now + self._sweep_interval
+            for session in self._sessions.expire(now):
+                outputs += self._close_expired(session)
         for worker in list(self._live.values()):
             if now - worker.last_seen > self._silence_limit:
                 silent = f"silent for {now - worker.last_seen:.3g} s"
@@ -401,7 +492,42 @@ class BrokerCore:
             (min(w.next_heartbeat, w.last_seen + self._silence_limit) for w in self._live.values()),
             default=now + self.config.heartbeat_interval,
         )
-        return max(0.0, due - now)
+        return max(0.0, min(due, self._next_sweep) - now)
+
+    def _close_expired(self, session: Session) -> list[Output]:
+        """Close every env of ``session``'s groups on its live worker and free the slots."""
+        outputs: list[Output] = []
+        closed = 0
+        for group in list(session.groups.values()):
+            by_worker: dict[int, list[int]] = {}
+            for env_id in range(group.start, group.end):
+                worker_id = self._placement.get(env_id)
+                if worker_id is not None:
+                    by_worker.setdefault(worker_id, []).append(env_id)
+            for worker_id, ids in by_worker.items():
+                worker = self._workers[worker_id]
+                env_ids = np.array(ids, dtype=np.int64)
+                released = self._release(worker, env_ids)
+                self._sessions.released(group, released)
+                closed += released
+                if worker.state is WorkerState.DEAD:
+                    continue
+                close = Message(
+                    Op.CLOSE,
+                    next(self._own_request_ids),
+                    worker=worker_id,
+                    env_ids=env_ids,
+                    session=session.token,
+                    group=group.id,
+                )
+                outputs.append(ToWorker(worker.identity, [BROKER_ROUTE, *encode(close)]))
+        log.warning(
+            "client session %s sent nothing for %g s: its lease expired; closed %d env(s)",
+            session.name,
+            self.config.lease,
+            closed,
+        )
+        return outputs
 
     def worker_exited(self, identity: bytes, now: float) -> list[Output]:
         """The process of the live worker of socket ``identity`` ended: declare it dead now, not
@@ -480,4 +606,5 @@ class BrokerCore:
             "in_flight": len(self._in_flight),
             "clients": len(self._client_in_flight),
             "env_slots": {"used": sum(w.used for w in live), "free": sum(w.free for w in live)},
+            "sessions": self._sessions.status(),
         }

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from broker.core import BrokerConfig, BrokerCore, Output, ToClient, ToWorker
+from openenv_zmq.client.batching import raise_if_error
 from openenv_zmq.client.requests import RequestTable
 from openenv_zmq.client.transport import DEFAULT_TIMEOUT, late_answers, no_answer
 from openenv_zmq.errors import ClosedError
@@ -216,9 +217,18 @@ class InProcessTransport:
         self._table = RequestTable(limits)
         self._identity: bytes | None = broker.attach(self._table)
 
+    @property
+    def session(self) -> bytes | None:
+        return self._table.session
+
     def send(self, messages: Sequence[Message]) -> list[int]:
         if self._identity is None:
             raise ClosedError("the transport is closed")
+        if self._table.session is None:
+            # Answered at once, as everything here is: the answer opens the session.
+            request_id, frames = self._table.hello()
+            self._broker.from_client(self._identity, frames)
+            raise_if_error(self._table.take([request_id])[request_id])
         stamped = self._table.stamp_all(messages)
         for _, frames in stamped:
             self._broker.from_client(self._identity, frames)
@@ -258,6 +268,10 @@ class AsyncInProcessTransport:
         self._sync = transport
         self.address = transport.address
         self.timeout = transport.timeout
+
+    @property
+    def session(self) -> bytes | None:
+        return self._sync.session
 
     async def send(self, messages: Sequence[Message]) -> list[int]:
         request_ids = self._sync.send(messages)

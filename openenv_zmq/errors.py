@@ -15,10 +15,15 @@ OpenEnvZmqError
 │   └── NoPendingCall           recv() with nothing in flight
 ├── TransportError              the request did not get an answer
 │   ├── BrokerUnreachable       no broker answered within the connect timeout
+│   ├── BrokerLost              the broker stopped answering while a call waited
 │   └── RequestTimeout          a sent request got no reply within its timeout
 ├── RemoteError                 a whole request refused by the broker or a worker
 │   ├── NoWorkerAvailable       no live worker hosts the env kind, or all are full
 │   ├── TooManyInFlight         the client exceeded its in-flight limit at the broker
+│   ├── NotOwner                the env group belongs to another client session
+│   ├── LeaseExpired            the client session's lease ran out; its groups were closed
+│   ├── UnknownSession          the broker issued no such client session (it restarted)
+│   ├── QuotaExceeded           more env slots than the broker allows one client session
 │   └── EnvServerError          an error frame from an OpenEnv server (``.code``, ``.data``)
 └── EnvError                    one env instance failed; travels per env in ``BatchResult.errors``
     ├── EnvExecutionError       the env's own code raised
@@ -100,6 +105,11 @@ class BrokerUnreachable(TransportError):
     """No broker answered at the address within the connect timeout."""
 
 
+class BrokerLost(TransportError):
+    """The broker stopped answering the client's heartbeats while a call waited; the call's
+    requests are forgotten. Calls made once a broker answers at the address again work."""
+
+
 class RequestTimeout(TransportError):
     """A request was sent but its reply did not arrive in time."""
 
@@ -118,6 +128,26 @@ class NoWorkerAvailable(RemoteError):
 
 class TooManyInFlight(RemoteError):
     """The client has more requests in flight at the broker than its limit allows."""
+
+
+class NotOwner(RemoteError):
+    """The request named an env group, or env ids, of another client session; nothing was done
+    to them."""
+
+
+class LeaseExpired(RemoteError):
+    """The client session sent nothing, not even a heartbeat, for longer than the broker's
+    lease: the broker closed its env groups and freed their slots. Make the envs again."""
+
+
+class UnknownSession(RemoteError):
+    """The broker issued no such client session: it restarted since (a client opens a new
+    session and sends again, as nothing was done)."""
+
+
+class QuotaExceeded(RemoteError):
+    """The env slots asked for would take the client session over the broker's
+    ``--max-envs-per-client``."""
 
 
 class EnvServerError(RemoteError):
@@ -212,7 +242,16 @@ class SessionCrashed(EnvError):
 
 
 _REMOTE_TYPES: dict[str, type[RemoteError]] = {
-    cls.__name__: cls for cls in (RemoteError, NoWorkerAvailable, TooManyInFlight)
+    cls.__name__: cls
+    for cls in (
+        RemoteError,
+        NoWorkerAvailable,
+        TooManyInFlight,
+        NotOwner,
+        LeaseExpired,
+        UnknownSession,
+        QuotaExceeded,
+    )
 }
 _ENV_TYPES: dict[str, type[EnvError]] = {
     cls.__name__: cls

@@ -135,7 +135,8 @@ def alloc_flow(spec: GroupSpec) -> Flow[GroupState]:
     [answer] = yield [alloc]
     raise_if_error(answer)
     assert answer.env_ids is not None
-    state = GroupState(spec, Placement.of(answer.env_ids, answer.parts["workers"]))
+    assert answer.group is not None
+    state = GroupState(spec, answer.group, Placement.of(answer.env_ids, answer.parts["workers"]))
     try:
         yield from create_flow(state, state.resolve(None))
     except BaseException:
@@ -156,7 +157,8 @@ def create_flow(state: GroupState, targets: Targets) -> Flow[None]:
         meta["timeout_s"] = spec.timeout_s
     subs = targets.split()
     answers = yield [
-        Message(Op.CREATE, worker=sub.worker, env_ids=sub.env_ids, meta=meta) for sub in subs
+        Message(Op.CREATE, worker=sub.worker, env_ids=sub.env_ids, meta=meta, group=state.group)
+        for sub in subs
     ]
     failures = {}
     for answer in answers:
@@ -170,7 +172,12 @@ def create_flow(state: GroupState, targets: Targets) -> Flow[None]:
 def replace_flow(state: GroupState, env_ids: EnvIds) -> Flow[None]:
     """Place lost env ids on live workers and create them there."""
     [answer] = yield [
-        Message(Op.ALLOC, env_ids=env_ids, meta={"env": state.env, "num_envs": len(env_ids)})
+        Message(
+            Op.ALLOC,
+            env_ids=env_ids,
+            meta={"env": state.env, "num_envs": len(env_ids)},
+            group=state.group,
+        )
     ]
     raise_if_error(answer)
     assert answer.env_ids is not None
@@ -211,7 +218,7 @@ def _take_kwargs(kwargs: dict[str, Any] | list[dict[str, Any]], positions: Posit
 
 
 def _reset_requests(
-    targets: Targets, seeds: list[int | None], kwargs: KwargRows
+    state: GroupState, targets: Targets, seeds: list[int | None], kwargs: KwargRows
 ) -> tuple[list[SubBatch], list[Message]]:
     subs = targets.split()
     requests = []
@@ -219,7 +226,11 @@ def _reset_requests(
         parts: dict[str, Any] = {"seeds": take(seeds, sub.positions)}
         if kwargs is not None:
             parts["kwargs"] = _take_kwargs(kwargs, sub.positions)
-        requests.append(Message(Op.RESET, worker=sub.worker, env_ids=sub.env_ids, parts=parts))
+        requests.append(
+            Message(
+                Op.RESET, worker=sub.worker, env_ids=sub.env_ids, parts=parts, group=state.group
+            )
+        )
     return subs, requests
 
 
@@ -235,7 +246,7 @@ def reset_flow(
     if len(known_lost):
         yield from replace_flow(state, known_lost)
         targets = state.resolve(env_ids)  # some of them moved
-    subs, requests = _reset_requests(targets, seeds, kwarg_rows)
+    subs, requests = _reset_requests(state, targets, seeds, kwarg_rows)
     answers = yield requests
     pieces = _read_answers(state, subs, answers)
     lost_now = np.fromiter(
@@ -245,6 +256,7 @@ def reset_flow(
         yield from replace_flow(state, lost_now)
         positions = np.flatnonzero(np.isin(env_ids, lost_now))
         retry_subs, retry = _reset_requests(
+            state,
             state.resolve(env_ids[positions]),
             take(seeds, positions),
             take(kwarg_rows, positions) if isinstance(kwarg_rows, list) else kwarg_rows,
@@ -287,6 +299,7 @@ def step_requests(
             env_ids=sub.env_ids,
             meta=meta,
             parts={"actions": take(rows, sub.positions)},
+            group=state.group,
         )
         for sub in subs
     ]
@@ -322,7 +335,9 @@ def state_flow(state: GroupState, targets: Targets) -> Flow[list[Any]]:
     """Each env's state in the targets' order; raises the first env's error if any failed."""
     state.check_open()
     subs = targets.split()
-    answers = yield [Message(Op.STATE, worker=s.worker, env_ids=s.env_ids) for s in subs]
+    answers = yield [
+        Message(Op.STATE, worker=s.worker, env_ids=s.env_ids, group=state.group) for s in subs
+    ]
     states: list[Any] = [None] * len(targets)
     failures = {}
     for sub, answer in zip(subs, answers, strict=True):
@@ -347,6 +362,8 @@ def close_flow(state: GroupState) -> Flow[None]:
         return
     state.closed = True
     subs = state.resolve(None).split()
-    answers = yield [Message(Op.CLOSE, worker=s.worker, env_ids=s.env_ids) for s in subs]
+    answers = yield [
+        Message(Op.CLOSE, worker=s.worker, env_ids=s.env_ids, group=state.group) for s in subs
+    ]
     for answer in answers:
         raise_if_error(answer)

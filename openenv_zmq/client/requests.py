@@ -1,4 +1,5 @@
-"""Request ids, encoding and matching answers to requests: the part of a client with no I/O."""
+"""Request ids, the client session, encoding and matching answers to requests: the part of a
+client with no I/O."""
 
 from __future__ import annotations
 
@@ -14,20 +15,38 @@ from openenv_zmq.protocol import (
     Frame,
     Limits,
     Message,
+    Op,
     decode,
     encode,
 )
 
+SESSION_ENDED = frozenset({"UnknownSession", "LeaseExpired"})
+"""Error types telling a client its session is gone: the next request opens a new one."""
+
 log = logging.getLogger(__name__)
 
 
+def unknown_session(answers: Sequence[Message]) -> list[int]:
+    """Positions of the answers refusing their request because the broker knows its session no
+    more (it restarted): nothing was done, so those requests may be sent again in a new one."""
+    return [
+        i
+        for i, answer in enumerate(answers)
+        if answer.op is Op.ERROR and answer.meta["type"] == "UnknownSession"
+    ]
+
+
 class RequestTable:
-    """Stamps outgoing requests with fresh ids and reads incoming answers.
+    """Stamps outgoing requests with fresh ids and the client session, and reads answers.
 
     An answer whose id is not awaited (it arrived after its request timed out) is dropped.
     Call order: :meth:`stamp` a request, send its frames, feed whatever arrives to :meth:`read`
     (or :meth:`receive`, which keeps the answer in :attr:`arrived` until :meth:`take` collects
     it); :meth:`forget` the requests given up on.
+
+    The session: an answer to HELLO sets :attr:`session` (and :attr:`heartbeat_s`), which every
+    later request carries; an answer saying the broker knows the session no more
+    (:data:`SESSION_ENDED`) clears it, and the transport sends HELLO before its next request.
     """
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -35,6 +54,9 @@ class RequestTable:
         self._limits = limits
         self.awaited: set[int] = set()
         self.arrived: dict[int, Message] = {}
+        self.session: bytes | None = None
+        self.heartbeat_s = 1.0
+        """How often the broker wants a heartbeat from this client (its HELLO answer says)."""
 
     def stamp(self, message: Message) -> tuple[int, list[Frame]]:
         """``message`` with a fresh request id, encoded; raises :class:`ProtocolError` (and
@@ -47,8 +69,12 @@ class RequestTable:
         cannot be encoded, or is over the limits (:class:`MessageTooLarge`), raises
         :class:`ProtocolError` before the first is sent, so no env steps without its caller
         seeing the answer."""
+        session = self.session
         stamped = [
-            (request_id, encode(replace(message, request_id=request_id), self._limits))
+            (
+                request_id,
+                encode(replace(message, request_id=request_id, session=session), self._limits),
+            )
             for message, request_id in zip(messages, self._ids, strict=False)
         ]
         self.awaited.update(request_id for request_id, _ in stamped)
@@ -72,6 +98,11 @@ class RequestTable:
             )
             return None
         self.awaited.discard(message.request_id)
+        if message.op is Op.REPLY and "session" in message.meta:
+            self.session = message.meta["session"]
+            self.heartbeat_s = message.meta.get("heartbeat_s", self.heartbeat_s)
+        elif message.op is Op.ERROR and message.meta["type"] in SESSION_ENDED:
+            self.session = None
         return message
 
     def receive(self, frames: Sequence[Frame]) -> None:
@@ -84,6 +115,10 @@ class RequestTable:
         """The answers of ``request_ids`` that have arrived, removed from :attr:`arrived`."""
         arrived = self.arrived
         return {rid: arrived.pop(rid) for rid in request_ids if rid in arrived}
+
+    def hello(self) -> tuple[int, list[Frame]]:
+        """A HELLO stamped and encoded: its answer opens a new session."""
+        return self.stamp(Message(Op.HELLO))
 
     def give_up(self, request_ids: Sequence[int]) -> list[int]:
         """Forget those of ``request_ids`` that got no answer; returns them."""

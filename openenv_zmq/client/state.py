@@ -102,6 +102,8 @@ class GroupState:
     """Everything a client knows about one env group."""
 
     spec: GroupSpec
+    group: int
+    """The group's id at the broker, which every request for its envs names."""
     placement: Placement
     models: EnvModels = field(init=False, default_factory=EnvModels)
     """Found by :func:`local_models` from the env name asked for; none with ``as_dicts``."""

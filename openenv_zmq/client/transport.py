@@ -7,6 +7,10 @@ that needs no sockets (``broker.inprocess``), as httpx's ``MockTransport`` does.
 Call order: :meth:`Transport.send` returns a request id; collect its answer with
 :meth:`Transport.wait_any`. :meth:`Transport.exchange` sends a round of requests and waits for
 all their answers. :meth:`Transport.close` ends the transport; nothing may be sent after it.
+
+A transport keeps the client session too: it sends HELLO before its first request (and again
+after an answer saying the broker knows the session no more), and stamps every request with the
+session's token, as it stamps request ids.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ class Transport(Protocol):
     """Where the broker is, as error messages name it."""
     timeout: float
     """Seconds a request waits for its answer when a call passes no timeout."""
+
+    @property
+    def session(self) -> bytes | None:
+        """The client session's token, once the broker has answered HELLO."""
+        ...
 
     def send(self, messages: Sequence[Message]) -> list[int]:
         """Send ``messages``, each with a fresh request id, returned in order. Every one is
@@ -61,6 +70,9 @@ class AsyncTransport(Protocol):
 
     address: str
     timeout: float
+
+    @property
+    def session(self) -> bytes | None: ...
 
     async def send(self, messages: Sequence[Message]) -> list[int]: ...
 

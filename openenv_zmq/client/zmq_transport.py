@@ -1,4 +1,9 @@
-"""The zmq transports: one DEALER socket to the broker's frontend, blocking or asyncio."""
+"""The zmq transports: one DEALER socket to the broker's frontend, blocking or asyncio.
+
+Each opens a client session (HELLO) before its first request, again when the broker answers
+that it knows the session no more, and then keeps a :class:`~openenv_zmq.client.pulse.Pulse`
+beating on a second DEALER: a call whose broker stops answering it raises :class:`BrokerLost`.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,19 @@ from collections.abc import Sequence
 import zmq
 import zmq.asyncio
 
-from openenv_zmq.client.requests import RequestTable
+from openenv_zmq.client.batching import raise_if_error
+from openenv_zmq.client.pulse import STOP_CHECK_S, Pulse
+from openenv_zmq.client.requests import RequestTable, unknown_session
 from openenv_zmq.client.transport import DEFAULT_TIMEOUT, late_answers, no_answer
 from openenv_zmq.errors import TransportError
-from openenv_zmq.protocol import DEFAULT_LIMITS, Limits, Message
+from openenv_zmq.protocol import DEFAULT_LIMITS, Frame, Limits, Message
 from openenv_zmq.sockets import configure
+
+
+def _dealer(address: str, limits: Limits) -> zmq.Socket[bytes]:
+    socket: zmq.Socket[bytes] = configure(zmq.Context.instance().socket(zmq.DEALER), limits=limits)
+    socket.connect(address)
+    return socket
 
 
 class ZmqTransport:
@@ -26,16 +39,27 @@ class ZmqTransport:
     ) -> None:
         self.address = address
         self.timeout = timeout
+        self._limits = limits
         self._table = RequestTable(limits)
-        self._socket: zmq.Socket[bytes] = configure(
-            zmq.Context.instance().socket(zmq.DEALER), limits=limits
-        )
-        self._socket.connect(address)
+        self._socket = _dealer(address, limits)
+        self._pulse: Pulse | None = None
+
+    @property
+    def session(self) -> bytes | None:
+        """The client session's token, once the broker has answered HELLO."""
+        return self._table.session
 
     def send(self, messages: Sequence[Message]) -> list[int]:
         """Encode every message, then send each; raises :class:`ProtocolError` before sending
         anything when one cannot be encoded."""
-        stamped = self._table.stamp_all(messages)
+        return self._send(messages, self.timeout)
+
+    def _send(self, messages: Sequence[Message], timeout: float) -> list[int]:
+        if self._table.session is None:
+            self._open_session(timeout)
+        return self._send_stamped(self._table.stamp_all(messages))
+
+    def _send_stamped(self, stamped: list[tuple[int, list[Frame]]]) -> list[int]:
         for _, frames in stamped:
             try:
                 self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
@@ -44,22 +68,60 @@ class ZmqTransport:
                 raise TransportError(f"send queue to {self.address} is full") from None
         return [request_id for request_id, _ in stamped]
 
+    def _open_session(self, timeout: float) -> None:
+        """HELLO, then the heartbeat. Raises :class:`RequestTimeout` when nobody answers."""
+        [request_id] = self._send_stamped([self._table.hello()])
+        if not self._wait([request_id], 1, timeout):
+            self._table.give_up([request_id])
+            raise no_answer(self.address, timeout)
+        raise_if_error(self._table.take([request_id])[request_id])
+        if self._pulse is None:
+            self._pulse = Pulse(
+                _dealer(self.address, self._limits),
+                lambda: self._table.session,
+                self._table.heartbeat_s,
+                self.address,
+                self._limits,
+            )
+
     def _wait(self, request_ids: Sequence[int], needed: int, timeout: float) -> bool:
-        """Receive until ``needed`` of ``request_ids`` have answers; ``False`` on timeout."""
+        """Receive until ``needed`` of ``request_ids`` have answers; ``False`` on timeout.
+        Raises :class:`BrokerLost` when the broker stops answering heartbeats meanwhile."""
         arrived = self._table.arrived
-        deadline = time.monotonic() + timeout
-        while sum(rid in arrived for rid in request_ids) < needed:
+        start = time.monotonic()
+        deadline = start + timeout
+        while (done := sum(rid in arrived for rid in request_ids)) < needed:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._socket.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+            if remaining <= 0:
                 return False
-            while self._socket.poll(0, zmq.POLLIN):
-                self._table.receive(self._socket.recv_multipart(copy=False))
+            if self._pulse is not None:
+                self._pulse.check(start, len(request_ids) - done)
+                remaining = min(remaining, STOP_CHECK_S)
+            if self._socket.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                while self._socket.poll(0, zmq.POLLIN):
+                    self._table.receive(self._socket.recv_multipart(copy=False))
         return True
 
     def exchange(self, messages: list[Message], timeout: float | None = None) -> list[Message]:
         timeout = self.timeout if timeout is None else timeout
-        request_ids = self.send(messages)
-        if not self._wait(request_ids, len(request_ids), timeout):
+        answers = self._exchange(messages, timeout)
+        again = unknown_session(answers)
+        if again:
+            # A restarted broker: nothing was done, so the same requests go in a new session.
+            resent = self._exchange([messages[i] for i in again], timeout)
+            for i, answer in zip(again, resent, strict=True):
+                answers[i] = answer
+        return answers
+
+    def _exchange(self, messages: Sequence[Message], timeout: float) -> list[Message]:
+        request_ids = self._send(messages, timeout)
+        try:
+            answered = self._wait(request_ids, len(request_ids), timeout)
+        except BaseException:
+            self._table.give_up(request_ids)
+            self._table.take(request_ids)
+            raise
+        if not answered:
             missing = self._table.give_up(request_ids)
             self._table.take(request_ids)
             raise late_answers(len(missing), len(request_ids), self.address, timeout)
@@ -75,6 +137,8 @@ class ZmqTransport:
         return self._table.take(request_ids)
 
     def close(self) -> None:
+        if self._pulse is not None:
+            self._pulse.close()
         self._socket.close(linger=0)
 
 
@@ -87,6 +151,7 @@ class AsyncZmqTransport:
     ) -> None:
         self.address = address
         self.timeout = timeout
+        self._limits = limits
         self._table = RequestTable(limits)
         self._waiters: dict[int, asyncio.Future[Message]] = {}
         """One per sent request, removed when its caller collects or gives up on the answer."""
@@ -94,6 +159,13 @@ class AsyncZmqTransport:
         self._socket: zmq.asyncio.Socket = configure(context.socket(zmq.DEALER), limits=limits)
         self._socket.connect(address)
         self._reader: asyncio.Task[None] | None = None
+        self._opening: asyncio.Future[None] | None = None
+        """The HELLO under way, which every coroutine needing a session awaits."""
+        self._pulse: Pulse | None = None
+
+    @property
+    def session(self) -> bytes | None:
+        return self._table.session
 
     async def _read(self) -> None:
         while True:
@@ -106,34 +178,93 @@ class AsyncZmqTransport:
     async def send(self, messages: Sequence[Message]) -> list[int]:
         """Encode every message, then send each; raises :class:`ProtocolError` before sending
         anything when one cannot be encoded."""
+        return await self._send(messages, self.timeout)
+
+    async def _send(self, messages: Sequence[Message], timeout: float) -> list[int]:
+        if self._table.session is None:
+            if self._opening is None or self._opening.done():
+                self._opening = asyncio.ensure_future(self._open_session(timeout))
+            # Shielded: one caller given up on must not cancel the others' HELLO.
+            await asyncio.shield(self._opening)
+        return await self._send_stamped(self._table.stamp_all(messages))
+
+    async def _send_stamped(self, stamped: list[tuple[int, list[Frame]]]) -> list[int]:
         loop = asyncio.get_running_loop()
         if self._reader is None:
             self._reader = loop.create_task(self._read())
-        stamped = self._table.stamp_all(messages)
         for request_id, _ in stamped:
             self._waiters[request_id] = loop.create_future()
         for _, frames in stamped:
             await self._socket.send_multipart(frames, copy=False)
         return [request_id for request_id, _ in stamped]
 
+    async def _open_session(self, timeout: float) -> None:
+        """HELLO, then the heartbeat. Raises :class:`RequestTimeout` when nobody answers."""
+        [request_id] = await self._send_stamped([self._table.hello()])
+        waiter = self._waiters[request_id]
+        try:
+            if not await self._until([waiter], True, timeout):
+                self._table.forget([request_id])
+                raise no_answer(self.address, timeout)
+        finally:
+            self._waiters.pop(request_id, None)
+        raise_if_error(waiter.result())
+        if self._pulse is None:
+            self._pulse = Pulse(
+                _dealer(self.address, self._limits),
+                lambda: self._table.session,
+                self._table.heartbeat_s,
+                self.address,
+                self._limits,
+            )
+
+    async def _until(
+        self, waiters: Sequence[asyncio.Future[Message]], every: bool, timeout: float
+    ) -> bool:
+        """Wait until every one of ``waiters`` (or, not ``every``, one) is done; ``False`` after
+        ``timeout`` seconds. Raises :class:`BrokerLost` when the broker stops answering
+        heartbeats meanwhile."""
+        start = time.monotonic()
+        deadline = start + timeout
+        when = asyncio.ALL_COMPLETED if every else asyncio.FIRST_COMPLETED
+        while True:
+            pending = [w for w in waiters if not w.done()]
+            if not pending or (not every and len(pending) < len(waiters)):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self._pulse is not None:
+                self._pulse.check(start, len(pending))
+                remaining = min(remaining, STOP_CHECK_S)
+            await asyncio.wait(pending, timeout=remaining, return_when=when)
+
     async def exchange(
         self, messages: list[Message], timeout: float | None = None
     ) -> list[Message]:
         timeout = self.timeout if timeout is None else timeout
-        request_ids = await self.send(messages)
+        answers = await self._exchange(messages, timeout)
+        again = unknown_session(answers)
+        if again:
+            # A restarted broker: nothing was done, so the same requests go in a new session.
+            resent = await self._exchange([messages[i] for i in again], timeout)
+            for i, answer in zip(again, resent, strict=True):
+                answers[i] = answer
+        return answers
+
+    async def _exchange(self, messages: Sequence[Message], timeout: float) -> list[Message]:
+        request_ids = await self._send(messages, timeout)
         waiters = [self._waiters[rid] for rid in request_ids]
         try:
-            async with asyncio.timeout(timeout):
-                return [await waiter for waiter in waiters]
-        except TimeoutError:
-            # The timeout cancels the waiter it interrupts: cancelled ones got no answer either.
-            missing = [
-                rid
-                for rid, waiter in zip(request_ids, waiters, strict=True)
-                if not waiter.done() or waiter.cancelled()
-            ]
-            self._table.forget(missing)
-            raise late_answers(len(missing), len(request_ids), self.address, timeout) from None
+            if not await self._until(waiters, True, timeout):
+                missing = [rid for rid, w in zip(request_ids, waiters, strict=True) if not w.done()]
+                raise late_answers(len(missing), len(request_ids), self.address, timeout)
+            return [waiter.result() for waiter in waiters]
+        except BaseException:
+            self._table.forget(
+                [rid for rid, w in zip(request_ids, waiters, strict=True) if not w.done()]
+            )
+            raise
         finally:
             for rid in request_ids:
                 self._waiters.pop(rid, None)
@@ -143,9 +274,9 @@ class AsyncZmqTransport:
     ) -> dict[int, Message]:
         timeout = self.timeout if timeout is None else timeout
         waiters = [self._waiters[rid] for rid in request_ids]
-        done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if not done:
+        if not await self._until(waiters, False, timeout):
             raise no_answer(self.address, timeout)
+        done = {waiter for waiter in waiters if waiter.done()}
         # Another coroutine woken by the same answer may have taken it already.
         return {
             rid: waiter.result()
@@ -154,6 +285,8 @@ class AsyncZmqTransport:
         }
 
     async def close(self) -> None:
+        if self._pulse is not None:
+            self._pulse.close()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -2,7 +2,8 @@
 
 Frame 0 is a msgpack map, the header::
 
-    {"v": 1, "op": Op, "id": request id, "w": worker id, "ids": <int64 env ids, raw bytes>,
+    {"v": 2, "op": Op, "id": request id, "w": worker id, "ids": <int64 env ids, raw bytes>,
+     "s": <client session token, 16 bytes>, "g": env group id,
      "meta": {op-specific small fields}, "pl": [[part name, "m"] | [part name, "a", dtype, shape]]}
 
 Each entry of ``pl`` describes one payload frame after the header, in order: ``"m"`` is a msgpack
@@ -27,9 +28,9 @@ import numpy.typing as npt
 
 from openenv_zmq.errors import MessageTooLarge, ProtocolError
 from openenv_zmq.protocol.ops import Op
-from openenv_zmq.protocol.schema import HEADER_FIELDS, SCHEMAS
+from openenv_zmq.protocol.schema import HEADER_FIELDS, SCHEMAS, SESSION_BYTES
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_REQUEST_ID = 2**64 - 1
 ALLOWED_DTYPES = frozenset(
     {"|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f2", "<f4", "<f8"}
@@ -77,6 +78,10 @@ class Message:
     env_ids: EnvIds | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     parts: dict[str, Any] = field(default_factory=dict)
+    session: bytes | None = None
+    """The client session a request acts for (the token the broker's HELLO answer gave)."""
+    group: int | None = None
+    """The env group a request's env ids belong to (the id the broker's ALLOC answer gave)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +174,12 @@ def _check_header(header: dict[str, Any]) -> tuple[Op, tuple[tuple[str, ArraySpe
             raise ProtocolError(f"{op.name} needs env ids ('ids')")
     elif not isinstance(ids, bytes | memoryview) or len(ids) % 8:
         raise ProtocolError("env ids ('ids') must be raw int64 bytes")
+    session = header.get("s")
+    if session is not None and (type(session) is not bytes or len(session) != SESSION_BYTES):
+        raise ProtocolError(f"a client session ('s') is {SESSION_BYTES} bytes")
+    group = header.get("g")
+    if group is not None and (type(group) is not int or not 0 <= group <= MAX_REQUEST_ID):
+        raise ProtocolError(f"group id must be an unsigned 64-bit int, got {group!r}")
     meta = header.get("meta", {})
     if type(meta) is not dict:
         raise ProtocolError(f"'meta' must be a map, got {type(meta).__name__}")
@@ -248,6 +259,8 @@ def _decode(
         worker=header.get("w"),
         env_ids=None if ids is None else np.frombuffer(ids, dtype="<i8"),
         meta=header.get("meta", {}),
+        session=header.get("s"),
+        group=header.get("g"),
     )
     return message, specs
 
@@ -319,6 +332,10 @@ def encode(message: Message, limits: Limits | None = None) -> list[Frame]:
         header["w"] = message.worker
     if message.env_ids is not None:
         header["ids"] = np.ascontiguousarray(message.env_ids, dtype="<i8").tobytes()
+    if message.session is not None:
+        header["s"] = message.session
+    if message.group is not None:
+        header["g"] = message.group
     if message.meta:
         header["meta"] = message.meta
     payload: list[Frame] = []

@@ -10,6 +10,7 @@ class Op(IntEnum):
     ALLOC = 1
     STATUS = 2
     PING = 3
+    HELLO = 4
     # client -> worker, routed by the broker by header field ``w``
     CREATE = 10
     RESET = 11
@@ -27,7 +28,7 @@ class Op(IntEnum):
     BYE = 34
 
 
-BROKER_OPS = frozenset({Op.ALLOC, Op.STATUS, Op.PING})
+BROKER_OPS = frozenset({Op.ALLOC, Op.STATUS, Op.PING, Op.HELLO})
 """Requests the broker answers itself."""
 
 WORKER_OPS = frozenset({Op.CREATE, Op.RESET, Op.STEP, Op.STATE, Op.CLOSE})

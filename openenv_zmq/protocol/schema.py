@@ -13,6 +13,8 @@ from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.protocol.ops import Op
 
 AUTORESET_MODES = frozenset(mode.value for mode in AutoresetMode)
+SESSION_BYTES = 16
+"""Length of a client session token: 128 random bits, drawn by the broker."""
 
 Check = Callable[[Any], bool]
 
@@ -45,6 +47,10 @@ def _is_str_to_str_map(v: Any) -> bool:
     return _is_str_map(v) and all(type(x) is str for x in v.values())
 
 
+def _is_session(v: Any) -> bool:
+    return type(v) is bytes and len(v) == SESSION_BYTES
+
+
 def _is_autoreset(v: Any) -> bool:
     return v in AUTORESET_MODES
 
@@ -69,6 +75,7 @@ SCHEMAS: dict[Op, OpSchema] = {
     Op.ALLOC: OpSchema(meta={"env": (_is_str, True), "num_envs": (_is_pos_int, True)}),
     Op.STATUS: OpSchema(),
     Op.PING: OpSchema(),
+    Op.HELLO: OpSchema(),
     Op.CREATE: OpSchema(
         needs_worker=True,
         needs_env_ids=True,
@@ -80,7 +87,11 @@ SCHEMAS: dict[Op, OpSchema] = {
             "timeout_s": (_is_pos_number, False),
         },
     ),
-    Op.RESET: OpSchema(needs_worker=True, needs_env_ids=True, parts=frozenset({"seeds", "kwargs"})),
+    Op.RESET: OpSchema(
+        needs_worker=True,
+        needs_env_ids=True,
+        parts=frozenset({"seeds", "kwargs"}),
+    ),
     Op.STEP: OpSchema(
         needs_worker=True,
         needs_env_ids=True,
@@ -93,6 +104,9 @@ SCHEMAS: dict[Op, OpSchema] = {
         meta={
             "spaces": (_is_str_map, False),
             "status": (_is_str_map, False),
+            "session": (_is_session, False),
+            "lease_s": (_is_pos_number, False),
+            "heartbeat_s": (_is_pos_number, False),
         },
         parts=frozenset(
             {
@@ -133,4 +147,4 @@ SCHEMAS: dict[Op, OpSchema] = {
 
 assert set(SCHEMAS) == set(Op), "every op needs a schema"
 
-HEADER_FIELDS = frozenset({"v", "op", "id", "w", "ids", "meta", "pl"})
+HEADER_FIELDS = frozenset({"v", "op", "id", "w", "ids", "s", "g", "meta", "pl"})

@@ -83,7 +83,7 @@ def echo_reply(request: Message, errors: list[list[Any]] | None = None) -> Messa
 
 
 def group(ids: list[int], workers: list[int]) -> GroupState:
-    return GroupState(GroupSpec("echo"), Placement.of(np.array(ids), np.array(workers)))
+    return GroupState(GroupSpec("echo"), ids[0], Placement.of(np.array(ids), np.array(workers)))
 
 
 def run(flow: Flow[Any], answer: Any) -> Any:
