@@ -215,8 +215,11 @@ def test_reset_seeds_and_kwargs_are_spread_per_env() -> None:
 
 
 def test_alloc_creates_and_a_refusal_is_raised_typed() -> None:
+    groups_named: list[int | None] = []
+
     def answer(requests: list[Message]) -> list[Message]:
         r = requests[0]
+        groups_named.extend(q.group for q in requests)
         if r.op is Op.ALLOC:
             return [
                 Message(
@@ -224,6 +227,7 @@ def test_alloc_creates_and_a_refusal_is_raised_typed() -> None:
                     r.request_id,
                     env_ids=np.arange(4),
                     parts={"workers": np.array([1, 2, 1, 2])},
+                    group=0,
                 )
             ]
         return [
@@ -238,6 +242,8 @@ def test_alloc_creates_and_a_refusal_is_raised_typed() -> None:
 
     state = run(alloc_flow(GroupSpec("echo", 4)), answer)
     assert state.env_ids.tolist() == [0, 1, 2, 3]
+    # ALLOC names no group; each CREATE names the one ALLOC answered with.
+    assert (state.group, groups_named) == (0, [None, 0, 0])
     assert state.models.observation is EchoObservation
 
     def refuse(requests: list[Message]) -> list[Message]:
@@ -436,7 +442,7 @@ def test_rows_a_worker_names_are_built_only_as_models_of_the_env_asked_for() -> 
         q = requests[0]
         if q.op is Op.ALLOC:
             workers = {"workers": np.array([1, 1, 1])}
-            return [Message(Op.REPLY, q.request_id, env_ids=np.arange(3), parts=workers)]
+            return [Message(Op.REPLY, q.request_id, env_ids=np.arange(3), parts=workers, group=0)]
         if q.op is Op.CREATE:
             return [Message(Op.REPLY, q.request_id, env_ids=q.env_ids, parts={"errors": []})]
         parts: dict[str, Any] = {

@@ -53,7 +53,15 @@ def error_classes() -> dict[str, type[OpenEnvZmqError]]:
 TREE = drawn_parents()
 CLASSES = error_classes()
 
-REQUEST_ERRORS = ["RemoteError", "NoWorkerAvailable", "TooManyInFlight"]
+REQUEST_ERRORS = [
+    "RemoteError",
+    "NoWorkerAvailable",
+    "TooManyInFlight",
+    "NotOwner",
+    "LeaseExpired",
+    "UnknownSession",
+    "QuotaExceeded",
+]
 """Sent in ``ERROR`` by the broker or a worker to refuse a whole request."""
 LOCAL_ERRORS_SENT_AS_REPLIES = ["ProtocolError", "MessageTooLarge", "EnvNotFound"]
 """Raised on one side and sent to the other as the reason for an ``ERROR``."""

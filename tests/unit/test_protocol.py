@@ -45,19 +45,30 @@ TRACEBACK = (
 )
 
 
+SESSION = bytes(range(16))
+
+
 def routed(op: Op, request_id: int, **fields: Any) -> Message:
-    """A client -> worker request as the client sends it: worker id and env ids filled in."""
-    return Message(op, request_id=request_id, worker=1, env_ids=IDS, **fields)
+    """A client -> worker request as the client sends it: worker id, env ids, its session and
+    its group filled in."""
+    return Message(
+        op, request_id=request_id, worker=1, env_ids=IDS, session=SESSION, group=2**40, **fields
+    )
 
 
 CONVERSATIONS: dict[str, Message] = {
     # client <-> broker
-    "alloc": Message(Op.ALLOC, request_id=1, meta={"env": "echo", "num_envs": 4}),
+    "hello": Message(Op.HELLO, request_id=1),
+    "hello-reply": Message(
+        Op.REPLY, request_id=1, meta={"session": SESSION, "lease_s": 300.0, "heartbeat_s": 1}
+    ),
+    "alloc": Message(Op.ALLOC, request_id=1, meta={"env": "echo", "num_envs": 4}, session=SESSION),
     "alloc-reply": Message(
         Op.REPLY,
         request_id=1,
         env_ids=IDS,
         parts={"workers": np.array([0, 0, 1, 1], dtype=np.int64)},
+        group=7,
     ),
     "alloc-refused": error_message(1, "NoWorkerAvailable", "no live worker hosts 'echo'"),
     "status": Message(Op.STATUS, request_id=2),
@@ -67,6 +78,7 @@ CONVERSATIONS: dict[str, Message] = {
         meta={"status": {"workers": [{"id": 0, "envs": ["echo"], "load": 2}], "in_flight": 0}},
     ),
     "ping": Message(Op.PING, request_id=3),
+    "ping-renewing": Message(Op.PING, request_id=3, session=SESSION),
     "ping-reply": Message(Op.REPLY, request_id=3),
     # client <-> worker, routed by the broker
     "create": routed(Op.CREATE, 4, meta={"env": "echo", "kwargs": {"max_len": 32}}),
@@ -169,6 +181,7 @@ def assert_same_message(got: Message, want: Message) -> None:
         assert got.env_ids.dtype == np.int64
         assert got.env_ids.tolist() == want.env_ids.tolist()
     assert got.meta == want.meta
+    assert (got.session, got.group) == (want.session, want.group)
     assert list(got.parts) == list(want.parts)
     for name, value in want.parts.items():
         if isinstance(value, np.ndarray):
@@ -317,7 +330,7 @@ def test_numpy_values_inside_structured_parts_become_plain_values() -> None:
 
 
 def test_decode_header_does_not_read_payloads() -> None:
-    header = {"v": 1, "op": int(Op.STEP), "w": 0, "ids": IDS.tobytes(), "pl": [["actions", "m"]]}
+    header = {"v": 2, "op": int(Op.STEP), "w": 0, "ids": IDS.tobytes(), "pl": [["actions", "m"]]}
     frames = frames_of(header, b"\xc1 this is not msgpack")
     got = decode_header(frames)
     assert (got.op, got.worker, got.parts) == (Op.STEP, 0, {})
@@ -327,7 +340,7 @@ def test_decode_header_does_not_read_payloads() -> None:
 
 def test_decode_header_still_checks_payload_sizes() -> None:
     header = {
-        "v": 1, "op": int(Op.STEP), "w": 0, "ids": IDS.tobytes(),
+        "v": 2, "op": int(Op.STEP), "w": 0, "ids": IDS.tobytes(),
         "pl": [["actions", "a", "<f4", [4, 2]]],
     }  # fmt: skip
     with pytest.raises(ProtocolError, match=r"31 bytes for <f4\[4, 2\] which needs 32"):
@@ -336,7 +349,7 @@ def test_decode_header_still_checks_payload_sizes() -> None:
 
 # -- refusals ------------------------------------------------------------------------------------
 
-STEP_HEADER: dict[str, Any] = {"v": 1, "op": int(Op.STEP), "id": 9, "w": 0, "ids": IDS.tobytes()}
+STEP_HEADER: dict[str, Any] = {"v": 2, "op": int(Op.STEP), "id": 9, "w": 0, "ids": IDS.tobytes()}
 
 
 def header(**changes: Any) -> dict[str, Any]:
@@ -346,11 +359,11 @@ def header(**changes: Any) -> dict[str, Any]:
 
 
 def alloc(**meta: Any) -> dict[str, Any]:
-    return {"v": 1, "op": int(Op.ALLOC), "meta": meta}
+    return {"v": 2, "op": int(Op.ALLOC), "meta": meta}
 
 
 def control(op: Op, **meta: Any) -> dict[str, Any]:
-    return {"v": 1, "op": int(op), "meta": meta}
+    return {"v": 2, "op": int(op), "meta": meta}
 
 
 def arrays(*descriptors: list[Any]) -> dict[str, Any]:
@@ -363,7 +376,8 @@ REFUSED: dict[str, tuple[list[bytes], str]] = {
     "trailing-bytes": ([pack(STEP_HEADER) + b"\x00"], r"header is not valid msgpack"),
     "header-list": ([pack([1, int(Op.STEP)])], r"header must be a msgpack map, got list"),
     "header-int": ([pack(1)], r"header must be a msgpack map, got int"),
-    "version-2": (frames_of(header(v=2)), r"unsupported protocol version 2 \(this side speaks 1\)"),
+    "version-1": (frames_of(header(v=1)), r"unsupported protocol version 1 \(this side speaks 2\)"),
+    "version-3": (frames_of(header(v=3)), r"unsupported protocol version 3"),
     "version-0": (frames_of(header(v=0)), r"unsupported protocol version 0"),
     "version-true": (frames_of(header(v=True)), r"unsupported protocol version True"),
     "version-float": (frames_of(header(v=1.0)), r"unsupported protocol version 1\.0"),
@@ -373,11 +387,14 @@ REFUSED: dict[str, tuple[list[bytes], str]] = {
     "op-bool": (frames_of(header(op=True)), r"unknown op True"),
     "op-missing": (frames_of(header(op=...)), r"unknown op None"),
     "field-unknown": (frames_of(header(trace="x")), r"unknown header field\(s\): trace$"),
+    "session-short": (frames_of(header(s=b"x" * 8)), r"client session \('s'\) is 16 bytes"),
+    "session-int": (frames_of(header(s=16)), r"client session \('s'\) is 16 bytes"),
+    "group-str": (frames_of(header(g="7")), r"group id must be an unsigned 64-bit int"),
     "fields-unknown": (
         frames_of(header(zz=1, aa=2)),
         r"unknown header field\(s\): aa, zz$",
     ),
-    "field-bytes-key": (frames_of({**STEP_HEADER, b"v": 1}), r"unknown header field\(s\): b'v'"),
+    "field-bytes-key": (frames_of({**STEP_HEADER, b"v": 2}), r"unknown header field\(s\): b'v'"),
     "id-negative": (frames_of(header(id=-1)), r"request id must be an unsigned 64-bit int, got -1"),
     "id-str": (frames_of(header(id="9")), r"request id must be an unsigned 64-bit int, got '9'"),
     "id-bool": (frames_of(header(id=True)), r"request id must be an unsigned 64-bit int"),
@@ -389,11 +406,11 @@ REFUSED: dict[str, tuple[list[bytes], str]] = {
     "ids-list": (frames_of(header(ids=[1, 2])), r"env ids \('ids'\) must be raw int64 bytes"),
     "ids-str": (frames_of(header(ids="12345678")), r"env ids \('ids'\) must be raw int64 bytes"),
     "close-no-ids": (
-        frames_of({"v": 1, "op": int(Op.CLOSE), "w": 0}),
+        frames_of({"v": 2, "op": int(Op.CLOSE), "w": 0}),
         r"CLOSE needs env ids \('ids'\)",
     ),
     "create-no-worker": (
-        frames_of({"v": 1, "op": int(Op.CREATE), "ids": IDS.tobytes(), "meta": {"env": "echo"}}),
+        frames_of({"v": 2, "op": int(Op.CREATE), "ids": IDS.tobytes(), "meta": {"env": "echo"}}),
         r"CREATE needs a worker id \('w'\)",
     ),
     "meta-list": (frames_of(header(meta=[1])), r"'meta' must be a map, got list"),
@@ -404,7 +421,7 @@ REFUSED: dict[str, tuple[list[bytes], str]] = {
     "meta-on-step": (frames_of(header(meta={"env": "echo"})), r"unknown meta field 'env' for STEP"),
     "meta-missing": (frames_of(alloc(env="echo")), r"ALLOC needs meta field 'num_envs'"),
     "meta-absent": (
-        frames_of({"v": 1, "op": int(Op.ERROR)}),
+        frames_of({"v": 2, "op": int(Op.ERROR)}),
         r"ERROR needs meta field '(type|message)'",
     ),
     "meta-str-for-int": (
@@ -442,7 +459,7 @@ REFUSED: dict[str, tuple[list[bytes], str]] = {
     "meta-kwargs-list": (
         frames_of(
             {
-                "v": 1,
+                "v": 2,
                 "op": int(Op.CREATE),
                 "w": 0,
                 "ids": IDS.tobytes(),
@@ -614,6 +631,13 @@ ENCODE_REFUSED: dict[str, tuple[Message, str]] = {
     "request-id-negative": (Message(Op.PING, request_id=-1), r"request id must be an unsigned"),
     "request-id-too-big": (Message(Op.PING, request_id=2**64), r"request id must be an unsigned"),
     "worker-missing": (Message(Op.STEP, env_ids=IDS), r"STEP needs a worker id"),
+    "session-short": (Message(Op.PING, session=b"x" * 15), r"client session \('s'\) is 16 bytes"),
+    "session-str": (Message(Op.PING, session=cast(bytes, "x" * 16)), r"client session"),
+    "group-negative": (Message(Op.PING, group=-1), r"group id must be an unsigned"),
+    "hello-session-meta-short": (
+        Message(Op.REPLY, meta={"session": b"x"}),
+        r"meta field 'session' of REPLY has a wrong type",
+    ),
     "worker-negative": (Message(Op.STATE, worker=-2, env_ids=IDS), r"worker id must be a non-neg"),
     "ids-missing": (Message(Op.CLOSE, worker=0), r"CLOSE needs env ids"),
     "meta-missing": (Message(Op.ALLOC, meta={"env": "echo"}), r"ALLOC needs meta field 'num_e"),

@@ -274,7 +274,7 @@ def test_garbage_frames_get_an_error_reply(core: WorkerCore) -> None:
 
 
 def test_readable_request_id_is_kept_on_protocol_errors(core: WorkerCore) -> None:
-    reply = answered(core.handle([msgpack.packb({"v": 1, "op": 99, "id": 42})]))
+    reply = answered(core.handle([msgpack.packb({"v": 2, "op": 99, "id": 42})]))
     assert reply.op is Op.ERROR
     assert reply.request_id == 42
     assert "unknown op 99" in reply.meta["message"]
