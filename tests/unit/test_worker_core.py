@@ -278,7 +278,7 @@ def test_readable_request_id_is_kept_on_protocol_errors(core: WorkerCore) -> Non
     assert reply.op is Op.ERROR
     assert reply.request_id == 42
     assert "unknown op 99" in reply.meta["message"]
-    future = answered(core.handle([msgpack.packb({"v": 2, "op": int(Op.STEP), "id": 5})]))
+    future = answered(core.handle([msgpack.packb({"v": 3, "op": int(Op.STEP), "id": 5})]))
     assert future.request_id == 5
     assert "version" in future.meta["message"]
 
