@@ -253,6 +253,21 @@ def main(log_level: str) -> None:
 @_max_threads_option
 @_heartbeat_option
 @click.option(
+    "--lease",
+    type=_POSITIVE_FLOAT,
+    default=BrokerConfig().lease,
+    show_default=True,
+    help="Seconds a client that sends nothing, heartbeats included, keeps its envs; then they"
+    " are closed and their slots freed.",
+)
+@click.option(
+    "--max-envs-per-client",
+    type=_POSITIVE_INT,
+    default=None,
+    help="Env slots one client session may hold at once [default: no limit]. A gateway is one"
+    " client: give it at least its --max-sessions.",
+)
+@click.option(
     "--gateway-port",
     type=_PORT,
     default=None,
@@ -280,6 +295,8 @@ def start(
     capacity: int,
     max_threads: int,
     heartbeat: float,
+    lease: float,
+    max_envs_per_client: int | None,
     gateway_port: int | None,
     gateway_host: str,
     max_sessions: int,
@@ -295,6 +312,12 @@ def start(
         _check_envs(envs, app_dir)
     sandbox = _sandbox(envs, probe=workers > 0, **sandbox_flags)
     gateway = None
+    if gateway_port is not None and (max_envs_per_client or max_sessions) < max_sessions:
+        raise click.BadParameter(
+            f"{max_envs_per_client} is below --max-sessions {max_sessions}: the gateway is one"
+            " client, holding an env slot per session",
+            param_hint="--max-envs-per-client",
+        )
     if gateway_port is not None:
         from openenv_zmq.gateway.server import GatewaySpec
 
@@ -316,7 +339,12 @@ def start(
         envs=envs,
         capacity=capacity,
         max_threads=max_threads,
-        config=BrokerConfig(heartbeat_interval=heartbeat, limits=_limits(max_message_mb)),
+        config=BrokerConfig(
+            heartbeat_interval=heartbeat,
+            limits=_limits(max_message_mb),
+            lease=lease,
+            max_envs_per_client=max_envs_per_client,
+        ),
         gateway=gateway,
         app_dir=app_dir,
         sandbox=sandbox,
