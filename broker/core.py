@@ -205,7 +205,10 @@ class BrokerCore:
         if group is not None:
             return group
         if self._first_env_id <= request.group < self._next_env_id:
-            raise EnvNotOnWorker(f"env group {request.group} is closed; make the envs again")
+            raise EnvNotOnWorker(
+                f"no open env group {request.group}: it was closed, or never made; make the envs"
+                " again"
+            )
         raise EnvNotOnWorker(
             f"no env group {request.group} in this broker's lifetime: these envs come from an"
             " earlier broker at this address, or were never made; make them again"

@@ -98,18 +98,24 @@ class SessionTable:
         session = self._sessions.get(token)
         if session is None:
             if token in self._expired:
-                raise LeaseExpired(
-                    f"client session {token[:4].hex()} sent nothing for over {self.lease:g} s:"
-                    " its lease expired and its env groups were closed; make them again"
-                )
+                raise self._expired_error(token)
             raise UnknownSession(
                 "this broker issued no such client session: it restarted since, or the token"
                 " is forged"
             )
         if session.key != key:
             raise NotOwner(f"client session {session.name} belongs to another client key")
+        if session.lease_until <= now:
+            # Run out, though not yet swept: never revived, whatever the sweep's timing.
+            raise self._expired_error(token)
         session.lease_until = now + self.lease
         return session
+
+    def _expired_error(self, token: bytes) -> LeaseExpired:
+        return LeaseExpired(
+            f"client session {token[:4].hex()} sent nothing for over {self.lease:g} s:"
+            " its lease expired and its env groups were closed; make them again"
+        )
 
     def group(self, session: Session, group_id: int, env_ids: EnvIds | None) -> Group | None:
         """The group ``group_id`` of ``session``, checked to hold every one of ``env_ids``;

@@ -83,12 +83,12 @@ FRONTEND_GARBAGE = {
     "not msgpack": ([b"\xc1\xc1garbage"], "ProtocolError", "not valid msgpack"),
     "not a map": ([msgpack.packb([1, 2])], "ProtocolError", "must be a msgpack map"),
     "wrong version": ([header(v=99, op=3)], "ProtocolError", "unsupported protocol version 99"),
-    "unknown op": ([header(v=1, op=77)], "ProtocolError", "unknown op 77"),
-    "unknown field": ([header(v=1, op=3, extra=1)], "ProtocolError", "unknown header field"),
-    "worker op": ([header(v=1, op=int(Op.READY))], "ProtocolError", "READY"),
-    "missing env ids": ([header(v=1, op=int(Op.STEP), w=0)], "ProtocolError", "needs env ids"),
+    "unknown op": ([header(v=2, op=77)], "ProtocolError", "unknown op 77"),
+    "unknown field": ([header(v=2, op=3, extra=1)], "ProtocolError", "unknown header field"),
+    "worker op": ([header(v=2, op=int(Op.READY))], "ProtocolError", "READY"),
+    "missing env ids": ([header(v=2, op=int(Op.STEP), w=0)], "ProtocolError", "needs env ids"),
     "oversized": (
-        [header(v=1, op=3), b"x" * (MAX_MESSAGE_MB * 2**20 + 1)],
+        [header(v=2, op=3), b"x" * (MAX_MESSAGE_MB * 2**20 + 1)],
         "MessageTooLarge",
         "over the limit",
     ),
@@ -115,7 +115,7 @@ def test_backend_answers_garbage_and_strangers(broker: Broker, good_client: dict
     assert answer.op is Op.ERROR and answer.meta["type"] == "ProtocolError"
     stranger = ask(broker.backend, encode(Message(Op.HEARTBEAT)), route=b"")
     assert stranger.op is Op.DISCONNECT
-    huge = [header(v=1, op=int(Op.HEARTBEAT)), b"x" * (MAX_MESSAGE_MB * 2**20 + 1)]
+    huge = [header(v=2, op=int(Op.HEARTBEAT)), b"x" * (MAX_MESSAGE_MB * 2**20 + 1)]
     answer = ask(broker.backend, huge, route=b"")
     assert answer.op is Op.ERROR and answer.meta["type"] == "MessageTooLarge"
     with BatchClient(broker.frontend) as client:

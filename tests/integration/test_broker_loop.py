@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,12 @@ def join(worker: zmq.Socket[bytes], name: str = "fake-1") -> int:
     return worker_id
 
 
+def hello(client: zmq.Socket[bytes]) -> bytes:
+    """A client session: every request but HELLO, STATUS and PING acts for one."""
+    session: bytes = ask(client, Message(Op.HELLO, 100)).meta["session"]
+    return session
+
+
 def ask(client: zmq.Socket[bytes], message: Message) -> Message:
     client.send_multipart(encode(message))
     answer = decode(recv(client))
@@ -149,14 +156,21 @@ def test_step_round_trip_and_clean_shutdown(
     worker_id = join(worker)
     assert provider.started == [server.backend_address]
 
-    made = ask(client, Message(Op.ALLOC, 1, meta={"env": "echo", "num_envs": 3}))
+    session = hello(client)
+    made = ask(client, Message(Op.ALLOC, 1, meta={"env": "echo", "num_envs": 3}, session=session))
     assert made.op is Op.REPLY
     assert made.env_ids is not None
     assert made.parts["workers"].tolist() == [worker_id] * 3
 
     actions = [{"message": f"hello {i}"} for i in range(3)]
     request = Message(
-        Op.STEP, 2, worker=worker_id, env_ids=made.env_ids, parts={"actions": actions}
+        Op.STEP,
+        2,
+        worker=worker_id,
+        env_ids=made.env_ids,
+        parts={"actions": actions},
+        session=session,
+        group=made.group,
     )
     client.send_multipart(encode(request))
     route, forwarded = recv_skipping_heartbeats(worker)
@@ -190,16 +204,20 @@ def test_in_flight_request_is_answered_when_the_worker_leaves(
     worker = dealer(context, broker.server.backend_address, b"fake-1-socket")
     client = dealer(context, broker.server.frontend_address)
     worker_id = join(worker)
-    ids = ask(client, Message(Op.ALLOC, 9, meta={"env": "echo", "num_envs": 2})).env_ids
+    session = hello(client)
+    alloc = Message(Op.ALLOC, 9, meta={"env": "echo", "num_envs": 2}, session=session)
+    made = ask(client, alloc)
+    ids = made.env_ids
     assert ids is not None
-    client.send_multipart(encode(Message(Op.STATE, 1, worker=worker_id, env_ids=ids)))
+    state = Message(Op.STATE, 1, worker=worker_id, env_ids=ids, session=session, group=made.group)
+    client.send_multipart(encode(state))
     assert recv_skipping_heartbeats(worker)[1].op is Op.STATE
     worker.send_multipart([CONTROL, *encode(Message(Op.BYE))])
     lost = decode(recv(client))
     assert (lost.op, lost.meta["type"], lost.request_id) == (Op.ERROR, "WorkerLost", 1)
     assert lost.env_ids is not None
     assert lost.env_ids.tolist() == ids.tolist()
-    after = ask(client, Message(Op.STATE, 2, worker=worker_id, env_ids=ids))
+    after = ask(client, replace(state, request_id=2))
     assert after.meta["type"] == "SessionLost"
     assert provider.died == [b"fake-1-socket"]
     worker.close()
@@ -210,11 +228,15 @@ def test_exited_and_vanished_workers_fail_their_requests(
     context: zmq.Context[zmq.Socket[bytes]], broker: Running, provider: Provider
 ) -> None:
     client = dealer(context, broker.server.frontend_address)
-    ids = np.array([0], dtype=np.int64)
+    session = hello(client)
 
     exiting = dealer(context, broker.server.backend_address, b"exiting-socket")
     exiting_id = join(exiting, "exiting")
-    client.send_multipart(encode(Message(Op.STATE, 1, worker=exiting_id, env_ids=ids)))
+    made = ask(client, Message(Op.ALLOC, 9, meta={"env": "echo", "num_envs": 1}, session=session))
+    state = Message(
+        Op.STATE, 1, worker=exiting_id, env_ids=made.env_ids, session=session, group=made.group
+    )
+    client.send_multipart(encode(state))
     assert recv_skipping_heartbeats(exiting)[1].op is Op.STATE
     provider.exited.append(b"exiting-socket")
     lost = decode(recv(client))
@@ -226,7 +248,7 @@ def test_exited_and_vanished_workers_fail_their_requests(
     vanishing = dealer(context, broker.server.backend_address)
     vanishing_id = join(vanishing, "vanishing")
     vanishing.close()
-    lost = ask(client, Message(Op.STATE, 2, worker=vanishing_id, env_ids=ids))
+    lost = ask(client, replace(state, request_id=2, worker=vanishing_id))
     assert lost.meta["type"] == "WorkerLost"
     client.close()
 
