@@ -95,9 +95,11 @@ def assert_error(message: Message, type_name: str, request_id: int, *text: str) 
         assert fragment in message.meta["message"]
 
 
-def hello(core: BrokerCore, client: bytes = CLIENT, now: float = 0.0) -> bytes:
-    """A new client session of ``client``: its token."""
-    [output] = core.on_client(client, encode(Message(Op.HELLO, 1)), now)
+def hello(
+    core: BrokerCore, client: bytes = CLIENT, now: float = 0.0, key: str | None = None
+) -> bytes:
+    """A new client session of ``client`` (of CURVE public key ``key``): its token."""
+    [output] = core.on_client(client, encode(Message(Op.HELLO, 1)), now, key=key)
     answer = to_client(output, client)
     assert answer.op is Op.REPLY, answer.meta
     token: bytes = answer.meta["session"]
@@ -150,6 +152,7 @@ def alloc(
     now: float = 0.0,
     group: int | None = None,
     client: bytes = CLIENT,
+    key: str | None = None,
 ) -> Message:
     """The answer to an ALLOC of ``session``: a new group, or with ``env_ids`` (and the
     ``group`` they belong to) the re-placement of lost envs."""
@@ -161,7 +164,7 @@ def alloc(
         session=session,
         group=group,
     )
-    [output] = core.on_client(client, encode(message), now)
+    [output] = core.on_client(client, encode(message), now, key=key)
     return to_client(output, client)
 
 
