@@ -667,7 +667,7 @@ def test_closing_every_env_id_of_a_group_removes_it(
         start=6,
     ):
         refused = answer(core, frames)
-        assert_error(refused, "EnvNotOnWorker", request_id, f"env group {envs.group} is closed")
+        assert_error(refused, "EnvNotOnWorker", request_id, f"no open env group {envs.group}: it was closed")
     assert core.status()["in_flight"] == 3
     # The session's other group is still its own.
     worker = next(iter(by_worker(other)))
@@ -687,7 +687,7 @@ def test_closing_a_groups_last_envs_on_a_dead_worker_removes_it(
     assert closed.op is Op.REPLY
     assert sessions(core) == {"live": 1, "groups": 0, "envs": 0}
     refused = answer(core, alloc_frames(token, 2, 3, env_ids=on(envs, w1), group=envs.group))
-    assert_error(refused, "EnvNotOnWorker", 3, "is closed")
+    assert_error(refused, "EnvNotOnWorker", 3, "it was closed")
 
 
 def test_a_closed_groups_answer_still_reaches_its_client(
@@ -810,3 +810,13 @@ def test_table_refuses_sessions_beyond_its_limit() -> None:
     assert type(raised.value) is RemoteError
     table.expire(5.0)
     table.open(None, 5.0)
+
+
+def test_a_request_after_the_lease_ran_out_is_refused_even_before_the_sweep() -> None:
+    table = SessionTable(lease=10.0, max_envs=None, max_sessions=10)
+    session = table.open(None, 0.0)
+    table.find(session.token, None, 5.0)  # renewed until 15
+    with pytest.raises(LeaseExpired):
+        table.find(session.token, None, 15.0)
+    # Not revived: the sweep still finds it run out.
+    assert table.expire(15.5) == [session]
