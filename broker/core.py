@@ -118,8 +118,13 @@ class BrokerCore:
 
     # ------------------------------------------------------------------ frontend
 
-    def on_client(self, client: bytes, frames: Sequence[Frame], now: float) -> list[Output]:
-        """A message from frontend peer ``client`` (its identity frame already removed)."""
+    def on_client(
+        self, client: bytes, frames: Sequence[Frame], now: float, key: str | None = None
+    ) -> list[Output]:
+        """A message from frontend peer ``client`` (its identity frame already removed).
+
+        ``key``: the client's CURVE public key (z85) when CURVE is on; a session is bound to it.
+        """
         self._now = now
         try:
             request = decode_header(frames, self.config.limits)
