@@ -15,6 +15,7 @@ import numpy as np
 
 from broker.cluster import ClusterSpec, run_cluster
 from openenv_zmq.client.sync import BatchClient
+from openenv_zmq.curve import CurveKeys
 
 CLUSTER_START_TIMEOUT = 30.0
 CLUSTER_STOP_TIMEOUT = 15.0
@@ -76,13 +77,15 @@ def run_bench(
     action: Any,
     min_workers: int = 1,
     on_batch: Callable[[float], None] | None = None,
+    curve: CurveKeys | None = None,
 ) -> BenchReport:
     """Step ``num_envs`` envs with ``action`` in full batches for ``duration`` seconds.
 
     First waits for ``min_workers`` workers hosting ``env`` to join. ``on_batch`` gets the
-    elapsed seconds after every measured batch (for a progress bar).
+    elapsed seconds after every measured batch (for a progress bar). ``curve``: the client's
+    keys for a CURVE broker.
     """
-    with BatchClient(address, connect_timeout=CLUSTER_START_TIMEOUT) as client:
+    with BatchClient(address, connect_timeout=CLUSTER_START_TIMEOUT, curve_dir=curve) as client:
         hosts = client.wait_for_workers(min_workers, env, CLUSTER_START_TIMEOUT)
         group = client.make(env, num_envs)
         group.reset(seed=0)

@@ -1,4 +1,8 @@
-"""The zmq transports: one DEALER socket to the broker's frontend, blocking or asyncio."""
+"""The zmq transports: one DEALER socket to the broker's frontend, blocking or asyncio.
+
+With CURVE keys the DEALER is a CURVE client: a broker that refuses its key, or holds another
+key than the one it expects, never answers, and the client's first PING times out.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +16,23 @@ import zmq.asyncio
 
 from openenv_zmq.client.requests import RequestTable
 from openenv_zmq.client.transport import DEFAULT_TIMEOUT, late_answers, no_answer
+from openenv_zmq.curve import CurveKeys
 from openenv_zmq.errors import TransportError
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits, Message
-from openenv_zmq.sockets import configure
+from openenv_zmq.sockets import configure, curve_client
 
 
 class ZmqTransport:
     """A :class:`~openenv_zmq.client.transport.Transport` over one DEALER connected to
-    ``address``; answers are read whenever a call waits."""
+    ``address`` (a CURVE client holding ``curve`` when given); answers are read whenever a call
+    waits."""
 
     def __init__(
-        self, address: str, timeout: float = DEFAULT_TIMEOUT, limits: Limits = DEFAULT_LIMITS
+        self,
+        address: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        limits: Limits = DEFAULT_LIMITS,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
@@ -30,6 +40,8 @@ class ZmqTransport:
         self._socket: zmq.Socket[bytes] = configure(
             zmq.Context.instance().socket(zmq.DEALER), limits=limits
         )
+        if curve is not None:
+            curve_client(self._socket, curve)
         self._socket.connect(address)
 
     def send(self, messages: Sequence[Message]) -> list[int]:
@@ -79,11 +91,16 @@ class ZmqTransport:
 
 
 class AsyncZmqTransport:
-    """An :class:`~openenv_zmq.client.transport.AsyncTransport` over one DEALER: a reader task
-    hands each answer to the future of its request, so many coroutines may share it."""
+    """An :class:`~openenv_zmq.client.transport.AsyncTransport` over one DEALER (a CURVE client
+    holding ``curve`` when given): a reader task hands each answer to the future of its request,
+    so many coroutines may share it."""
 
     def __init__(
-        self, address: str, timeout: float = DEFAULT_TIMEOUT, limits: Limits = DEFAULT_LIMITS
+        self,
+        address: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        limits: Limits = DEFAULT_LIMITS,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
@@ -92,6 +109,8 @@ class AsyncZmqTransport:
         """One per sent request, removed when its caller collects or gives up on the answer."""
         context = zmq.asyncio.Context(zmq.Context.instance())
         self._socket: zmq.asyncio.Socket = configure(context.socket(zmq.DEALER), limits=limits)
+        if curve is not None:
+            curve_client(self._socket, curve)
         self._socket.connect(address)
         self._reader: asyncio.Task[None] | None = None
 
