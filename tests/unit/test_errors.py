@@ -64,9 +64,7 @@ NEVER_SENT = [
     "SandboxError",
     "WorkersFailing",
     "CurveKeyError",
-] + [
-    name for name, cls in CLASSES.items() if issubclass(cls, ClientError | TransportError)
-]
+] + [name for name, cls in CLASSES.items() if issubclass(cls, ClientError | TransportError)]
 """Raised by the client itself, before sending or for want of an answer, or (EnvServerError) from
 an OpenEnv server's JSON error frame rather than this protocol, or (SandboxError) by a worker's
 sandbox at its start, or (WorkersFailing) by the broker's own process as it stops, or
