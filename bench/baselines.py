@@ -34,6 +34,7 @@ from broker.bench import embedded_cluster
 from openenv_zmq import sockets
 from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client.sync import BatchClient
+from openenv_zmq.curve import CurveKeys
 from openenv_zmq.protocol import Message, Op, encode
 from openenv_zmq.registry import resolve_env
 
@@ -282,16 +283,20 @@ def runtime(
     *,
     address: str | None = None,
     autoreset: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+    curve: CurveKeys | None = None,
 ) -> float:
     """This runtime: ``num_envs`` envs stepped in full batches through a broker and ``workers``
     local workers. Starts an embedded cluster unless ``address`` names a running broker (which
-    must have ``workers`` workers hosting ``env``). Array envs must answer with one array of
-    observations; any env error fails the measurement.
+    must have ``workers`` workers hosting ``env``; ``curve``: the client's keys when it requires
+    them). Array envs must answer with one array of observations; any env error fails the
+    measurement.
     """
     _check_envs(num_envs)
     with (
         _cluster_address(address, env, workers, num_envs) as broker,
-        BatchClient(broker, connect_timeout=CLUSTER_START_TIMEOUT, timeout=STEP_TIMEOUT) as client,
+        BatchClient(
+            broker, connect_timeout=CLUSTER_START_TIMEOUT, timeout=STEP_TIMEOUT, curve_dir=curve
+        ) as client,
     ):
         client.wait_for_workers(workers, env, CLUSTER_START_TIMEOUT)
         with client.make(env, num_envs, autoreset=autoreset) as group:

@@ -9,12 +9,18 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from functools import partial
+from multiprocessing.process import BaseProcess
+from queue import Empty
+from typing import Any, Literal
 
 import numpy as np
 
 from broker.cluster import ClusterSpec, run_cluster
+from broker.keys import BrokerKeys
+from broker.loop import BrokerServer
 from openenv_zmq.client.sync import BatchClient
+from openenv_zmq.curve import CurveKeys
 
 CLUSTER_START_TIMEOUT = 30.0
 CLUSTER_STOP_TIMEOUT = 15.0
@@ -38,26 +44,43 @@ class BenchReport:
 
 
 @contextlib.contextmanager
-def embedded_cluster(workers: int, envs: Sequence[str], capacity: int) -> Iterator[str]:
-    """A broker process with ``workers`` local workers on private ipc sockets; yields its address.
+def embedded_cluster(
+    workers: int,
+    envs: Sequence[str],
+    capacity: int,
+    *,
+    transport: Literal["ipc", "tcp"] = "ipc",
+    curve: BrokerKeys | None = None,
+) -> Iterator[str]:
+    """A broker process with ``workers`` local workers; yields its client address.
 
-    The broker runs in its own (spawned) process so that it does not share the GIL with the
-    client being measured. Everything is stopped and the socket files removed on exit.
+    Its sockets are private ipc sockets (in a fresh 0700 folder), or with ``transport="tcp"``
+    random ports on 127.0.0.1. With ``curve`` both are CURVE servers with those keys; a client
+    connects with ``curve.local_client``. The broker runs in its own (spawned) process so that
+    it does not share the GIL with the client being measured. Everything is stopped and the
+    socket files removed on exit.
     """
     folder = tempfile.mkdtemp(prefix="openenv-zmq-")
+    if transport == "ipc":
+        frontend, backend = f"ipc://{folder}/frontend.sock", f"ipc://{folder}/backend.sock"
+    else:
+        frontend = backend = "tcp://127.0.0.1:*"
     spec = ClusterSpec(
-        frontend=f"ipc://{folder}/frontend.sock",
-        backend=f"ipc://{folder}/backend.sock",
+        frontend=frontend,
+        backend=backend,
         workers=workers,
         envs=tuple(envs),
         capacity=capacity,
+        curve=curve,
     )
-    process = multiprocessing.get_context("spawn").Process(
-        target=run_cluster, args=(spec,), name="openenv-broker"
+    context = multiprocessing.get_context("spawn")
+    bound: multiprocessing.Queue[str] = context.Queue()
+    process = context.Process(
+        target=run_cluster, args=(spec, partial(_report_address, bound)), name="openenv-broker"
     )
     process.start()
     try:
-        yield spec.frontend
+        yield _wait_for_address(bound, process)
     finally:
         process.terminate()
         process.join(CLUSTER_STOP_TIMEOUT)
@@ -65,7 +88,24 @@ def embedded_cluster(workers: int, envs: Sequence[str], capacity: int) -> Iterat
             process.kill()
             process.join()
         process.close()
+        bound.close()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _report_address(queue: multiprocessing.Queue[str], server: BrokerServer) -> None:
+    """Called in the broker's process once it is bound: a tcp port is known only then."""
+    queue.put(server.frontend_address)
+
+
+def _wait_for_address(queue: multiprocessing.Queue[str], process: BaseProcess) -> str:
+    deadline = time.monotonic() + CLUSTER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            return queue.get(timeout=0.1)
+        except Empty:
+            if not process.is_alive():
+                break
+    raise RuntimeError(f"the embedded broker did not start (exit code {process.exitcode})")
 
 
 def run_bench(
@@ -76,13 +116,15 @@ def run_bench(
     action: Any,
     min_workers: int = 1,
     on_batch: Callable[[float], None] | None = None,
+    curve: CurveKeys | None = None,
 ) -> BenchReport:
     """Step ``num_envs`` envs with ``action`` in full batches for ``duration`` seconds.
 
     First waits for ``min_workers`` workers hosting ``env`` to join. ``on_batch`` gets the
-    elapsed seconds after every measured batch (for a progress bar).
+    elapsed seconds after every measured batch (for a progress bar). ``curve``: the client's
+    keys for a CURVE broker.
     """
-    with BatchClient(address, connect_timeout=CLUSTER_START_TIMEOUT) as client:
+    with BatchClient(address, connect_timeout=CLUSTER_START_TIMEOUT, curve_dir=curve) as client:
         hosts = client.wait_for_workers(min_workers, env, CLUSTER_START_TIMEOUT)
         group = client.make(env, num_envs)
         group.reset(seed=0)

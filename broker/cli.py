@@ -1,4 +1,4 @@
-"""``openenv-broker``: run a broker, a worker, ask a broker's status, or benchmark."""
+"""``openenv-broker``: run a broker, a worker, ask a broker's status, benchmark, or make keys."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,10 +18,14 @@ from rich.table import Table
 from broker.bench import BenchReport, embedded_cluster, run_bench
 from broker.cluster import ClusterSpec, run_cluster
 from broker.core import BrokerConfig
+from broker.exposure import reachable_from_other_hosts
+from broker.keys import BrokerKeys, Role, add_peer, init_keys, load_broker_keys
 from broker.loop import BrokerServer
 from openenv_zmq.client.sync import BatchClient
+from openenv_zmq.curve import CurveKeys, load_bundle
 from openenv_zmq.errors import (
     ActionValidationError,
+    CurveKeyError,
     EnvNotFound,
     OpenEnvZmqError,
     SandboxError,
@@ -135,6 +140,62 @@ def _limits(max_message_mb: float) -> Limits:
     return Limits(
         max_header_bytes=min(DEFAULT_LIMITS.max_header_bytes, max_message_bytes),
         max_message_bytes=max_message_bytes,
+    )
+
+
+_FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+def _bundle(ctx: click.Context, param: click.Parameter, value: Path | None) -> CurveKeys | None:
+    """The keys of the bundle folder ``value``, else a usage error saying what is wrong."""
+    if value is None:
+        return None
+    try:
+        return load_bundle(value)
+    except CurveKeyError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _bundle_option(role: Role) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option(
+        "--curve-dir",
+        "curve",
+        type=_FOLDER,
+        callback=_bundle,
+        default=None,
+        help=f"Use CURVE with the bundle `openenv-broker keys add DIR --{role} NAME` wrote"
+        " (for a broker started with --curve-dir).",
+    )
+
+
+def _broker_keys(
+    ctx: click.Context, param: click.Parameter, value: Path | None
+) -> BrokerKeys | None:
+    if value is None:
+        return None
+    try:
+        return load_broker_keys(value)
+    except CurveKeyError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _check_exposure(addresses: dict[str, str], curve: bool, insecure: bool) -> None:
+    """A usage error (exit code 2) for a bind address other hosts reach, unless CURVE guards it
+    or the operator said ``--insecure``: without keys, whoever reaches it may use the broker."""
+    exposed = {o: a for o, a in addresses.items() if reachable_from_other_hosts(a)}
+    if curve or not exposed:
+        return
+    if insecure:
+        for option, address in exposed.items():
+            logging.getLogger(__name__).warning(
+                "%s %s admits any peer that reaches it (--insecure)", option, address
+            )
+        return
+    option, address = next(iter(exposed.items()))
+    raise click.UsageError(
+        f"{option} {address} is reachable from other hosts, and without keys anyone there could"
+        " use the broker: pass --curve-dir DIR (keys from `openenv-broker keys init DIR`), or"
+        " --insecure to run without them"
     )
 
 
@@ -285,6 +346,20 @@ def main(log_level: str) -> None:
 @_web_option
 @_max_frame_option
 @_max_message_option
+@click.option(
+    "--curve-dir",
+    "curve",
+    type=_FOLDER,
+    callback=_broker_keys,
+    default=None,
+    help="Require CURVE keys on both sockets: the broker's key folder (`openenv-broker keys"
+    " init`); clients and workers are admitted by its clients/ and workers/ allowlists.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Bind an address other hosts reach without --curve-dir: anyone there may use the broker.",
+)
 @_sandbox_options
 def start(
     bind: str,
@@ -305,9 +380,12 @@ def start(
     web: bool | None,
     max_frame_mb: float,
     max_message_mb: float,
+    curve: BrokerKeys | None,
+    insecure: bool,
     **sandbox_flags: Any,
 ) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM."""
+    _check_exposure({"--bind": bind, "--worker-bind": worker_bind}, curve is not None, insecure)
     if workers:
         _check_envs(envs, app_dir)
     sandbox = _sandbox(envs, probe=workers > 0, **sandbox_flags)
@@ -348,11 +426,14 @@ def start(
         gateway=gateway,
         app_dir=app_dir,
         sandbox=sandbox,
+        curve=curve,
     )
 
     def ready(server: BrokerServer) -> None:
         click.echo(f"broker ready: clients connect to {server.frontend_address}")
         click.echo(f"workers join at {server.backend_address}")
+        if curve is not None:
+            click.echo(f"CURVE on: keys admitted by {curve.folder}/clients and /workers")
         if workers:
             click.echo(f"starting {workers} local worker(s) hosting {', '.join(envs)}")
         if gateway_port is not None:
@@ -391,6 +472,7 @@ def _check_envs(envs: tuple[str, ...], app_dir: str | None) -> None:
 @_heartbeat_option
 @click.option("--name", default=None, help="Worker name shown in status [default: host-pid].")
 @_max_message_option
+@_bundle_option(Role.WORKER)
 @_sandbox_options
 def worker(
     connect: str,
@@ -401,6 +483,7 @@ def worker(
     heartbeat: float,
     name: str | None,
     max_message_mb: float,
+    curve: CurveKeys | None,
     **sandbox_flags: Any,
 ) -> None:
     """Run one worker that joins a broker (what a container or another host runs)."""
@@ -418,6 +501,7 @@ def worker(
             max_threads=max_threads,
             sandbox=_sandbox(envs, probe=False, **sandbox_flags),
             limits=_limits(max_message_mb),
+            curve=curve,
         )
     except SandboxError as exc:
         raise click.UsageError(str(exc)) from None
@@ -440,6 +524,7 @@ def worker(
 @_header_timeout_option
 @_web_option
 @_max_frame_option
+@_bundle_option(Role.CLIENT)
 def gateway(
     connect: str,
     env: str,
@@ -451,6 +536,7 @@ def gateway(
     header_timeout: float,
     web: bool | None,
     max_frame_mb: float,
+    curve: CurveKeys | None,
 ) -> None:
     """Serve OpenEnv's WebSocket/HTTP protocol for an env hosted by a broker."""
     from openenv_zmq.gateway.server import GatewaySpec, run_gateway
@@ -468,7 +554,7 @@ def gateway(
         max_frame_mb=max_frame_mb,
         app_dir=app_dir,
     )
-    run_gateway(connect, spec)
+    run_gateway(connect, spec, curve)
 
 
 @main.command()
@@ -487,9 +573,10 @@ def gateway(
     help="Seconds to wait for the broker.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
-def status(connect: str, timeout: float, as_json: bool) -> None:
+@_bundle_option(Role.CLIENT)
+def status(connect: str, timeout: float, as_json: bool, curve: CurveKeys | None) -> None:
     """Print a broker's workers, their liveness, env slots and steps served."""
-    with BatchClient(connect, connect_timeout=timeout, timeout=timeout) as client:
+    with BatchClient(connect, connect_timeout=timeout, timeout=timeout, curve_dir=curve) as client:
         info = client.status()
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -541,6 +628,55 @@ def push(
     click.echo(f"staged the Space in {where}" if dry_run else f"pushed {where}")
 
 
+@main.group()
+def keys() -> None:
+    """Make CURVE keys: the broker's, and one per client or fleet of workers."""
+
+
+@keys.command("init")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+def keys_init(folder: Path) -> None:
+    """Make the broker's keypair and empty allowlists in FOLDER (created, mode 0700)."""
+    try:
+        public = init_keys(folder)
+    except CurveKeyError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"broker keys made in {folder} (public key {public.decode()})")
+    click.echo(
+        f"next: openenv-broker keys add {folder} --client NAME (or --worker NAME), then"
+        f" openenv-broker start --curve-dir {folder}"
+    )
+
+
+@keys.command("add")
+@click.argument("folder", type=_FOLDER)
+@click.option("--client", "client_name", default=None, help="Admit a client key of this name.")
+@click.option(
+    "--worker",
+    "worker_name",
+    default=None,
+    help="Admit a worker key of this name (one key may serve a whole fleet of workers).",
+)
+def keys_add(folder: Path, client_name: str | None, worker_name: str | None) -> None:
+    """Make a keypair for a client or worker, admit it, and write the bundle that peer gets: its
+    own keys and the broker's public key, never the broker's secret."""
+    if (client_name is None) == (worker_name is None):
+        raise click.UsageError("name one peer: --client NAME or --worker NAME")
+    role, name = (
+        (Role.CLIENT, client_name) if client_name is not None else (Role.WORKER, worker_name)
+    )
+    assert name is not None
+    try:
+        bundle = add_peer(folder, role, name)
+    except CurveKeyError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"admitted {role} key {name!r}: {folder / role.folder / name}.key")
+    click.echo(
+        f"its bundle: {bundle} (holds its secret key: copy it to the {role} privately, then"
+        f" delete it here); use it with --curve-dir {bundle}"
+    )
+
+
 def _print_report(report: BenchReport) -> None:
     table = Table(title="openenv-broker bench")
     columns = ("env", "envs", "workers", "batches", "env-steps/s", "batch p50", "batch p99")
@@ -590,6 +726,7 @@ def _print_report(report: BenchReport) -> None:
     help="The action every env gets, as JSON.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_bundle_option(Role.CLIENT)
 def bench(
     connect: str | None,
     env: str,
@@ -598,8 +735,11 @@ def bench(
     duration: float,
     action: str,
     as_json: bool,
+    curve: CurveKeys | None,
 ) -> None:
     """Step a batch of envs for a while; print env-steps/s and batch latency."""
+    if curve is not None and connect is None:
+        raise click.UsageError("--curve-dir is for a running broker: pass --connect too")
     try:
         action_value: Any = json.loads(action)
     except json.JSONDecodeError as exc:
@@ -626,6 +766,7 @@ def bench(
                     action_value,
                     min_workers=1 if connect else workers,
                     on_batch=lambda elapsed: progress.update(task, completed=elapsed),
+                    curve=curve,
                 )
             except ActionValidationError as exc:
                 raise click.BadParameter(

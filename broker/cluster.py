@@ -12,8 +12,10 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from broker.core import BrokerConfig
+from broker.keys import BrokerKeys
 from broker.loop import BrokerServer
 from broker.providers.local import LocalProvider
+from openenv_zmq.curve import CurveKeys
 from openenv_zmq.sandbox.setup import SandboxOptions
 from openenv_zmq.worker.runner import MAX_THREADS
 
@@ -41,6 +43,8 @@ class ClusterSpec:
     """A folder the workers (and the gateway) import envs from, ahead of installed packages."""
     sandbox: SandboxOptions = field(default_factory=SandboxOptions)
     """How the workers contain the sessions of envs that run untrusted code."""
+    curve: BrokerKeys | None = None
+    """CURVE on both sockets; the local workers and the gateway get this run's own keys."""
 
 
 def run_cluster(
@@ -63,14 +67,21 @@ def run_cluster(
             heartbeat_interval=spec.config.heartbeat_interval,
             liveness=spec.config.liveness,
             limits=spec.config.limits,
+            curve=None if spec.curve is None else spec.curve.local_worker,
         )
         if spec.workers
         else None
     )
-    server = BrokerServer(spec.frontend, spec.backend, spec.config, provider)
+    server = BrokerServer(spec.frontend, spec.backend, spec.config, provider, spec.curve)
     server.bind()
     gateway = (
-        None if spec.gateway is None else _start_gateway(spec.gateway, server.frontend_address)
+        None
+        if spec.gateway is None
+        else _start_gateway(
+            spec.gateway,
+            server.frontend_address,
+            None if spec.curve is None else spec.curve.local_client,
+        )
     )
     stopping = threading.Event()
 
@@ -117,11 +128,12 @@ def _stop_process(process: BaseProcess) -> None:
         process.join()
 
 
-def _start_gateway(spec: GatewaySpec, frontend: str) -> BaseProcess:
+def _start_gateway(spec: GatewaySpec, frontend: str, curve: CurveKeys | None) -> BaseProcess:
     from openenv_zmq.gateway.server import run_gateway
 
+    # The keys cross to the spawned process through its pipe, never its command line.
     process = multiprocessing.get_context("spawn").Process(
-        target=run_gateway, args=(frontend, spec), name="openenv-gateway"
+        target=run_gateway, args=(frontend, spec, curve), name="openenv-gateway"
     )
     process.start()
     return process

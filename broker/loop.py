@@ -1,6 +1,8 @@
 """The broker's zmq loop: moves frames between two ROUTER sockets and :class:`BrokerCore`.
 
-All routing decisions are the core's; this module only receives, sends and keeps time.
+All routing decisions are the core's; this module only receives, sends and keeps time. With
+CURVE keys both sockets are CURVE servers and :mod:`broker.zap` decides who may connect; the
+loop hands the core each client message's key (its connection's ``User-Id``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import cast
 
 import zmq
@@ -25,7 +28,10 @@ from broker.core import (
     WorkerDied,
     WorkerJoined,
 )
+from broker.keys import BrokerKeys, Role
 from broker.providers.base import WorkerProvider
+from broker.zap import DOMAINS, ZapHandler, gatekeeper_for
+from openenv_zmq.curve import make_private_dir
 from openenv_zmq.errors import TransportError
 from openenv_zmq.protocol import Frame, Limits
 from openenv_zmq.sockets import endpoint, router
@@ -49,6 +55,12 @@ class BrokerServer:
     :meth:`stop` is called from another thread or a signal handler. ``run`` starts the
     ``provider``'s workers on the backend address and stops them, closes both sockets, removes
     ipc socket files and terminates the zmq context on the way out. A server runs once.
+
+    With ``curve`` both sockets are CURVE servers with the broker's key: clients are admitted
+    by the keys in its ``clients/`` allowlist, workers by those in ``workers/`` (and the
+    provider's workers by ``curve.local_worker``, which the provider must give them). A missing
+    folder of an ``ipc://`` address is created, mode 0700: the socket file is only as private
+    as the folder it is in.
     """
 
     def __init__(
@@ -57,10 +69,13 @@ class BrokerServer:
         backend: str,
         config: BrokerConfig | None = None,
         provider: WorkerProvider | None = None,
+        curve: BrokerKeys | None = None,
     ) -> None:
         self.core = BrokerCore(config)
         self.provider = provider
+        self.curve = curve
         self._addresses = (frontend, backend)
+        self._zap: ZapHandler | None = None
         self._context: zmq.Context[zmq.Socket[bytes]] | None = None
         self._frontend: zmq.Socket[bytes] | None = None
         self._backend: zmq.Socket[bytes] | None = None
@@ -74,18 +89,28 @@ class BrokerServer:
         if self._bound is not None:
             return
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        bound: list[zmq.Socket[bytes]] = []
+        zap = None if self.curve is None else ZapHandler(context, gatekeeper_for(self.curve))
         try:
+            if zap is not None:
+                zap.bind()  # before the sockets: a handshake may come as soon as one is bound
             limits = self.core.config.limits
-            frontend = _listening(context, self._addresses[0], limits)
-            try:
-                backend = _listening(context, self._addresses[1], limits)
-            except BaseException:
-                frontend.close(linger=0)
-                raise
+            for address, role in zip(self._addresses, (Role.CLIENT, Role.WORKER), strict=True):
+                curve = None if self.curve is None else (self.curve.secret, DOMAINS[role])
+                bound.append(_listening(context, address, limits, curve))
+                if zap is not None:
+                    zap.watch(bound[-1], DOMAINS[role], endpoint(bound[-1]))
+            if zap is not None:
+                zap.start()
         except BaseException:
+            for socket in bound:
+                socket.close(linger=0)
+            if zap is not None:
+                zap.close()
             context.term()
             raise
-        self._context, self._frontend, self._backend = context, frontend, backend
+        frontend, backend = bound
+        self._context, self._frontend, self._backend, self._zap = context, frontend, backend, zap
         self._bound = (endpoint(frontend), endpoint(backend))
 
     @property
@@ -128,6 +153,9 @@ class BrokerServer:
         for socket in (self._frontend, self._backend):
             if socket is not None:
                 socket.close(linger=0)
+        if self._zap is not None:  # after the sockets it answers for, before the context ends
+            self._zap.close()
+            self._zap = None
         if self._context is not None:
             self._context.term()
         for address in self._bound or ():
@@ -147,15 +175,18 @@ class BrokerServer:
         poller.register(frontend, zmq.POLLIN)
         poller.register(backend, zmq.POLLIN)
         next_provider_poll = 0.0
+        # Every CURVE connection carries its key as User-Id; a plain one has none to read.
+        keyed = self.curve is not None
         while not self._stopping:
             timeout = min(core.next_timeout(time.monotonic()), MAX_POLL_SECONDS)
             ready = dict(poller.poll(math.ceil(timeout * 1000)))
             if frontend in ready:
                 for peer, frames in self._drain(frontend):
-                    self._deliver(core.on_client(peer, frames, time.monotonic()))
+                    key = str(peer.get("User-Id")) if keyed else None
+                    self._deliver(core.on_client(peer.bytes, frames, time.monotonic(), key=key))
             if backend in ready:
                 for peer, frames in self._drain(backend):
-                    self._deliver(core.on_worker(peer, frames, time.monotonic()))
+                    self._deliver(core.on_worker(peer.bytes, frames, time.monotonic()))
             now = time.monotonic()
             if self.provider is not None and now >= next_provider_poll:
                 # Process checks are system calls: not once per message on the hot path.
@@ -166,15 +197,16 @@ class BrokerServer:
                 self._deliver(core.on_tick(now))
 
     @staticmethod
-    def _drain(socket: zmq.Socket[bytes]) -> Iterator[tuple[bytes, list[Frame]]]:
-        """Up to :data:`DRAIN_BATCH` waiting messages as (peer identity, frames), without copies."""
+    def _drain(socket: zmq.Socket[bytes]) -> Iterator[tuple[zmq.Frame, list[Frame]]]:
+        """Up to :data:`DRAIN_BATCH` waiting messages as (peer identity frame, frames), without
+        copies; the identity frame carries the connection's properties (``User-Id``)."""
         for _ in range(DRAIN_BATCH):
             try:
                 peer, *frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             # zmq.Frame exposes the buffer protocol; its type stubs do not declare it.
-            yield peer.bytes, cast("list[Frame]", frames)
+            yield peer, cast("list[Frame]", frames)
 
     def _deliver(self, outputs: list[Output]) -> None:
         frontend, backend = self._frontend, self._backend
@@ -216,10 +248,17 @@ class BrokerServer:
 
 
 def _listening(
-    context: zmq.Context[zmq.Socket[bytes]], address: str, limits: Limits
+    context: zmq.Context[zmq.Socket[bytes]],
+    address: str,
+    limits: Limits,
+    curve: tuple[bytes, str] | None,
 ) -> zmq.Socket[bytes]:
+    path = address.removeprefix("ipc://")
+    if path != address and not path.startswith("@"):
+        # Created 0700 when missing: only its owner can reach a socket file inside it.
+        make_private_dir(Path(path).parent)
     try:
-        return router(context, address, limits)
+        return router(context, address, limits, curve)
     except zmq.ZMQError as exc:
         reason = exc.strerror if exc.errno is None else zmq.strerror(exc.errno)
         raise TransportError(f"cannot listen on {address}: {reason}") from None

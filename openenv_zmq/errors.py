@@ -7,6 +7,7 @@ OpenEnvZmqError
 ├── EnvNotFound                 an env name or ``module:Class`` that resolves to nothing
 ├── SandboxError                a contained-session layer the operator requires cannot be had
 ├── WorkersFailing              every local worker keeps dying as it starts: the broker stops
+├── CurveKeyError               a CURVE key file or folder that is missing, malformed or taken
 ├── ClientError                 misuse detected in this process before anything is sent
 │   ├── ClosedError             stepping a closed client or env group
 │   ├── BatchSizeMismatch       number of actions/seeds/kwargs differs from number of env ids
@@ -71,6 +72,11 @@ class SandboxError(OpenEnvZmqError):
 class WorkersFailing(OpenEnvZmqError):
     """Every worker the broker starts itself died right after starting, too many times in a
     row; the broker stops rather than restart them forever."""
+
+
+class CurveKeyError(OpenEnvZmqError):
+    """A CURVE key file or key folder that is missing or malformed, or a key that would be
+    overwritten; the message names the file."""
 
 
 class ClientError(OpenEnvZmqError):

@@ -4,6 +4,9 @@ A socket never lingers on close (a dead peer must not hang a process), its queue
 explicitly (backpressure, not silent drops), a ROUTER refuses to send to an unknown peer
 instead of dropping the message, and no socket accepts a frame so large that receiving it would
 allocate far past the configured message limit (:func:`max_frame_bytes`).
+
+With CURVE (:func:`curve_server`, :func:`curve_client`) every byte is encrypted and every peer
+proves its key; the broker's ZAP handler (``broker/zap.py``) decides which keys are admitted.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import TypeVar
 
 import zmq
 
+from openenv_zmq.curve import CurveKeys
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits
 
 HIGH_WATER_MARK = 100_000
@@ -64,21 +68,56 @@ WORKER_HIGH_WATER_MARK = 10_000
 """Messages queued each way between a worker and its broker."""
 
 
-def worker_dealer(socket: SocketT, identity: bytes, limits: Limits = DEFAULT_LIMITS) -> SocketT:
+def curve_client(socket: SocketT, keys: CurveKeys) -> SocketT:
+    """Make ``socket`` a CURVE client, before it connects: it encrypts everything, proves
+    ``keys.public`` and refuses a server that cannot prove ``keys.server``; returns ``socket``."""
+    socket.setsockopt(zmq.CURVE_SERVERKEY, keys.server)
+    socket.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+    socket.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+    return socket
+
+
+def curve_server(socket: SocketT, secret: bytes, domain: str) -> SocketT:
+    """Make ``socket`` a CURVE server, before it binds; returns ``socket``.
+
+    Every peer must complete a CURVE handshake (a plain socket is refused at its greeting) and
+    is then admitted or refused by the ZAP handler of the socket's context for ``domain``.
+    ``ZAP_ENFORCE_DOMAIN``: when no handler is bound, libzmq would otherwise admit every key.
+    """
+    socket.setsockopt(zmq.CURVE_SERVER, 1)
+    socket.setsockopt(zmq.CURVE_SECRETKEY, secret)
+    socket.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
+    socket.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
+    return socket
+
+
+def worker_dealer(
+    socket: SocketT,
+    identity: bytes,
+    limits: Limits = DEFAULT_LIMITS,
+    curve: CurveKeys | None = None,
+) -> SocketT:
     """The DEALER a worker reaches its broker with, before it connects; returns ``socket``.
 
     It queues nothing for a broker that is not connected (``IMMEDIATE``): stale heartbeats and
-    answers would reach a restarted broker, and READY is re-sent every interval anyway.
+    answers would reach a restarted broker, and READY is re-sent every interval anyway. With
+    ``curve`` it is a CURVE client holding those keys.
     """
     socket.setsockopt(zmq.IDENTITY, identity)
     socket.setsockopt(zmq.IMMEDIATE, 1)
+    if curve is not None:
+        curve_client(socket, curve)
     return configure(socket, WORKER_HIGH_WATER_MARK, limits)
 
 
 def router(
-    context: zmq.Context[zmq.Socket[bytes]], address: str, limits: Limits = DEFAULT_LIMITS
+    context: zmq.Context[zmq.Socket[bytes]],
+    address: str,
+    limits: Limits = DEFAULT_LIMITS,
+    curve: tuple[bytes, str] | None = None,
 ) -> zmq.Socket[bytes]:
-    """A ROUTER bound to ``address`` that fails sends to unknown peers (``ROUTER_MANDATORY``).
+    """A ROUTER bound to ``address`` that fails sends to unknown peers (``ROUTER_MANDATORY``);
+    with ``curve`` = (secret key, ZAP domain), a :func:`curve_server`.
 
     Raises :class:`zmq.ZMQError` when it cannot bind; the socket is closed then.
     """
@@ -86,6 +125,8 @@ def router(
     try:
         # Without MANDATORY a ROUTER silently drops messages to unknown peers.
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if curve is not None:
+            curve_server(socket, *curve)
         socket.bind(address)
     except BaseException:
         socket.close(linger=0)

@@ -26,6 +26,7 @@ import pytest
 import zmq
 
 from openenv_zmq import BatchClient
+from openenv_zmq.curve import CurveKeys
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 30.0
@@ -144,6 +145,11 @@ class Broker:
     backend: str
     heartbeat: float
     descendants: set[int] = field(default_factory=set)
+    client_keys: CurveKeys | None = None
+    """The keys the test's own clients use, for a broker started with ``--curve-dir``."""
+
+    def client(self) -> BatchClient:
+        return BatchClient(self.frontend, connect_timeout=START_TIMEOUT, curve_dir=self.client_keys)
 
     def worker_pids(self) -> set[int]:
         pids = child_pids(self.process.pid)
@@ -151,11 +157,11 @@ class Broker:
         return pids
 
     def live_workers(self) -> list[dict[str, Any]]:
-        with BatchClient(self.frontend, connect_timeout=START_TIMEOUT) as client:
+        with self.client() as client:
             return client.workers()
 
     def wait_for_workers(self, count: int) -> None:
-        with BatchClient(self.frontend, connect_timeout=START_TIMEOUT) as client:
+        with self.client() as client:
             client.wait_for_workers(count, timeout=START_TIMEOUT)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
@@ -184,9 +190,13 @@ class Processes:
         transport: str = "tcp",
         extra: tuple[str, ...] = (),
         bind: str | None = None,
+        client_keys: CurveKeys | None = None,
+        log: Path | None = None,
     ) -> Broker:
         """A broker with ``workers`` local workers; ``bind`` is its client address (a fresh
-        one of ``transport`` by default), e.g. an earlier broker's, to start it again."""
+        one of ``transport`` by default), e.g. an earlier broker's, to start it again.
+        ``client_keys``: what the test's clients connect with (a ``--curve-dir`` broker);
+        ``log``: a file its stderr (the log) goes to."""
         if transport == "tcp":
             front, worker_bind = "tcp://127.0.0.1:*", "tcp://127.0.0.1:*"
         else:
@@ -198,7 +208,11 @@ class Processes:
         args += ["--heartbeat", str(heartbeat), *extra]
         for env in envs:
             args += ["--env", env]
-        process = subprocess.Popen(cli(*args), cwd=REPO_ROOT, stdout=subprocess.PIPE, bufsize=0)
+        with contextlib.ExitStack() as files:
+            stderr = None if log is None else files.enter_context(log.open("ab"))
+            process = subprocess.Popen(
+                cli(*args), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=stderr, bufsize=0
+            )
         try:
             frontend, backend = read_startup(process, START_TIMEOUT)
         except AssertionError:
@@ -207,16 +221,20 @@ class Processes:
             assert process.stdout is not None
             process.stdout.close()
             raise
-        broker = Broker(process, frontend, backend, heartbeat)
+        broker = Broker(process, frontend, backend, heartbeat, client_keys=client_keys)
         self.brokers.append(broker)
         if workers:
             broker.wait_for_workers(workers)
         return broker
 
     def worker(
-        self, connect: str, envs: tuple[str, ...] = ("echo",), heartbeat: float = 0.5
+        self,
+        connect: str,
+        envs: tuple[str, ...] = ("echo",),
+        heartbeat: float = 0.5,
+        extra: tuple[str, ...] = (),
     ) -> subprocess.Popen[str]:
-        args = ["worker", "--connect", connect, "--heartbeat", str(heartbeat)]
+        args = ["worker", "--connect", connect, "--heartbeat", str(heartbeat), *extra]
         for env in envs:
             args += ["--env", env]
         process = subprocess.Popen(cli(*args), cwd=REPO_ROOT, text=True)

@@ -46,6 +46,7 @@ from openenv_zmq.client.transport import (
 )
 from openenv_zmq.client.view import GroupView
 from openenv_zmq.client.zmq_transport import AsyncZmqTransport
+from openenv_zmq.curve import CurveDir, client_keys
 from openenv_zmq.errors import ClientError, RequestTimeout, TransportError
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits, Message, Op
 
@@ -116,7 +117,7 @@ class AsyncBatchClient:
     """``BatchClient`` with ``await``. Connect with ``async with`` or ``await client.connect()``.
 
     ``AsyncBatchClient(address, env="echo", num_envs=8)`` makes that group on connect;
-    ``address`` and ``transport=`` are as in ``BatchClient``.
+    ``address``, ``transport=`` and ``curve_dir=`` are as in ``BatchClient``.
     """
 
     def __init__(
@@ -134,18 +135,23 @@ class AsyncBatchClient:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         limits: Limits = DEFAULT_LIMITS,
         transport: AsyncTransport | None = None,
+        curve_dir: CurveDir | None = None,
         **kwargs: Any,
     ) -> None:
         if (address is None) == (transport is None):
             raise ClientError("pass either a broker address or a transport")
-        self._transport = transport or AsyncZmqTransport(str(address), timeout, limits)
+        if transport is not None and curve_dir is not None:
+            raise ClientError("curve_dir= is for the client's own zmq transport, not transport=")
+        self._transport = transport or AsyncZmqTransport(
+            str(address), timeout, limits, client_keys(curve_dir)
+        )
         spec = None
         if env is not None:
             options = dict(
                 autoreset=autoreset, as_dicts=as_dicts, concurrency=concurrency, timeout_s=timeout_s
             )
             spec = group_spec(env, num_envs, options, env_kwargs, kwargs)
-        self._state = ClientState(spec, connect_timeout)
+        self._state = ClientState(spec, connect_timeout, curve=curve_dir is not None)
 
     @property
     def address(self) -> str:
@@ -160,7 +166,7 @@ class AsyncBatchClient:
         try:
             await self._transport.exchange([Message(Op.PING)], state.connect_timeout)
         except RequestTimeout:
-            raise unreachable(self.address, state.connect_timeout) from None
+            raise unreachable(self.address, state.connect_timeout, self._state.curve) from None
         state.connected = True
         if state.default_spec is not None:
             state.default = await drive(self._transport, make_flow(state, state.default_spec))

@@ -189,6 +189,8 @@ class ClientState:
     default: GroupState | None = None
     connected: bool = False
     closed: bool = False
+    curve: bool = False
+    """The client holds CURVE keys: a broker that refuses them cannot be told from none."""
 
     def check_open(self) -> None:
         if self.closed:
@@ -219,5 +221,14 @@ def too_few_workers(joined: int, count: int, env: str | None, timeout: float) ->
     return NoWorkerAvailable(f"{joined} of {count} workers{hosting} joined within {timeout:g} s")
 
 
-def unreachable(address: str, timeout: float) -> BrokerUnreachable:
-    return BrokerUnreachable(f"no broker answered at {address} within {timeout:g} s")
+def unreachable(address: str, timeout: float, curve: bool = False) -> BrokerUnreachable:
+    """The first contact got no answer. With CURVE, a broker that refuses the client's key (or
+    that is not the one its bundle names, or that runs without CURVE) looks the same as none."""
+    hint = (
+        " (with CURVE: is this client's key in the broker's clients/ allowlist, is the bundle's"
+        " broker.key that broker's, and does the broker run with --curve-dir? Its log names"
+        " refused keys)"
+        if curve
+        else ""
+    )
+    return BrokerUnreachable(f"no broker answered at {address} within {timeout:g} s{hint}")

@@ -45,6 +45,7 @@ from openenv_zmq.client.transport import (
 )
 from openenv_zmq.client.view import GroupView
 from openenv_zmq.client.zmq_transport import ZmqTransport
+from openenv_zmq.curve import CurveDir, client_keys
 from openenv_zmq.errors import ClientError, RequestTimeout, TransportError
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits, Message, Op
 
@@ -147,9 +148,13 @@ class BatchClient:
     num_envs=...)`` to make one group at once and call ``reset`` / ``step`` / ``state`` /
     ``send`` / ``recv`` on the client directly. ``address`` is the broker's frontend, reached
     over zmq; pass ``transport=`` instead (and no address) to use another transport, such as
-    ``broker.inprocess``'s; the client closes it. Raises :class:`BrokerUnreachable` when no
-    broker answers within ``connect_timeout`` seconds, :class:`ClientError` when both or neither
-    of ``address`` and ``transport`` are given.
+    ``broker.inprocess``'s; the client closes it. ``curve_dir``: the bundle folder ``openenv-broker
+    keys add --client NAME`` wrote (or its :class:`~openenv_zmq.curve.CurveKeys`), for a broker
+    started with ``--curve-dir``. Raises :class:`BrokerUnreachable` when no broker answers
+    within ``connect_timeout`` seconds (with CURVE, also when the broker refuses the key: the
+    message says so), :class:`CurveKeyError` for a bundle that cannot be read,
+    :class:`ClientError` when both or neither of ``address`` and ``transport`` are given, or
+    ``curve_dir`` with ``transport``.
     """
 
     def __init__(
@@ -167,18 +172,23 @@ class BatchClient:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         limits: Limits = DEFAULT_LIMITS,
         transport: Transport | None = None,
+        curve_dir: CurveDir | None = None,
         **kwargs: Any,
     ) -> None:
         if (address is None) == (transport is None):
             raise ClientError("pass either a broker address or a transport")
-        self._transport = transport or ZmqTransport(str(address), timeout, limits)
+        if transport is not None and curve_dir is not None:
+            raise ClientError("curve_dir= is for the client's own zmq transport, not transport=")
+        self._transport = transport or ZmqTransport(
+            str(address), timeout, limits, client_keys(curve_dir)
+        )
         spec = None
         if env is not None:
             options = dict(
                 autoreset=autoreset, as_dicts=as_dicts, concurrency=concurrency, timeout_s=timeout_s
             )
             spec = group_spec(env, num_envs, options, env_kwargs, kwargs)
-        self._state = ClientState(spec, connect_timeout)
+        self._state = ClientState(spec, connect_timeout, curve=curve_dir is not None)
         try:
             self._transport.exchange([Message(Op.PING)], connect_timeout)
             self._state.connected = True
@@ -186,7 +196,7 @@ class BatchClient:
                 self._state.default = drive(self._transport, make_flow(self._state, spec))
         except RequestTimeout:
             self._transport.close()
-            raise unreachable(self.address, connect_timeout) from None
+            raise unreachable(self.address, connect_timeout, self._state.curve) from None
         except BaseException:
             self.close()
             raise

@@ -3,6 +3,9 @@
 Each opens a client session (HELLO) before its first request, again when the broker answers
 that it knows the session no more, and then keeps a :class:`~openenv_zmq.client.pulse.Pulse`
 beating on a second DEALER: a call whose broker stops answering it raises :class:`BrokerLost`.
+
+With CURVE keys both DEALERs are CURVE clients: a broker that refuses their key, or holds another
+key than the one they expect, never answers, and the client's first HELLO times out.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
+from typing import TypeVar
 
 import zmq
 import zmq.asyncio
@@ -19,29 +23,45 @@ from openenv_zmq.client.batching import raise_if_error
 from openenv_zmq.client.pulse import STOP_CHECK_S, Pulse
 from openenv_zmq.client.requests import RequestTable, unknown_session
 from openenv_zmq.client.transport import DEFAULT_TIMEOUT, late_answers, no_answer
+from openenv_zmq.curve import CurveKeys
 from openenv_zmq.errors import TransportError
 from openenv_zmq.protocol import DEFAULT_LIMITS, Frame, Limits, Message
-from openenv_zmq.sockets import configure
+from openenv_zmq.sockets import configure, curve_client
+
+SocketT = TypeVar("SocketT", zmq.Socket[bytes], zmq.asyncio.Socket)
 
 
-def _dealer(address: str, limits: Limits) -> zmq.Socket[bytes]:
-    socket: zmq.Socket[bytes] = configure(zmq.Context.instance().socket(zmq.DEALER), limits=limits)
+def _connected(socket: SocketT, address: str, limits: Limits, curve: CurveKeys | None) -> SocketT:
+    configure(socket, limits=limits)
+    if curve is not None:
+        curve_client(socket, curve)
     socket.connect(address)
     return socket
 
 
+def _dealer(address: str, limits: Limits, curve: CurveKeys | None) -> zmq.Socket[bytes]:
+    dealer: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    return _connected(dealer, address, limits, curve)
+
+
 class ZmqTransport:
     """A :class:`~openenv_zmq.client.transport.Transport` over one DEALER connected to
-    ``address``; answers are read whenever a call waits."""
+    ``address`` (a CURVE client holding ``curve`` when given); answers are read whenever a call
+    waits."""
 
     def __init__(
-        self, address: str, timeout: float = DEFAULT_TIMEOUT, limits: Limits = DEFAULT_LIMITS
+        self,
+        address: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        limits: Limits = DEFAULT_LIMITS,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
         self._limits = limits
         self._table = RequestTable(limits)
-        self._socket = _dealer(address, limits)
+        self._curve = curve
+        self._socket = _dealer(address, limits, curve)
         self._pulse: Pulse | None = None
 
     @property
@@ -77,7 +97,7 @@ class ZmqTransport:
         raise_if_error(self._table.take([request_id])[request_id])
         if self._pulse is None:
             self._pulse = Pulse(
-                _dealer(self.address, self._limits),
+                _dealer(self.address, self._limits, self._curve),
                 lambda: self._table.session,
                 self._table.heartbeat_s,
                 self.address,
@@ -143,11 +163,16 @@ class ZmqTransport:
 
 
 class AsyncZmqTransport:
-    """An :class:`~openenv_zmq.client.transport.AsyncTransport` over one DEALER: a reader task
-    hands each answer to the future of its request, so many coroutines may share it."""
+    """An :class:`~openenv_zmq.client.transport.AsyncTransport` over one DEALER (a CURVE client
+    holding ``curve`` when given): a reader task hands each answer to the future of its request,
+    so many coroutines may share it."""
 
     def __init__(
-        self, address: str, timeout: float = DEFAULT_TIMEOUT, limits: Limits = DEFAULT_LIMITS
+        self,
+        address: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        limits: Limits = DEFAULT_LIMITS,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
@@ -156,8 +181,8 @@ class AsyncZmqTransport:
         self._waiters: dict[int, asyncio.Future[Message]] = {}
         """One per sent request, removed when its caller collects or gives up on the answer."""
         context = zmq.asyncio.Context(zmq.Context.instance())
-        self._socket: zmq.asyncio.Socket = configure(context.socket(zmq.DEALER), limits=limits)
-        self._socket.connect(address)
+        self._curve = curve
+        self._socket = _connected(context.socket(zmq.DEALER), address, limits, curve)
         self._reader: asyncio.Task[None] | None = None
         self._opening: asyncio.Future[None] | None = None
         """The HELLO under way, which every coroutine needing a session awaits."""
@@ -211,7 +236,7 @@ class AsyncZmqTransport:
         raise_if_error(waiter.result())
         if self._pulse is None:
             self._pulse = Pulse(
-                _dealer(self.address, self._limits),
+                _dealer(self.address, self._limits, self._curve),
                 lambda: self._table.session,
                 self._table.heartbeat_s,
                 self.address,

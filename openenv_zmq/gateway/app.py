@@ -15,6 +15,7 @@ from importlib.metadata import version
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from openenv_zmq.client.aio import AsyncBatchClient
+from openenv_zmq.curve import CurveKeys
 from openenv_zmq.errors import ActionValidationError, OpenEnvZmqError
 from openenv_zmq.gateway.frames import (
     Close,
@@ -148,6 +149,7 @@ def create_gateway_app(
     max_sessions: int = DEFAULT_MAX_SESSIONS,
     idle_timeout_s: float | None = None,
     web: bool | None = None,
+    curve: CurveKeys | None = None,
 ) -> FastAPI:
     """An OpenEnv-compatible server for ``env``: one session per ``/ws`` connection, up to
     ``max_sessions`` at once, stepped in batches on the broker at ``broker_address``.
@@ -158,13 +160,14 @@ def create_gateway_app(
     ``max_sessions``. The broker must be reachable at startup (else
     ``BrokerUnreachable`` fails the lifespan). Raises ``ValueError`` for a timeout <= 0.
     ``web`` serves OpenEnv's web interface at ``/web/`` (``None``: as ``ENABLE_WEB_INTERFACE``).
+    ``curve``: the gateway's CURVE keys, when the broker requires them.
     """
     if idle_timeout_s is not None and idle_timeout_s <= 0:
         raise ValueError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with AsyncBatchClient(broker_address) as client:
+        async with AsyncBatchClient(broker_address, curve_dir=curve) as client:
             pool = await SessionPool.open(client, env, max_sessions)
             sessions = SessionRegistry(pool, idle_timeout_s)
             app.state.pool = pool

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from openenv_zmq.client.sync import BatchClient
+from openenv_zmq.curve import CurveKeys
 from openenv_zmq.gateway.app import DEFAULT_MAX_SESSIONS, create_gateway_app
 from openenv_zmq.gateway.header_timeout import DEFAULT_HEADER_TIMEOUT_S, header_timeout_protocol
 from openenv_zmq.registry import add_app_dir
@@ -35,17 +36,18 @@ class GatewaySpec:
     """A folder to import the env from (for ``/schema`` and ``/metadata``), as the workers do."""
 
 
-def run_gateway(connect: str, spec: GatewaySpec) -> None:
+def run_gateway(connect: str, spec: GatewaySpec, curve: CurveKeys | None = None) -> None:
     """Serve OpenEnv's HTTP/WebSocket protocol for ``spec.env`` until SIGINT/SIGTERM.
 
-    Every session is one env slot of the broker at ``connect``. Waits (up to a minute) for a
-    worker hosting the env to join first, so a gateway started beside its broker finds one.
-    Connections whose request headers are ``spec.header_timeout_s`` late are closed.
+    Every session is one env slot of the broker at ``connect``, reached with the CURVE keys
+    ``curve`` when given. Waits (up to a minute) for a worker hosting the env to join first, so
+    a gateway started beside its broker finds one. Connections whose request headers are
+    ``spec.header_timeout_s`` late are closed.
     """
     http = header_timeout_protocol(spec.header_timeout_s)
     if spec.app_dir is not None:
         add_app_dir(spec.app_dir)
-    with BatchClient(connect) as client:
+    with BatchClient(connect, curve_dir=curve) as client:
         client.wait_for_workers(1, spec.env, timeout=WORKER_WAIT_SECONDS)
     app = create_gateway_app(
         connect,
@@ -53,6 +55,7 @@ def run_gateway(connect: str, spec: GatewaySpec) -> None:
         max_sessions=spec.max_sessions,
         idle_timeout_s=spec.idle_timeout_s,
         web=spec.web,
+        curve=curve,
     )
     uvicorn.run(
         app,

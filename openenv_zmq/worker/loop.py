@@ -28,6 +28,7 @@ from types import FrameType
 
 import zmq
 
+from openenv_zmq.curve import CurveKeys
 from openenv_zmq.errors import ProtocolError
 from openenv_zmq.protocol import (
     CONTROL_ROUTE,
@@ -72,6 +73,7 @@ def run_worker(
     sandbox: SandboxOptions | None = None,
     limits: Limits = DEFAULT_LIMITS,
     identity: bytes | None = None,
+    curve: CurveKeys | None = None,
 ) -> None:
     """Host ``envs`` for the broker whose backend is at ``connect`` until told to stop.
 
@@ -85,6 +87,9 @@ def run_worker(
     replies are kept under them, and the socket drops a peer far past them. ``identity`` is the
     socket identity the broker will know this worker by (a fresh random one by default); a
     broker that starts its own workers gives each one it can tell from any other peer's.
+    ``curve``: the worker's keys for a CURVE broker (a bundle, :func:`~openenv_zmq.curve.
+    load_bundle`); a broker that does not admit the key never hears from the worker, which then
+    waits, unregistered, until stopped (the broker logs the refusal).
     """
     name = name or f"{socket.gethostname()}-{os.getpid()}"
     core = WorkerCore(envs, capacity, limits)
@@ -114,9 +119,11 @@ def run_worker(
         # A fresh identity per process: the broker must not mistake a restarted worker of the
         # same name for the one it knew.
         identity = identity or f"{name}-{secrets.token_hex(8)}".encode()
-        worker_dealer(dealer, identity, limits)
+        worker_dealer(dealer, identity, limits, curve)
         dealer.connect(connect)
         log.info("worker %s hosting %s (capacity %d) -> %s", name, list(envs), capacity, connect)
+        if curve is not None:
+            log.info("worker %s uses CURVE key %s", name, curve.public.decode())
         keepalive.start()
         pump.run(stopping)
         with pump.lock:

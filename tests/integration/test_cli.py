@@ -22,7 +22,7 @@ from tests.processes import (
     wait_until,
 )
 
-COMMANDS = ["start", "worker", "status", "bench", "gateway", "push"]
+COMMANDS = ["start", "worker", "status", "bench", "gateway", "push", "keys"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])

@@ -66,12 +66,17 @@ REQUEST_ERRORS = [
 LOCAL_ERRORS_SENT_AS_REPLIES = ["ProtocolError", "MessageTooLarge", "EnvNotFound"]
 """Raised on one side and sent to the other as the reason for an ``ERROR``."""
 ENV_ERRORS = [name for name, cls in CLASSES.items() if issubclass(cls, EnvError)]
-NEVER_SENT = ["OpenEnvZmqError", "EnvServerError", "SandboxError", "WorkersFailing"] + [
-    name for name, cls in CLASSES.items() if issubclass(cls, ClientError | TransportError)
-]
+NEVER_SENT = [
+    "OpenEnvZmqError",
+    "EnvServerError",
+    "SandboxError",
+    "WorkersFailing",
+    "CurveKeyError",
+] + [name for name, cls in CLASSES.items() if issubclass(cls, ClientError | TransportError)]
 """Raised by the client itself, before sending or for want of an answer, or (EnvServerError) from
 an OpenEnv server's JSON error frame rather than this protocol, or (SandboxError) by a worker's
-sandbox at its start, or (WorkersFailing) by the broker's own process as it stops."""
+sandbox at its start, or (WorkersFailing) by the broker's own process as it stops, or
+(CurveKeyError) by whichever process reads or writes its own key files."""
 
 
 def test_drawing_has_the_expected_shape() -> None:
