@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import zmq
 from echo_env import EchoAction
 
 from broker.core import BrokerConfig
@@ -18,7 +19,8 @@ from broker.loop import BrokerServer
 from openenv_zmq import BatchClient
 from openenv_zmq.curve import CurveDir, CurveKeys, load_bundle
 from openenv_zmq.errors import BrokerUnreachable
-from openenv_zmq.protocol import Frame
+from openenv_zmq.protocol import Frame, Message, Op, decode, encode
+from openenv_zmq.sockets import configure, curve_client
 from tests.processes import REPO_ROOT, Processes, cli, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -310,3 +312,37 @@ def test_a_missing_ipc_folder_is_made_private(tmp_path: Path) -> None:
     finally:
         server.close()
     assert not any(folder.iterdir())
+
+
+def test_a_session_token_is_no_use_to_another_clients_key(procs: Processes, keys: Keys) -> None:
+    """An eavesdropper's view: bob holds alice's session token (as if seen on a plain wire), and
+    his own admitted key; the broker bound the session to alice's key."""
+    bob = load_bundle(add_peer(keys.folder, Role.CLIENT, "bob"))
+    broker = procs.broker(workers=1, extra=keys.start, client_keys=keys.alice)
+    with BatchClient(broker.frontend, curve_dir=keys.alice_bundle) as alice:
+        envs = alice.make("echo", num_envs=2)
+        envs.reset()
+        token = alice._transport.session
+        worker = int(alice.workers()[0]["id"])
+        socket = curve_client(configure(zmq.Context.instance().socket(zmq.DEALER)), bob)
+        socket.connect(broker.frontend)
+        try:
+            step = Message(
+                Op.STEP,
+                1,
+                worker=worker,
+                env_ids=envs.env_ids,
+                group=int(envs.env_ids.min()),
+                session=token,
+                parts={"actions": [{}, {}]},
+            )
+            socket.send_multipart(encode(step))
+            assert socket.poll(10_000), "bob's key is admitted: he gets an answer"
+            answer = decode(socket.recv_multipart())
+        finally:
+            socket.close(linger=0)
+        assert answer.op is Op.ERROR
+        assert answer.meta["type"] == "NotOwner"
+        assert "belongs to another client key" in answer.meta["message"]
+        assert [s.step_count for s in envs.state()] == [0, 0]
+        assert not envs.step([EchoAction(message="still alice's")] * 2).errors
