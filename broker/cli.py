@@ -606,6 +606,11 @@ def status(connect: str, timeout: float, as_json: bool, curve: CurveKeys | None)
         f"env slots: {slots['used']} used, {slots['free']} free; "
         f"{info['in_flight']} request(s) in flight from {info['clients']} client(s)"
     )
+    sessions = info["sessions"]
+    console.print(
+        f"client sessions: {sessions['live']} live, holding {sessions['groups']} env group(s)"
+        f" of {sessions['envs']} env(s)"
+    )
 
 
 @main.command()

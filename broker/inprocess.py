@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from broker.core import BrokerConfig, BrokerCore, Output, ToClient, ToWorker
 from openenv_zmq.client.batching import raise_if_error
-from openenv_zmq.client.requests import RequestTable
+from openenv_zmq.client.requests import RequestTable, needs_session
 from openenv_zmq.client.transport import DEFAULT_TIMEOUT, late_answers, no_answer
 from openenv_zmq.errors import ClosedError
 from openenv_zmq.protocol import (
@@ -224,7 +224,7 @@ class InProcessTransport:
     def send(self, messages: Sequence[Message]) -> list[int]:
         if self._identity is None:
             raise ClosedError("the transport is closed")
-        if self._table.session is None:
+        if self._table.session is None and needs_session(messages):
             # Answered at once, as everything here is: the answer opens the session.
             request_id, frames = self._table.hello()
             self._broker.from_client(self._identity, frames)

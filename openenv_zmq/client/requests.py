@@ -20,10 +20,17 @@ from openenv_zmq.protocol import (
     encode,
 )
 
+SESSIONLESS = frozenset({Op.HELLO, Op.PING, Op.STATUS})
+"""Requests the broker answers without a session: a client that only looks (``status``) opens
+none."""
 SESSION_ENDED = frozenset({"UnknownSession", "LeaseExpired"})
 """Error types telling a client its session is gone: the next request opens a new one."""
 
 log = logging.getLogger(__name__)
+
+
+def needs_session(messages: Sequence[Message]) -> bool:
+    return any(message.op not in SESSIONLESS for message in messages)
 
 
 def unknown_session(answers: Sequence[Message]) -> list[int]:

@@ -8,9 +8,9 @@ Call order: :meth:`Transport.send` returns a request id; collect its answer with
 :meth:`Transport.wait_any`. :meth:`Transport.exchange` sends a round of requests and waits for
 all their answers. :meth:`Transport.close` ends the transport; nothing may be sent after it.
 
-A transport keeps the client session too: it sends HELLO before its first request (and again
-after an answer saying the broker knows the session no more), and stamps every request with the
-session's token, as it stamps request ids.
+A transport keeps the client session too: it sends HELLO before its first request that acts for
+one (and again after an answer saying the broker knows the session no more), and stamps every
+request with the session's token, as it stamps request ids.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The zmq transports: one DEALER socket to the broker's frontend, blocking or asyncio.
 
-Each opens a client session (HELLO) before its first request, again when the broker answers
-that it knows the session no more, and then keeps a :class:`~openenv_zmq.client.pulse.Pulse`
-beating on a second DEALER: a call whose broker stops answering it raises :class:`BrokerLost`.
+Each opens a client session (HELLO) before its first request that acts for one (any but PING
+and STATUS), again when the broker answers that it knows the session no more, and then keeps a
+:class:`~openenv_zmq.client.pulse.Pulse` beating on a second DEALER: a call whose broker stops
+answering it raises :class:`BrokerLost`.
 
 With CURVE keys both DEALERs are CURVE clients: a broker that refuses their key, or holds another
 key than the one they expect, never answers, and the client's first HELLO times out.
@@ -21,7 +22,7 @@ import zmq.asyncio
 
 from openenv_zmq.client.batching import raise_if_error
 from openenv_zmq.client.pulse import STOP_CHECK_S, Pulse
-from openenv_zmq.client.requests import RequestTable, unknown_session
+from openenv_zmq.client.requests import RequestTable, needs_session, unknown_session
 from openenv_zmq.client.transport import DEFAULT_TIMEOUT, late_answers, no_answer
 from openenv_zmq.curve import CurveKeys
 from openenv_zmq.errors import TransportError
@@ -75,7 +76,7 @@ class ZmqTransport:
         return self._send(messages, self.timeout)
 
     def _send(self, messages: Sequence[Message], timeout: float) -> list[int]:
-        if self._table.session is None:
+        if self._table.session is None and needs_session(messages):
             self._open_session(timeout)
         return self._send_stamped(self._table.stamp_all(messages))
 
@@ -206,7 +207,7 @@ class AsyncZmqTransport:
         return await self._send(messages, self.timeout)
 
     async def _send(self, messages: Sequence[Message], timeout: float) -> list[int]:
-        if self._table.session is None:
+        if self._table.session is None and needs_session(messages):
             if self._opening is None or self._opening.done():
                 self._opening = asyncio.ensure_future(self._open_session(timeout))
             # Shielded: one caller given up on must not cancel the others' HELLO.

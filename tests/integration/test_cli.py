@@ -69,6 +69,17 @@ def test_status_prints_workers_and_slots(procs: Processes) -> None:
     info = json.loads(done.stdout)
     assert sorted(w["name"] for w in info["workers"]) == ["local-0", "local-1"]
     assert info["env_slots"] == {"used": 0, "free": 2 * 4096}
+    with BatchClient(broker.frontend) as client:
+        client.make("echo", num_envs=3)
+        shown = subprocess.run(
+            cli("status", "--connect", broker.frontend),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    # Only a client that makes envs opens a session: the status commands opened none.
+    assert "client sessions: 1 live, holding 1 env group(s) of 3 env(s)" in shown
 
 
 def test_status_of_a_missing_broker_fails_with_a_message() -> None:

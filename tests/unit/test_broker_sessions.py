@@ -667,7 +667,9 @@ def test_closing_every_env_id_of_a_group_removes_it(
         start=6,
     ):
         refused = answer(core, frames)
-        assert_error(refused, "EnvNotOnWorker", request_id, f"no open env group {envs.group}: it was closed")
+        assert_error(
+            refused, "EnvNotOnWorker", request_id, f"no open env group {envs.group}: it was closed"
+        )
     assert core.status()["in_flight"] == 3
     # The session's other group is still its own.
     worker = next(iter(by_worker(other)))
