@@ -7,13 +7,23 @@ Routing envelopes (added and removed by the sockets, not part of a message):
   client id for a forwarded request and ``b""`` for broker<->worker control messages. The worker
   sends every answer back with the same ``route`` frame first.
 
-Conversations (``ids`` = env ids, ``w`` = worker id, parts in brackets):
+Conversations (``ids`` = env ids, ``w`` = worker id, ``s`` = client session token, ``g`` = env
+group id, parts in brackets):
 
-- ``ALLOC {env, num_envs}`` -> broker: ``REPLY ids [workers: int64 worker id per env id]``
-  or ``ERROR {type: NoWorkerAvailable}``. ``ALLOC ids {env, num_envs}`` (``len(ids) == num_envs``,
-  each placed on a dead worker) re-places those ids on live workers, keeping the ids; a live or
-  unknown id gets ``ERROR {type: RemoteError}``.
-- ``STATUS`` -> broker: ``REPLY {status: {...}}``.  ``PING`` -> broker: ``REPLY``.
+- ``HELLO`` -> broker: ``REPLY {session, lease_s, heartbeat_s}``: a client session. Every later
+  request but ``PING`` and ``STATUS`` carries its token as ``s`` (else ``ERROR {type:
+  ProtocolError}``); one the broker does not know gets ``UnknownSession`` (it restarted: nothing
+  was done, send again in a new session), one whose lease ran out ``LeaseExpired``.
+- ``ALLOC s {env, num_envs}`` -> broker: ``REPLY ids g [workers: int64 worker id per env id]``,
+  the ids a new group ``g`` (the first of them) of session ``s``; or ``ERROR {type:
+  NoWorkerAvailable | QuotaExceeded}``. ``ALLOC s g ids {env, num_envs}`` (``len(ids) ==
+  num_envs``, each placed on a dead worker) re-places those ids on live workers, keeping the ids;
+  a live or unknown id gets ``ERROR {type: RemoteError}``.
+- ``STATUS`` -> broker: ``REPLY {status: {...}}``.  ``PING s?`` -> broker: ``REPLY`` (with ``s``,
+  it renews the session's lease: a client's heartbeat).
+- Every request below carries ``s`` and ``g``; the broker forwards it only when ``g`` is a group
+  of session ``s`` and every one of ``ids`` is in it (else ``ERROR {type: NotOwner}``, or
+  ``EnvNotOnWorker`` for a group it does not know). Workers ignore ``s`` and ``g``.
 - ``CREATE w ids {env, kwargs, autoreset, concurrency?, timeout_s?}`` -> worker:
   ``REPLY ids {spaces?} [errors]`` where ``spaces`` (array envs) gives
   ``{action, observation}: {dtype, shape}``.
@@ -26,7 +36,9 @@ Conversations (``ids`` = env ids, ``w`` = worker id, parts in brackets):
   ``module:qualname`` (``None`` for rows of the declared class): a client builds it only if it is
   among the models of the env it asked for itself, and never imports a module a worker names.
 - ``STATE w ids`` -> worker: ``REPLY ids [states: list[dict|None], errors]``.
-- ``CLOSE w ids`` -> worker: ``REPLY ids [errors]``. The broker frees the slots as it forwards.
+- ``CLOSE w ids`` -> worker: ``REPLY ids [errors]``. The broker frees the slots as it forwards;
+  it sends one itself, on route ``b"\\x00broker"``, for each worker's envs of a session whose
+  lease ran out, and drops the answer.
 - ``errors`` is always a list of ``[env_id, type name, message, traceback]`` rows, a row
   optionally ending in a map of details (``{errors: [...]}``, pydantic's error list, for an
   ``ActionValidationError``); an env in it has ``None`` in ``obs``/``states``, zero reward and
