@@ -36,6 +36,7 @@ from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client.sync import BatchClient
 from openenv_zmq.curve import CurveKeys
 from openenv_zmq.protocol import Message, Op, encode
+from openenv_zmq.protocol.schema import SESSION_BYTES
 from openenv_zmq.registry import resolve_env
 
 DEFAULT_DURATION = 3.0
@@ -350,13 +351,15 @@ def _median_round_trip(call: Callable[[], object], duration: float) -> float:
 
 
 def _one_env_step() -> list[bytes]:
-    """The frames a client sends for a 1-env echo step."""
+    """The frames a client sends for a 1-env echo step (its session and group included)."""
     message = Message(
         Op.STEP,
         request_id=1,
         worker=1,
         env_ids=np.zeros(1, np.int64),
         parts={"actions": [EchoAction(message="hello").model_dump()]},
+        session=bytes(SESSION_BYTES),
+        group=0,
     )
     return [bytes(frame) for frame in encode(message)]
 

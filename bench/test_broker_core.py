@@ -19,8 +19,9 @@ NUM_ENVS = 1024
 NOW = 1.0
 
 
-def _core_with_envs() -> tuple[BrokerCore, int, EnvIds]:
-    """A core with one registered worker and ``NUM_ENVS`` echo envs placed on it."""
+def _core_with_envs() -> tuple[BrokerCore, int, EnvIds, bytes, int]:
+    """A core with one registered worker and ``NUM_ENVS`` echo envs placed on it, for a client
+    session; returns the core, worker id, env ids, session token and group id."""
     core = BrokerCore()
     ready = Message(
         Op.READY, meta={"envs": ["echo"], "capacity": NUM_ENVS, "name": "worker", "pid": 1}
@@ -28,12 +29,15 @@ def _core_with_envs() -> tuple[BrokerCore, int, EnvIds]:
     welcome = core.on_worker(WORKER, [CONTROL, *encode(ready)], 0.0)[0]
     assert isinstance(welcome, ToWorker)
     worker_id: int = decode(welcome.frames[1:]).meta["worker"]
-    alloc = Message(Op.ALLOC, 1, meta={"env": "echo", "num_envs": NUM_ENVS})
+    [hello] = core.on_client(CLIENT, encode(Message(Op.HELLO, 1)), 0.0)
+    assert isinstance(hello, ToClient)
+    session: bytes = decode(hello.frames).meta["session"]
+    alloc = Message(Op.ALLOC, 2, meta={"env": "echo", "num_envs": NUM_ENVS}, session=session)
     [placed] = core.on_client(CLIENT, encode(alloc), 0.0)
     assert isinstance(placed, ToClient)
-    env_ids = decode(placed.frames).env_ids
-    assert env_ids is not None
-    return core, worker_id, env_ids
+    answer = decode(placed.frames)
+    assert answer.env_ids is not None and answer.group is not None
+    return core, worker_id, answer.env_ids, session, answer.group
 
 
 def _payloads(kind: str) -> tuple[Any, Any]:
@@ -52,9 +56,19 @@ def _wire(message: Message) -> list[Frame]:
 
 @pytest.mark.parametrize("kind", ["structured", "array"])
 def test_forward_step_and_reply(benchmark: BenchmarkFixture, kind: str) -> None:
-    core, worker_id, env_ids = _core_with_envs()
+    core, worker_id, env_ids, session, group = _core_with_envs()
     actions, observations = _payloads(kind)
-    step = _wire(Message(Op.STEP, 7, worker=worker_id, env_ids=env_ids, parts={"actions": actions}))
+    step = _wire(
+        Message(
+            Op.STEP,
+            7,
+            worker=worker_id,
+            env_ids=env_ids,
+            parts={"actions": actions},
+            session=session,
+            group=group,
+        )
+    )
     flags = {
         "rew": np.zeros(NUM_ENVS, np.float32),
         "term": np.zeros(NUM_ENVS, np.bool_),

@@ -281,3 +281,41 @@ def test_a_lease_expired_answer_is_typed_for_the_client(procs: Processes) -> Non
         refused(ask(socket, Message(Op.PING, 2, session=session)), LeaseExpired.__name__)
     finally:
         socket.close(linger=0)
+
+
+def test_a_session_outlives_its_connection(procs: Processes) -> None:
+    """What a TCP reconnect looks like to the broker: the same token from a new connection."""
+    broker = procs.broker(workers=1)
+    context = zmq.Context.instance()
+    first = context.socket(zmq.DEALER)
+    first.connect(broker.frontend)
+    try:
+        session = ask(first, Message(Op.HELLO, 1)).meta["session"]
+        made = ask(
+            first, Message(Op.ALLOC, 2, session=session, meta={"env": "echo", "num_envs": 2})
+        )
+        assert made.op is Op.REPLY, made
+        [worker] = set(made.parts["workers"].tolist())
+        create = Message(
+            Op.CREATE,
+            3,
+            worker=worker,
+            env_ids=made.env_ids,
+            group=made.group,
+            session=session,
+            meta={"env": "echo"},
+        )
+        assert ask(first, create).op is Op.REPLY
+    finally:
+        first.close(linger=0)
+    second = context.socket(zmq.DEALER)
+    second.connect(broker.frontend)
+    try:
+        reset = Message(
+            Op.RESET, 4, worker=worker, env_ids=made.env_ids, group=made.group, session=session
+        )
+        answer = ask(second, reset)
+        assert answer.op is Op.REPLY, answer
+        assert answer.parts["errors"] == []
+    finally:
+        second.close(linger=0)
