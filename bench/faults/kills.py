@@ -6,8 +6,9 @@ broker's own worker processes (a child of the broker process that ``status`` lis
 that hosts some of the envs and has lived at least :data:`~broker.providers.local.
 SHORT_LIFE_SECONDS` (the local provider restarts a worker that dies younger after a growing
 delay, and gives up after 5 such deaths in a row: that is another measurement). It sends it
-SIGKILL, then steps all 256 envs again and again: the envs it hosted come back as per-env
-``WorkerLost`` (in flight) or ``SessionLost`` (asked later) in ``result.errors``, and
+SIGKILL at a random moment (0-0.2 s) while the client steps all 256 envs again and again: the
+envs it hosted come back as per-env ``WorkerLost`` (in flight) or ``SessionLost`` (asked once
+the broker knew) in ``result.errors``, and
 ``reset(env_ids=lost)`` places them on a live worker. The round ends at the first step of all
 256 with no error (the recovery time, from the kill) and the provider's replacement worker
 joining (the restart time).
@@ -22,6 +23,7 @@ import os
 import random
 import signal
 import statistics
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -42,7 +44,9 @@ ROUND_TIMEOUT = 60.0
 MAX_STEPS_PER_ROUND = 10_000
 CLIENT_TIMEOUT = 30.0
 STEPS_BETWEEN = 3
-"""Clean steps of all envs before each kill."""
+"""Steps of all envs before each kill."""
+KILL_JITTER = 0.2
+"""The kill comes 0 to this many seconds after the client starts stepping again."""
 
 
 @dataclass
@@ -113,74 +117,109 @@ def _victim(broker: BrokerProcess, rng: random.Random, deadline: float) -> dict[
         time.sleep(0.1)
 
 
-def _kills(broker: BrokerProcess, kills: int, rng: random.Random) -> KillReport:
-    report = KillReport(kills, 0, 0, 0, {}, 0, 0, {}, 0)
-    failures: Counter[str] = Counter()
-    others: Counter[str] = Counter()
-    actions = [EchoAction(message="again")] * NUM_ENVS
+def _kill(pid: int, killed: list[float]) -> None:
+    """``kill -9 pid``; then the time of it goes into ``killed``."""
+    os.kill(pid, signal.SIGKILL)
+    killed.append(time.monotonic())
 
-    def step(envs: EnvGroup) -> tuple[bool, list[int]]:
-        """One step of all envs: whether it answered every env without error, and the env ids
+
+@dataclass
+class _Stepping:
+    """The client's 256 envs, stepped and re-placed, and what it saw, into ``report``."""
+
+    envs: EnvGroup
+    report: KillReport
+    failures: Counter[str] = field(default_factory=Counter)
+    others: Counter[str] = field(default_factory=Counter)
+
+    def step(self) -> tuple[bool, list[int]]:
+        """One step of all envs: whether every env answered without error, and the env ids
         lost with their worker."""
         try:
-            result = envs.step(actions)
+            result = self.envs.step([EchoAction(message="again")] * NUM_ENVS)
         except Exception as exc:  # counted: the figure is how many
-            failures[type(exc).__name__] += 1
+            self.failures[type(exc).__name__] += 1
             time.sleep(0.1)
             return False, []
-        report.steps += 1
+        self.report.steps += 1
         lost = []
         for env_id, error in result.errors.items():
             if isinstance(error, WorkerLost):
-                report.worker_lost += 1
+                self.report.worker_lost += 1
             elif isinstance(error, SessionLost):
-                report.session_lost += 1
+                self.report.session_lost += 1
             else:
-                others[type(error).__name__] += 1
+                self.others[type(error).__name__] += 1
                 continue
             lost.append(env_id)
         return not result.errors, lost
 
+    def replace(self, lost: list[int]) -> None:
+        """``reset(env_ids=lost)``: places them on a live worker and resets them."""
+        try:
+            again = self.envs.reset(env_ids=lost)
+        except Exception as exc:  # counted: the figure is how many
+            self.failures[type(exc).__name__] += 1
+            return
+        self.report.replaced += len(lost) - len(again.errors)
+        self.others.update(type(e).__name__ for e in again.errors.values())
+
+    def recover(
+        self, broker: BrokerProcess, victim: int, killed: list[float]
+    ) -> tuple[float | None, float | None]:
+        """Step until ``victim`` has been killed (its time appears in ``killed``), every env
+        steps without error again and the victim's replacement is live. Returns the seconds
+        from the kill to the first clean step and to the replacement (``None``: not within
+        :data:`ROUND_TIMEOUT`)."""
+        recovered = restarted = None
+        started = time.monotonic()
+        for _ in range(MAX_STEPS_PER_ROUND):
+            if time.monotonic() - (killed[0] if killed else started) > ROUND_TIMEOUT:
+                break
+            if recovered is None:
+                began = time.monotonic()
+                clean, lost = self.step()
+                if clean and killed and began > killed[0]:
+                    recovered = time.monotonic() - killed[0]
+                elif lost:
+                    self.replace(lost)
+            if restarted is None and killed:
+                pids = {w["pid"] for w in broker.workers()}
+                if len(pids) == WORKERS and victim not in pids:
+                    restarted = time.monotonic() - killed[0]
+            if recovered is not None and restarted is not None:
+                break
+            if recovered is not None:
+                time.sleep(0.05)
+        return recovered, restarted
+
+
+def _kills(broker: BrokerProcess, kills: int, rng: random.Random) -> KillReport:
+    report = KillReport(kills, 0, 0, 0, {}, 0, 0, {}, 0)
     with BatchClient(broker.frontend, timeout=CLIENT_TIMEOUT) as client:
         envs = client.make("echo", num_envs=NUM_ENVS)
         envs.reset()
+        stepping = _Stepping(envs, report)
         for _ in range(kills):
-            deadline = time.monotonic() + ROUND_TIMEOUT + SHORT_LIFE_SECONDS
             for _ in range(STEPS_BETWEEN):
-                step(envs)
-            victim = _victim(broker, rng, deadline)
-            os.kill(victim["pid"], signal.SIGKILL)
-            killed = time.monotonic()
+                stepping.step()
+            victim = _victim(broker, rng, time.monotonic() + ROUND_TIMEOUT + SHORT_LIFE_SECONDS)
             report.envs_lost += victim["used"]
-            recovered = restarted = None
-            for _ in range(MAX_STEPS_PER_ROUND):
-                if time.monotonic() - killed > ROUND_TIMEOUT:
-                    break
-                if recovered is None:
-                    clean, lost = step(envs)
-                    if clean:
-                        recovered = time.monotonic() - killed
-                    elif lost:
-                        try:
-                            again = envs.reset(env_ids=lost)
-                        except Exception as exc:
-                            failures[type(exc).__name__] += 1
-                        else:
-                            report.replaced += len(lost) - len(again.errors)
-                            others.update(type(e).__name__ for e in again.errors.values())
-                if restarted is None:
-                    pids = {w["pid"] for w in broker.workers()}
-                    if len(pids) == WORKERS and victim["pid"] not in pids:
-                        restarted = time.monotonic() - killed
-                if recovered is not None and restarted is not None:
-                    report.rounds_recovered += 1
-                    report.recovery_s.append(recovered)
-                    report.restart_s.append(restarted)
-                    break
-                if recovered is not None:
-                    time.sleep(0.05)
-    report.call_failures = dict(failures)
-    report.other_env_errors = dict(others)
+            killed: list[float] = []
+            # The kill lands while the client steps: mid-step (WorkerLost) or between steps.
+            timer = threading.Timer(rng.uniform(0.0, KILL_JITTER), _kill, (victim["pid"], killed))
+            timer.start()
+            try:
+                recovered, restarted = stepping.recover(broker, victim["pid"], killed)
+            finally:
+                timer.cancel()
+                timer.join()
+            if recovered is not None and restarted is not None:
+                report.rounds_recovered += 1
+                report.recovery_s.append(recovered)
+                report.restart_s.append(restarted)
+    report.call_failures = dict(stepping.failures)
+    report.other_env_errors = dict(stepping.others)
     report.broker_alive = broker.running()
     report.live_workers_end = len(broker.workers()) if report.broker_alive else 0
     return report
