@@ -55,6 +55,8 @@ class SoakReport:
     envs_made: int
     steps: int
     clients_killed: int
+    envs_held_by_killed: int
+    """Envs the killed clients held: nobody closed them but the broker, at their lease's end."""
     errors: dict[str, int]
     """Whole-call exceptions and per-env errors the threads' clients saw, by type."""
     rss_start_mib: float
@@ -74,8 +76,11 @@ class SoakReport:
         return [
             figure("seconds", self.seconds),
             figure(f"client cycles ({CLIENTS} threads)", self.client_cycles),
-            figure("envs made / steps of a group", f"{self.envs_made:,} / {self.steps:,}"),
-            figure("clients killed holding envs (SIGKILL)", self.clients_killed),
+            figure("envs made / group steps", f"{self.envs_made:,} / {self.steps:,}"),
+            figure(
+                "clients killed holding envs (SIGKILL) / envs held",
+                f"{self.clients_killed:,} / {self.envs_held_by_killed:,}",
+            ),
             check("errors seen by the clients", self.errors, {}),
             figure(
                 "broker RSS start -> end (MiB)",
@@ -128,14 +133,15 @@ def _client_cycles(
             counts.errors += errors
 
 
-def _kill_a_holder(address: str, rng: random.Random, deadline: float) -> bool:
+def _kill_a_holder(address: str, rng: random.Random, deadline: float) -> int:
     """Start a holder with a group of random size and SIGKILL it once it holds its envs;
-    whether it got to hold them."""
+    how many envs it held (0 if it never said)."""
+    num_envs = rng.randint(1, MAX_GROUP)
     holder = python(
         "-m",
         "bench.faults.holder",
         address,
-        str(rng.randint(1, MAX_GROUP)),
+        str(num_envs),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
@@ -144,10 +150,10 @@ def _kill_a_holder(address: str, rng: random.Random, deadline: float) -> bool:
             holder, HOLDING, max(1.0, min(HOLDER_START_TIMEOUT, deadline - time.monotonic()))
         )
     except TimeoutError:
-        return False
+        return 0
     else:
         time.sleep(rng.uniform(0.0, KILL_DELAY_MAX))
-        return True
+        return num_envs
     finally:
         with contextlib.suppress(ProcessLookupError):
             holder.send_signal(signal.SIGKILL)
@@ -180,12 +186,15 @@ def _soak(broker: BrokerProcess, duration: float, rng: random.Random) -> SoakRep
     ]
     for thread in threads:
         thread.start()
-    killed = 0
+    killed = held = 0
     try:
         for _ in range(MAX_CYCLES):
             if time.monotonic() >= until or not broker.running():
                 break
-            killed += _kill_a_holder(broker.frontend, rng, until + HOLDER_START_TIMEOUT)
+            envs = _kill_a_holder(broker.frontend, rng, until + HOLDER_START_TIMEOUT)
+            if envs:
+                killed += 1
+                held += envs
     finally:
         stop.set()  # at once on an exception or Ctrl-C; else they are past ``until`` already
         for thread in threads:
@@ -210,6 +219,7 @@ def _soak(broker: BrokerProcess, duration: float, rng: random.Random) -> SoakRep
         envs_made=counts.envs,
         steps=counts.steps,
         clients_killed=killed,
+        envs_held_by_killed=held,
         errors=dict(counts.errors),
         rss_start_mib=rss_start,
         rss_end_mib=broker.rss_mib(),
