@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import zmq
 
+from bench.faults.cluster import alive, descendants
 from openenv_zmq import BatchClient
 from openenv_zmq.curve import CurveKeys
 
@@ -33,36 +34,6 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 READY_LINE = re.compile(r"clients connect to (\S+)")
 WORKERS_LINE = re.compile(r"workers join at (\S+)")
-
-
-def child_pids(pid: int) -> set[int]:
-    """Every descendant of ``pid`` (read from /proc, no extra packages)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def wait_until(predicate: object, timeout: float, what: str) -> None:
@@ -152,7 +123,7 @@ class Broker:
         return BatchClient(self.frontend, connect_timeout=START_TIMEOUT, curve_dir=self.client_keys)
 
     def worker_pids(self) -> set[int]:
-        pids = child_pids(self.process.pid)
+        pids = descendants(self.process.pid)
         self.descendants |= pids
         return pids
 

@@ -6,9 +6,10 @@ import signal
 
 from echo_env import EchoAction
 
+from bench.faults.cluster import alive
 from openenv_zmq import BatchClient
 from openenv_zmq.errors import EnvNotOnWorker
-from tests.processes import Processes, alive, free_port, wait_until
+from tests.processes import Processes, free_port, wait_until
 
 TIMEOUT = 10.0
 

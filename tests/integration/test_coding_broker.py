@@ -12,10 +12,11 @@ import time
 import pytest
 from coding_env import CodeAction, CodingEnv
 
+from bench.faults.cluster import descendants
 from openenv_zmq import BatchClient
 from openenv_zmq.errors import ActionValidationError, SessionCrashed
 from openenv_zmq.sandbox.layers import is_on
-from tests.processes import REPO_ROOT, Processes, child_pids, cli, free_port, wait_until
+from tests.processes import REPO_ROOT, Processes, cli, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +90,7 @@ def test_a_session_killed_from_outside_is_that_envs_error_and_the_env_goes_on(
         envs.reset()
         envs.step([CodeAction(code="kept = 1")] * 8)
         (worker,) = broker.worker_pids() & {w["pid"] for w in client.workers()}
-        sessions_before = child_pids(worker)
+        sessions_before = descendants(worker)
         victim = max(sessions_before)  # a session (the zygote is the oldest, smallest pid)
         subprocess.run(["kill", "-9", str(victim)], check=True)
         r = envs.step([CodeAction(code="kept")] * 8)

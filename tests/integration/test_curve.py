@@ -324,7 +324,8 @@ def test_a_session_token_is_no_use_to_another_clients_key(procs: Processes, keys
         envs.reset()
         token = alice._transport.session
         worker = int(alice.workers()[0]["id"])
-        socket = curve_client(configure(zmq.Context.instance().socket(zmq.DEALER)), bob)
+        socket: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        curve_client(configure(socket), bob)
         socket.connect(broker.frontend)
         try:
             step = Message(

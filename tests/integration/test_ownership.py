@@ -11,17 +11,19 @@ import subprocess
 import sys
 import textwrap
 import time
+from typing import Any
 
 import numpy as np
 import pytest
 import zmq
 from echo_env import EchoAction
 
+from bench.faults.cluster import alive
 from openenv_zmq import AsyncBatchClient, BatchClient
 from openenv_zmq.client.sync import EnvGroup
 from openenv_zmq.errors import BrokerLost, EnvNotOnWorker, LeaseExpired, QuotaExceeded
 from openenv_zmq.protocol import Message, Op, decode, encode
-from tests.processes import REPO_ROOT, Processes, alive, free_port, wait_until
+from tests.processes import REPO_ROOT, Processes, free_port, wait_until
 
 TIMEOUT = 10.0
 
@@ -55,7 +57,7 @@ def test_a_peer_that_guesses_env_ids_cannot_step_read_close_or_move_them(
         ids = group.env_ids
         worker = int(owner.workers()[0]["id"])
         g = group_id(group)
-        context = zmq.Context.instance()
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         stranger = context.socket(zmq.DEALER)
         stranger.connect(broker.frontend)
         try:
@@ -70,7 +72,7 @@ def test_a_peer_that_guesses_env_ids_cannot_step_read_close_or_move_them(
             session = hello.meta["session"]
             assert session != forged
             for n, op in enumerate((Op.STEP, Op.RESET, Op.STATE, Op.CLOSE)):
-                parts = {"actions": [{}] * 8} if op is Op.STEP else {}
+                parts: dict[str, Any] = {"actions": [{}] * 8} if op is Op.STEP else {}
                 message = Message(
                     op, 10 + n, worker=worker, env_ids=ids, group=g, session=session, parts=parts
                 )
@@ -268,7 +270,7 @@ def test_an_async_client_notices_a_dead_broker_and_works_with_the_next(
 def test_a_lease_expired_answer_is_typed_for_the_client(procs: Processes) -> None:
     """The expired session's own token, sent raw after expiry, gets LeaseExpired by name."""
     broker = procs.broker(workers=1, extra=("--lease", "1"))
-    socket = zmq.Context.instance().socket(zmq.DEALER)
+    socket: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     socket.connect(broker.frontend)
     try:
         session = ask(socket, Message(Op.HELLO, 1)).meta["session"]
@@ -286,7 +288,7 @@ def test_a_lease_expired_answer_is_typed_for_the_client(procs: Processes) -> Non
 def test_a_session_outlives_its_connection(procs: Processes) -> None:
     """What a TCP reconnect looks like to the broker: the same token from a new connection."""
     broker = procs.broker(workers=1)
-    context = zmq.Context.instance()
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     first = context.socket(zmq.DEALER)
     first.connect(broker.frontend)
     try:

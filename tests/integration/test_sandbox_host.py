@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
+from bench.faults.cluster import alive
 from openenv_zmq.errors import SandboxError, SessionCrashed
 from openenv_zmq.sandbox.contained import ContainedHost
 from openenv_zmq.sandbox.layers import Layer, SandboxPolicy, SessionLimits, is_on
 from openenv_zmq.sandbox.sessions import Session, SessionTimedOut
-from tests.processes import alive, wait_until
+from tests.processes import wait_until
 from tests.sandbox_cgroup import bomb_cgroup
 
 pytestmark = pytest.mark.integration

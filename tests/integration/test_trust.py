@@ -8,9 +8,10 @@ import time
 import zmq
 from echo_env import EchoAction
 
+from bench.faults.cluster import alive
 from openenv_zmq import BatchClient
 from openenv_zmq.protocol import Message, Op, encode
-from tests.processes import Processes, alive, wait_until
+from tests.processes import Processes, wait_until
 
 CONTROL = b""
 """The route of the broker's own control messages on a worker's connection."""
