@@ -822,3 +822,19 @@ def test_a_request_after_the_lease_ran_out_is_refused_even_before_the_sweep() ->
         table.find(session.token, None, 15.0)
     # Not revived: the sweep still finds it run out.
     assert table.expire(15.5) == [session]
+
+
+@pytest.mark.parametrize(
+    "size", [1, broker.sessions.SMALL_BATCH, broker.sessions.SMALL_BATCH + 1, 1000]
+)
+def test_the_range_check_holds_for_small_and_large_batches(size: int) -> None:
+    table = SessionTable(lease=10.0, max_envs=None, max_sessions=10)
+    session = table.open(None, 0.0)
+    group = table.add_group(session, 100, size)
+    inside = np.arange(100, 100 + size, dtype=np.int64)[::-1].copy()
+    assert table.group(session, group.id, inside) is group
+    for outside in (99, 100 + size):
+        ids = inside.copy()
+        ids[len(ids) // 2] = outside
+        with pytest.raises(NotOwner, match=f"env id {outside} is not in env group 100"):
+            table.group(session, group.id, ids)
