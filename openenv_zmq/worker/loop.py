@@ -218,12 +218,13 @@ class _Pump:
         if self.link.state is not WorkerLifecycle.READY:
             log.warning("told to stop while not registered with the broker; stopping")
             return False
-        log.warning(
-            "draining: the broker places no new env here; %d env(s) served until closed, for"
-            " %g s at most (signal again to stop at once)",
-            self.core.slots_used,
-            timeout,
-        )
+        if self.core.slots_used:
+            log.warning(
+                "draining: the broker places no new env here; %d env(s) served until closed,"
+                " for %g s at most (signal again to stop at once)",
+                self.core.slots_used,
+                timeout,
+            )
         self._apply(self.link.drain(now, timeout))
         return True
 
@@ -234,7 +235,7 @@ class _Pump:
         if self._leave:
             return True
         if self.core.slots_used == 0 and self._pending == 0:
-            log.warning("drained: every env here is closed; leaving")
+            log.info("drained: every env here is closed; leaving")
             return True
         return False
 
