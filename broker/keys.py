@@ -175,7 +175,7 @@ def load_broker_keys(folder: str | os.PathLike[str]) -> BrokerKeys:
 
 def _warn_if_writable(path: Path) -> None:
     """Warn when users other than the owner may write to ``path``: unless it is on a read-only
-    mount, where nobody may (a Kubernetes Secret volume is mode 1777 and mounted read-only)."""
+    mount, where nobody may (a Kubernetes Secret volume, mode 1777 on many clusters, is one)."""
     mode = path.stat().st_mode
     if mode & (stat.S_IWGRP | stat.S_IWOTH) and not _read_only_mount(path):
         log.warning(

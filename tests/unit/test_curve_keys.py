@@ -156,7 +156,7 @@ def test_an_allowlist_others_may_write_to_is_warned_about(
 def test_an_allowlist_on_a_read_only_mount_is_not_warned_about(
     folder: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # a Kubernetes Secret volume: mode 1777, mounted read-only, so nobody may write to it
+    # as a Kubernetes Secret volume may be: mode 1777, but mounted read-only, so nobody may write
     (folder / "clients").chmod(0o1777)
     statvfs = os.statvfs
 
