@@ -126,7 +126,7 @@ def run_worker(
     link = BrokerLink(ready, heartbeat_interval, liveness, time.monotonic())
     runner = CallRunner(max_threads)
     health = None if health_file is None else HealthFile(health_file)
-    pump = _Pump(dealer, link, core, runner, health)
+    pump = _Pump(dealer, link, core, runner, health, drain, drain_timeout)
     keepalive = threading.Thread(
         target=pump.keep_alive, args=(stopping,), name="worker-keepalive", daemon=True
     )
@@ -141,7 +141,7 @@ def run_worker(
         if curve is not None:
             log.info("worker %s uses CURVE key %s", name, curve.public.decode())
         keepalive.start()
-        pump.run(stopping, drain, drain_timeout)
+        pump.run(stopping)
         with pump.lock:
             bye_sent = pump.send([CONTROL_ROUTE, *encode(link.leave())])
     finally:
@@ -170,12 +170,18 @@ class _Pump:
         core: WorkerCore,
         runner: CallRunner,
         health: HealthFile | None = None,
+        drain: threading.Event | None = None,
+        drain_timeout: float = 0.0,
     ) -> None:
         self.dealer = dealer
         self.link = link
         self.core = core
         self.runner = runner
         self.health = health
+        self.drain = drain or threading.Event()
+        """Set when the worker is to drain (the first signal): seen by whichever thread runs
+        next, so a worker busy with a long batch tells the broker at once."""
+        self.drain_timeout = drain_timeout
         self.lock = threading.Lock()
         """Held for every use of the DEALER (zmq sockets are not thread-safe), of the link and
         of the health file."""
@@ -194,15 +200,15 @@ class _Pump:
         os.close(self._wake_read)
         os.close(self._wake_write)
 
-    def run(self, stopping: Stopping, drain: threading.Event, drain_timeout: float) -> None:
-        """Serve until ``stopping()``, or, once ``drain`` is set, until the drain is over."""
+    def run(self, stopping: Stopping) -> None:
+        """Serve until ``stopping()``, or, once :attr:`drain` is set, until the drain is over."""
         while not stopping():
             for frames in self._receive():
                 self._dispatch(frames)
             self._send_finished()
             with self.lock:
                 now = time.monotonic()
-                if drain.is_set() and not self._start_draining(now, drain_timeout):
+                if self.drain.is_set() and not self._start_draining(now):
                     return
                 if now >= self.link.deadline:
                     self._apply(self.link.on_tick(now))
@@ -211,8 +217,9 @@ class _Pump:
                 if self._drained():
                     return
 
-    def _start_draining(self, now: float, timeout: float) -> bool:
+    def _start_draining(self, now: float) -> bool:
         """Drain from now on (the lock is held); ``False`` when there is nothing to drain."""
+        timeout = self.drain_timeout
         if self.link.state is WorkerLifecycle.DRAINING:
             return True
         if self.link.state is not WorkerLifecycle.READY:
@@ -330,6 +337,8 @@ class _Pump:
                 continue
             try:
                 now = time.monotonic()
+                if self.drain.is_set() and self.link.state is WorkerLifecycle.READY:
+                    self._start_draining(now)  # while a batch steps: the broker hears it now
                 heartbeat = self.link.keepalive(now)
                 if heartbeat is not None:
                     self.send([CONTROL_ROUTE, *encode(heartbeat)])

@@ -350,6 +350,35 @@ def test_a_second_signal_ends_a_drain_at_once(broker: MiniBroker, spawn_worker: 
     assert process.exitcode == 0
 
 
+def test_a_drain_is_announced_while_a_batch_steps(broker: MiniBroker, spawn_worker: Any) -> None:
+    n = 20_000
+    process = spawn_worker(
+        connect=broker.address,
+        envs=["echo"],
+        capacity=n,
+        heartbeat_interval=0.1,
+        liveness=1000.0,
+        drain_timeout=60.0,
+    )
+    identity = broker.welcome(0.1)
+    broker.request(identity, create(n))
+    broker.request(identity, reset(n))
+    for request_id in (40, 41, 42):
+        broker.send(identity, CLIENT, step(n, request_id))
+    first, _ = broker.expect(Op.REPLY, CLIENT)
+    assert first.message.request_id == 40
+    process.terminate()  # while 41 steps
+    # The keep-alive thread tells the broker at once, not after the batches queued here: a
+    # broker that heard it later could place new envs on a worker about to leave.
+    broker.expect(Op.DRAIN, timeout=10.0)
+    answered = [broker.expect(Op.REPLY, CLIENT)[0].message.request_id for _ in range(2)]
+    assert answered == [41, 42]  # and it serves them all the same
+    process.terminate()
+    broker.expect(Op.BYE, timeout=10.0)
+    process.join(10)
+    assert process.exitcode == 0
+
+
 def test_a_drain_timeout_leaves_at_once_when_not_registered(
     broker: MiniBroker, spawn_worker: Any
 ) -> None:
