@@ -21,6 +21,7 @@ from broker.core import BrokerConfig
 from broker.exposure import reachable_from_other_hosts
 from broker.keys import BrokerKeys, Role, add_peer, init_keys, load_broker_keys
 from broker.loop import BrokerServer
+from openenv_zmq.client.pulse import LIVENESS
 from openenv_zmq.client.sync import BatchClient
 from openenv_zmq.curve import CurveKeys, load_bundle
 from openenv_zmq.errors import (
@@ -325,8 +326,9 @@ def main(log_level: str) -> None:
     "--max-envs-per-client",
     type=_POSITIVE_INT,
     default=None,
-    help="Env slots one client session may hold at once [default: no limit]. A gateway is one"
-    " client: give it at least its --max-sessions.",
+    help="Env slots one client may hold at once: one CURVE key over all its sessions, or one"
+    " session without keys [default: no limit]. A gateway is one client: give it at least its"
+    " --max-sessions.",
 )
 @click.option(
     "--gateway-port",
@@ -390,6 +392,12 @@ def start(
         _check_envs(envs, app_dir)
     sandbox = _sandbox(envs, probe=workers > 0, **sandbox_flags)
     gateway = None
+    if lease <= LIVENESS * heartbeat:
+        raise click.BadParameter(
+            f"{lease:g} s is too short for --heartbeat {heartbeat:g}: a client heartbeats every"
+            f" {heartbeat:g} s, so give it more than {LIVENESS * heartbeat:g} s",
+            param_hint="--lease",
+        )
     if gateway_port is not None and (max_envs_per_client or max_sessions) < max_sessions:
         raise click.BadParameter(
             f"{max_envs_per_client} is below --max-sessions {max_sessions}: the gateway is one"

@@ -13,6 +13,11 @@ import ipaddress
 LOOPBACK_NAMES = frozenset({"localhost"})
 
 
+LOCAL_SCHEMES = frozenset({"ipc", "inproc"})
+"""Transports no other host can reach: ipc:// is a file on this host, guarded by its folder's
+permissions, and inproc:// lives inside one process."""
+
+
 def host_of(address: str) -> str | None:
     """The host of a ``tcp://HOST:PORT`` address (brackets of an IPv6 literal removed), or
     ``None`` for another transport."""
@@ -25,9 +30,12 @@ def host_of(address: str) -> str | None:
 
 def reachable_from_other_hosts(address: str) -> bool:
     """Whether binding ``address`` may let another host connect."""
+    scheme = address.partition("://")[0]
+    if scheme in LOCAL_SCHEMES:
+        return False
     host = host_of(address)
     if host is None:
-        return False  # ipc:// is a file on this host, guarded by its folder's permissions
+        return True  # tipc://, vmci://, ws://...: not ours to judge, so never assumed local
     if host.lower() in LOOPBACK_NAMES:
         return False
     try:

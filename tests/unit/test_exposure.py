@@ -18,6 +18,7 @@ from broker.exposure import host_of, reachable_from_other_hosts
         "tcp://[::1]:5555",
         "ipc:///tmp/openenv/front.sock",
         "ipc://@abstract",
+        "inproc://broker",
     ],
 )
 def test_loopback_and_ipc_stay_on_this_host(address: str) -> None:
@@ -34,6 +35,10 @@ def test_loopback_and_ipc_stay_on_this_host(address: str) -> None:
         "tcp://eth0:5555",
         "tcp://broker.example.com:5555",
         "tcp://[::ffff:10.0.0.1]:5555",
+        "tipc://{15560,0,0}",
+        "vmci://1:5555",
+        "ws://0.0.0.0:5555",
+        "udp://127.0.0.1:5555",
     ],
 )
 def test_anything_else_counts_as_reachable(address: str) -> None:
