@@ -18,7 +18,7 @@ from rich.table import Table
 from broker.bench import BenchReport, embedded_cluster, run_bench
 from broker.cluster import ClusterSpec, run_cluster
 from broker.core import BrokerConfig
-from broker.exposure import reachable_from_other_hosts
+from broker.exposure import advertised, is_wildcard, port_of, reachable_from_other_hosts
 from broker.keys import BrokerKeys, Role, add_peer, init_keys, load_broker_keys
 from broker.loop import BrokerServer
 from openenv_zmq.client.pulse import LIVENESS
@@ -60,6 +60,16 @@ def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> s
     if not separator or scheme not in ("tcp", "ipc") or not rest:
         raise click.BadParameter(f"{value!r} is not tcp://HOST:PORT or ipc://PATH")
     return value
+
+
+def _advertise(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An address other hosts connect to (``tcp://HOST:PORT``), else a usage error saying why."""
+    if value is None:
+        return None
+    try:
+        return advertised(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 _POSITIVE_INT = click.IntRange(min=1)
@@ -303,6 +313,14 @@ def main(log_level: str) -> None:
     help="Address workers join.",
 )
 @click.option(
+    "--advertise",
+    callback=_advertise,
+    default=None,
+    metavar="tcp://HOST:PORT",
+    help="The address workers on other hosts join at, printed at start: what they reach"
+    " --worker-bind at when it listens on every interface (0.0.0.0, *).",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=0),
     default=2,
@@ -366,6 +384,7 @@ def main(log_level: str) -> None:
 def start(
     bind: str,
     worker_bind: str,
+    advertise: str | None,
     workers: int,
     envs: tuple[str, ...],
     app_dir: str | None,
@@ -439,7 +458,12 @@ def start(
 
     def ready(server: BrokerServer) -> None:
         click.echo(f"broker ready: clients connect to {server.frontend_address}")
-        click.echo(f"workers join at {server.backend_address}")
+        if advertise is None:
+            click.echo(f"workers join at {server.backend_address}")
+        else:
+            click.echo(f"workers join at {advertise} (bound to {server.backend_address})")
+        if advertise is None and is_wildcard(server.backend_address):
+            click.echo(_wildcard_hint(server.backend_address), err=True)
         if curve is not None:
             click.echo(f"CURVE on: keys admitted by {curve.folder}/clients and /workers")
         if workers:
@@ -450,6 +474,15 @@ def start(
 
     run_cluster(spec, on_ready=ready)
     click.echo("broker stopped")
+
+
+def _wildcard_hint(bound: str) -> str:
+    port = port_of(bound)
+    return (
+        f"hint: {bound} listens on every interface and is no address to connect to: workers on"
+        f" other hosts join at tcp://HOST:{port}, HOST being this host's address they reach;"
+        f" --advertise tcp://HOST:{port} prints it here (local workers connect over loopback)"
+    )
 
 
 def _check_envs(envs: tuple[str, ...], app_dir: str | None) -> None:

@@ -466,18 +466,36 @@ class BrokerCore:
         return [self._error(client, key[1], type(exc).__name__, message, request.env_ids)]
 
     def _register(self, identity: bytes, ready: Message, now: float) -> list[Output]:
+        """A worker's READY: a new registration, or one already made asked for again.
+
+        The worker numbers its registrations; a READY numbered no higher than the live one of its
+        identity was sent before that one's WELCOME reached it (re-sent every interval until it
+        does, or queued while the network was down), and is welcomed again under the same id.
+        Anything else ends the old registration (the worker dropped its envs) and makes a new one.
+        """
         outputs: list[Output] = []
         old = self._live.get(identity)
+        registration = ready.meta.get("registration")
         if old is not None:
+            if (
+                registration is not None
+                and old.registration is not None
+                and registration <= old.registration
+            ):
+                old.last_seen = now
+                return [ToWorker(identity, self._welcome(old))]
             outputs += self._declare_dead(old, "registered again")
         heartbeat_due = now + self.config.heartbeat_interval
         worker = self._registry.add(identity, ready.meta, now, heartbeat_due)
-        welcome = Message(
-            Op.WELCOME, meta={"worker": worker.id, "heartbeat": self.config.heartbeat_interval}
-        )
-        outputs.append(ToWorker(identity, [CONTROL_ROUTE, *encode(welcome)]))
+        outputs.append(ToWorker(identity, self._welcome(worker)))
         outputs.append(WorkerJoined(worker.id, worker.name))
         return outputs
+
+    def _welcome(self, worker: WorkerRecord) -> list[Frame]:
+        meta: dict[str, Any] = {"worker": worker.id, "heartbeat": self.config.heartbeat_interval}
+        if worker.registration is not None:
+            meta["registration"] = worker.registration
+        return [CONTROL_ROUTE, *encode(Message(Op.WELCOME, meta=meta))]
 
     def _bad_worker_message(
         self, identity: bytes, worker: WorkerRecord | None, problem: ProtocolError

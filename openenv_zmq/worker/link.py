@@ -7,6 +7,7 @@ counts as gone. It opens no socket and reads no clock: the zmq loop in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from enum import Enum
@@ -20,13 +21,20 @@ class WorkerLifecycle(Enum):
     """Where a worker is in its registration with the broker."""
 
     STARTING = "starting"
-    """READY sent (and re-sent every interval) until the broker answers WELCOME."""
+    """READY sent (and re-sent every interval) until the broker answers WELCOME. Requests are
+    not served: any that come were sent to a registration this worker has given up."""
     READY = "ready"
     """Registered: heartbeats flow both ways."""
     DRAINING = "draining"
     """Leaving on purpose: BYE sent, sockets closing."""
     DEAD = "dead"
 
+
+NOT_SERVING = (
+    "the worker gave up its registration (its broker fell silent or did not know it), and with"
+    " it its envs; it is registering again"
+)
+"""Why a request that comes while the worker is not registered fails with ``WorkerLost``."""
 
 READY_RETRY_SECONDS = 0.05
 """How soon a READY that could not be sent (no connection yet) is tried again."""
@@ -56,8 +64,15 @@ class BrokerLink:
     """Registration and liveness of one worker with its broker, sans I/O.
 
     Call :meth:`on_control` with every control message (route ``b""``), :meth:`heard` with any
-    other message from the broker, and :meth:`on_tick` whenever :attr:`deadline` has passed; send
-    what they return. :meth:`drain` returns the ``BYE`` to send when leaving, :meth:`dead` ends it.
+    other message from the broker (and serve it only while :attr:`serving`), and :meth:`on_tick`
+    whenever :attr:`deadline` has passed; send what they return. :meth:`drain` returns the
+    ``BYE`` to send when leaving, :meth:`dead` ends it.
+
+    Each registration has a number (:attr:`registration`, sent in ``READY``), raised whenever
+    the worker drops its envs to register again. ``READY`` is re-sent every interval until a
+    ``WELCOME`` for that number comes: a broker welcomes the re-sent ones again under the same
+    worker id, so READYs that piled up while the network was down, or that crossed a late
+    WELCOME, register the worker once, not once each.
     """
 
     def __init__(self, ready: Message, interval: float, liveness: float, now: float) -> None:
@@ -67,9 +82,11 @@ class BrokerLink:
             raise ValueError("heartbeat interval and liveness must be positive")
         self.state = WorkerLifecycle.STARTING
         self.worker_id: int | None = None
+        self.registration = 0
         self.interval = interval
         self._liveness = liveness
         self._ready = ready
+        self._numbered_ready = self._number(ready)
         self._last_heard = now
         self._next_send = now  # READY goes out at the first tick
 
@@ -79,6 +96,19 @@ class BrokerLink:
             raise RuntimeError(f"worker cannot go from {self.state.name} to {state.name}")
         log.debug("worker lifecycle %s -> %s", self.state.name, state.name)
         self.state = state
+
+    def _number(self, ready: Message) -> Message:
+        return dataclasses.replace(ready, meta={**ready.meta, "registration": self.registration})
+
+    @property
+    def serving(self) -> bool:
+        """Whether requests are to be served: only while registered.
+
+        A request that comes while :attr:`WorkerLifecycle.STARTING` was sent to a registration
+        this worker gave up, whose envs it dropped: it is answered ``WorkerLost``
+        (:data:`NOT_SERVING`), not run, since running it could only make envs nobody knows of.
+        """
+        return self.state is WorkerLifecycle.READY
 
     @property
     def deadline(self) -> float:
@@ -96,6 +126,14 @@ class BrokerLink:
         if self.state in (WorkerLifecycle.DRAINING, WorkerLifecycle.DEAD):
             return _NOTHING
         if message.op is Op.WELCOME:
+            registration = message.meta.get("registration", self.registration)
+            if registration != self.registration:
+                log.debug(
+                    "ignoring the WELCOME of registration %d (this is %d)",
+                    registration,
+                    self.registration,
+                )
+                return _NOTHING
             heartbeat = float(message.meta["heartbeat"])
             if heartbeat > 0:
                 self.interval = heartbeat
@@ -111,6 +149,10 @@ class BrokerLink:
         if message.op is Op.HEARTBEAT:
             return _NOTHING
         if message.op is Op.DISCONNECT:
+            if self.state is WorkerLifecycle.STARTING:
+                # The answer to something sent before this READY: it is on its way already.
+                log.debug("broker: %s (registering already)", message.meta["reason"])
+                return _NOTHING
             log.warning("broker disconnected this worker: %s", message.meta["reason"])
             return self._register_again(now)
         if message.op is Op.ERROR:
@@ -135,7 +177,7 @@ class BrokerLink:
             return _NOTHING
         self._next_send = now + self.interval
         if self.state is WorkerLifecycle.STARTING:
-            return LinkOutput(send=(self._ready,))
+            return LinkOutput(send=(self._numbered_ready,))
         return LinkOutput(send=(Message(Op.HEARTBEAT),))
 
     def keepalive(self, now: float) -> Message | None:
@@ -150,12 +192,15 @@ class BrokerLink:
         return Message(Op.HEARTBEAT)
 
     def _register_again(self, now: float) -> LinkOutput:
-        if self.state is WorkerLifecycle.READY:
-            self._to(WorkerLifecycle.STARTING)
+        """Leave the registration (READY -> STARTING): drop every env, register under the next
+        number."""
+        self._to(WorkerLifecycle.STARTING)
         self.worker_id = None
+        self.registration += 1
+        self._numbered_ready = self._number(self._ready)
         self._last_heard = now
         self._next_send = now + self.interval
-        return LinkOutput(send=(self._ready,), drop_all=True)
+        return LinkOutput(send=(self._numbered_ready,), drop_all=True)
 
     def not_sent(self, message: Message, now: float) -> None:
         """The I/O side could not send ``message``: no broker is connected yet (or any more).
