@@ -46,7 +46,9 @@ from tests.processes import REPO_ROOT, cli, read_startup, wait_until
 
 pytestmark = pytest.mark.integration
 
-HEARTBEAT = 0.5
+HEARTBEAT = 1.0
+"""A whole second: the cut worker is declared dead 2.5 of them after it was last heard, and
+the half interval left to the bound of 3 is the room a loaded CI machine gets for scheduling."""
 LOST_WITHIN = 3 * HEARTBEAT
 """A worker cut off is declared dead, its requests in flight answered, within this."""
 REJOIN_WITHIN = 15.0
