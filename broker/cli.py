@@ -18,9 +18,10 @@ from rich.table import Table
 from broker.bench import BenchReport, embedded_cluster, run_bench
 from broker.cluster import ClusterSpec, run_cluster
 from broker.core import BrokerConfig
-from broker.exposure import reachable_from_other_hosts
+from broker.exposure import advertised, is_wildcard, port_of, reachable_from_other_hosts
 from broker.keys import BrokerKeys, Role, add_peer, init_keys, load_broker_keys
 from broker.loop import BrokerServer
+from openenv_zmq.client.pulse import LIVENESS
 from openenv_zmq.client.sync import BatchClient
 from openenv_zmq.curve import CurveKeys, load_bundle
 from openenv_zmq.errors import (
@@ -61,6 +62,16 @@ def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> s
     if not separator or scheme not in ("tcp", "ipc") or not rest:
         raise click.BadParameter(f"{value!r} is not tcp://HOST:PORT or ipc://PATH")
     return value
+
+
+def _advertise(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An address other hosts connect to (``tcp://HOST:PORT``), else a usage error saying why."""
+    if value is None:
+        return None
+    try:
+        return advertised(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 _POSITIVE_INT = click.IntRange(min=1)
@@ -304,6 +315,14 @@ def main(log_level: str) -> None:
     help="Address workers join.",
 )
 @click.option(
+    "--advertise",
+    callback=_advertise,
+    default=None,
+    metavar="tcp://HOST:PORT",
+    help="The address workers on other hosts join at, printed at start: what they reach"
+    " --worker-bind at when it listens on every interface (0.0.0.0, *).",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=0),
     default=2,
@@ -327,8 +346,9 @@ def main(log_level: str) -> None:
     "--max-envs-per-client",
     type=_POSITIVE_INT,
     default=None,
-    help="Env slots one client session may hold at once [default: no limit]. A gateway is one"
-    " client: give it at least its --max-sessions.",
+    help="Env slots one client may hold at once: one CURVE key over all its sessions, or one"
+    " session without keys [default: no limit]. A gateway is one client: give it at least its"
+    " --max-sessions.",
 )
 @click.option(
     "--gateway-port",
@@ -366,6 +386,7 @@ def main(log_level: str) -> None:
 def start(
     bind: str,
     worker_bind: str,
+    advertise: str | None,
     workers: int,
     envs: tuple[str, ...],
     app_dir: str | None,
@@ -392,6 +413,12 @@ def start(
         _check_envs(envs, app_dir)
     sandbox = _sandbox(envs, probe=workers > 0, **sandbox_flags)
     gateway = None
+    if lease <= LIVENESS * heartbeat:
+        raise click.BadParameter(
+            f"{lease:g} s is too short for --heartbeat {heartbeat:g}: a client heartbeats every"
+            f" {heartbeat:g} s, so give it more than {LIVENESS * heartbeat:g} s",
+            param_hint="--lease",
+        )
     if gateway_port is not None and (max_envs_per_client or max_sessions) < max_sessions:
         raise click.BadParameter(
             f"{max_envs_per_client} is below --max-sessions {max_sessions}: the gateway is one"
@@ -433,7 +460,12 @@ def start(
 
     def ready(server: BrokerServer) -> None:
         click.echo(f"broker ready: clients connect to {server.frontend_address}")
-        click.echo(f"workers join at {server.backend_address}")
+        if advertise is None:
+            click.echo(f"workers join at {server.backend_address}")
+        else:
+            click.echo(f"workers join at {advertise} (bound to {server.backend_address})")
+        if advertise is None and is_wildcard(server.backend_address):
+            click.echo(_wildcard_hint(server.backend_address), err=True)
         if curve is not None:
             click.echo(f"CURVE on: keys admitted by {curve.folder}/clients and /workers")
         if workers:
@@ -444,6 +476,15 @@ def start(
 
     run_cluster(spec, on_ready=ready)
     click.echo("broker stopped")
+
+
+def _wildcard_hint(bound: str) -> str:
+    port = port_of(bound)
+    return (
+        f"hint: {bound} listens on every interface and is no address to connect to: workers on"
+        f" other hosts join at tcp://HOST:{port}, HOST being this host's address they reach;"
+        f" --advertise tcp://HOST:{port} prints it here (local workers connect over loopback)"
+    )
 
 
 def _check_envs(envs: tuple[str, ...], app_dir: str | None) -> None:

@@ -12,6 +12,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from broker.core import BrokerConfig
+from broker.exposure import local_address
 from broker.keys import BrokerKeys
 from broker.loop import BrokerServer
 from broker.providers.local import LocalProvider
@@ -79,7 +80,7 @@ def run_cluster(
         if spec.gateway is None
         else _start_gateway(
             spec.gateway,
-            server.frontend_address,
+            local_address(server.frontend_address),
             None if spec.curve is None else spec.curve.local_client,
         )
     )

@@ -43,6 +43,7 @@ from broker.workers import WorkerRecord, WorkerRegistry, WorkerState
 from openenv_zmq.errors import (
     EnvNotOnWorker,
     MessageTooLarge,
+    NotOwner,
     NoWorkerAvailable,
     OpenEnvZmqError,
     ProtocolError,
@@ -98,7 +99,8 @@ class BrokerConfig:
     Clients heartbeat every ``heartbeat_interval`` on their own, so only a client that is gone
     (killed, suspended, cut off) loses its envs."""
     max_envs_per_client: int | None = None
-    """The most env slots one client session may hold at once; ``None``: no limit."""
+    """The most env slots one client may hold at once (one CURVE key over all its sessions, or
+    one session without CURVE); ``None``: no limit."""
     max_client_sessions: int = 65_536
     """Client sessions kept at once: each costs memory until its lease runs out."""
 
@@ -112,9 +114,9 @@ class _Request:
 
 _HEARTBEAT: tuple[Frame, ...] = tuple(encode(Message(Op.HEARTBEAT)))
 BROKER_ROUTE = b"\x00broker"
-"""Route of requests the broker itself sends a worker (closing an expired session's envs). A
-frontend identity is never this: libzmq's own are 5 bytes, and one a peer picks cannot start
-with a zero byte."""
+"""Route of requests the broker itself sends a worker (closing an expired session's envs).
+libzmq's own frontend identities are 5 bytes; a peer that picks this one as its identity is
+refused (:meth:`BrokerCore.on_client`), so no client's answer is ever taken for the broker's."""
 
 
 class BrokerCore:
@@ -151,6 +153,10 @@ class BrokerCore:
         ``key``: the client's CURVE public key (z85) when CURVE is on; a session is bound to it.
         """
         self._now = now
+        if client == BROKER_ROUTE:
+            request_id = readable_request_id(frames, self.config.limits)
+            message = "this connection's identity is reserved for the broker: pick another"
+            return [self._error(client, request_id, ProtocolError.__name__, message)]
         try:
             request = decode_header(frames, self.config.limits)
         except ProtocolError as exc:
@@ -199,7 +205,8 @@ class BrokerCore:
     def _own_group(self, session: Session, request: Message) -> Group:
         """The request's group, checked to be ``session``'s and to hold its env ids.
 
-        Raises :class:`NotOwner`, or :class:`EnvNotOnWorker` when there is no such group.
+        Raises :class:`NotOwner`, :class:`EnvNotOnWorker` when there is no such group, or
+        :class:`ProtocolError` when the request names none.
         """
         if request.group is None:
             raise ProtocolError(f"{request.op.name} needs the id ('g') of its env ids' group")
@@ -246,6 +253,11 @@ class BrokerCore:
             return [self._error(client, request_id, EnvNotOnWorker.__name__, message, env_ids)]
         if worker.state is WorkerState.DEAD:
             return [self._to_dead_worker(client, request, worker, group)]
+        if request.op is Op.CREATE and not self._all_placed_on(worker, env_ids):
+            # Else a client could build its envs on workers the broker counts as free: past its
+            # quota, and beyond the reach of its lease's cleanup.
+            message = f"these env ids are not placed on worker {worker.id}: ALLOC places them"
+            return [self._error(client, request_id, NotOwner.__name__, message, env_ids)]
         if request.op is Op.CLOSE:
             self._sessions.released(group, self._release(worker, env_ids))
         elif request.op is Op.STEP and env_ids is not None:
@@ -254,6 +266,12 @@ class BrokerCore:
         self._client_in_flight[client] = count + 1
         worker.in_flight.add(key)
         return [ToWorker(worker.identity, [client, *frames])]
+
+    def _all_placed_on(self, worker: WorkerRecord, env_ids: EnvIds | None) -> bool:
+        placement = self._placement
+        return env_ids is not None and all(
+            placement.get(env_id) == worker.id for env_id in env_ids.tolist()
+        )
 
     def _to_dead_worker(
         self, client: bytes, request: Message, worker: WorkerRecord, group: Group
@@ -461,18 +479,36 @@ class BrokerCore:
         return [self._error(client, key[1], type(exc).__name__, message, request.env_ids)]
 
     def _register(self, identity: bytes, ready: Message, now: float) -> list[Output]:
+        """A worker's READY: a new registration, or one already made asked for again.
+
+        The worker numbers its registrations; a READY numbered no higher than the live one of its
+        identity was sent before that one's WELCOME reached it (re-sent every interval until it
+        does, or queued while the network was down), and is welcomed again under the same id.
+        Anything else ends the old registration (the worker dropped its envs) and makes a new one.
+        """
         outputs: list[Output] = []
         old = self._live.get(identity)
+        registration = ready.meta.get("registration")
         if old is not None:
+            if (
+                registration is not None
+                and old.registration is not None
+                and registration <= old.registration
+            ):
+                old.last_seen = now
+                return [ToWorker(identity, self._welcome(old))]
             outputs += self._declare_dead(old, "registered again")
         heartbeat_due = now + self.config.heartbeat_interval
         worker = self._registry.add(identity, ready.meta, now, heartbeat_due)
-        welcome = Message(
-            Op.WELCOME, meta={"worker": worker.id, "heartbeat": self.config.heartbeat_interval}
-        )
-        outputs.append(ToWorker(identity, [CONTROL_ROUTE, *encode(welcome)]))
+        outputs.append(ToWorker(identity, self._welcome(worker)))
         outputs.append(WorkerJoined(worker.id, worker.name))
         return outputs
+
+    def _welcome(self, worker: WorkerRecord) -> list[Frame]:
+        meta: dict[str, Any] = {"worker": worker.id, "heartbeat": self.config.heartbeat_interval}
+        if worker.registration is not None:
+            meta["registration"] = worker.registration
+        return [CONTROL_ROUTE, *encode(Message(Op.WELCOME, meta=meta))]
 
     def _bad_worker_message(
         self, identity: bytes, worker: WorkerRecord | None, problem: ProtocolError

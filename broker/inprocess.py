@@ -41,6 +41,7 @@ from openenv_zmq.protocol import (
 )
 from openenv_zmq.worker import BrokerLink, LinkOutput, WorkerCore, WorkerLifecycle
 from openenv_zmq.worker.core import Pending
+from openenv_zmq.worker.link import NOT_SERVING
 from openenv_zmq.worker.runner import CallRunner
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,9 @@ class InProcessBroker:
             self._apply(worker, worker.link.on_control(decode(body), now))
             return []
         worker.link.heard(now)
+        if not worker.link.serving:
+            refused = worker.core.refuse(body, NOT_SERVING)
+            return self.core.on_worker(worker.identity, [route, *refused], self._clock())
         answer = worker.core.handle(_received(body))
         if isinstance(answer, Pending):
             self._runner.run(answer)  # async and threaded envs still run concurrently, but

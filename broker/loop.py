@@ -28,6 +28,7 @@ from broker.core import (
     WorkerDied,
     WorkerJoined,
 )
+from broker.exposure import local_address
 from broker.keys import BrokerKeys, Role
 from broker.providers.base import WorkerProvider
 from broker.zap import DOMAINS, ZapHandler, gatekeeper_for
@@ -53,7 +54,8 @@ class BrokerServer:
     Call order: :meth:`bind` (optional: :meth:`run` binds if needed), read
     :attr:`frontend_address` / :attr:`backend_address`, then :meth:`run`, which blocks until
     :meth:`stop` is called from another thread or a signal handler. ``run`` starts the
-    ``provider``'s workers on the backend address and stops them, closes both sockets, removes
+    ``provider``'s workers on the backend address (over loopback when it is a wildcard, such as
+    ``0.0.0.0``) and stops them, closes both sockets, removes
     ipc socket files and terminates the zmq context on the way out. A server runs once.
 
     With ``curve`` both sockets are CURVE servers with the broker's key: clients are admitted
@@ -139,7 +141,8 @@ class BrokerServer:
         self.bind()
         try:
             if self.provider is not None:
-                self.provider.start(self.backend_address)
+                # A wildcard bind is no address to connect to: this host's workers use loopback.
+                self.provider.start(local_address(self.backend_address))
             self._route()
         finally:
             try:

@@ -30,6 +30,9 @@ from openenv_zmq.protocol.schema import SESSION_BYTES
 SMALL_BATCH = 64
 """Up to this many env ids, Python's min and max of a list beat numpy's reductions, whose fixed
 cost (about 3 us each) would dominate a small batch's routing."""
+SESSIONS_PER_KEY = 1_024
+"""Sessions one CURVE client key may hold at once: HELLO costs a client nothing, so without a
+bound one admitted key could fill the table and lock every other client out."""
 EXPIRED_TOKENS_KEPT = 65_536
 """Expired sessions remembered, to answer their late requests with :class:`LeaseExpired`."""
 
@@ -61,8 +64,20 @@ class Session:
 
     @property
     def name(self) -> str:
-        """A short form of the token for logs (never the whole secret)."""
-        return self.token[:4].hex()
+        return short(self.token)
+
+
+def short(token: bytes) -> str:
+    """A short form of a session token for logs and messages (never the whole secret)."""
+    return token[:4].hex()
+
+
+@dataclass(slots=True)
+class KeyUse:
+    """What the sessions of one CURVE client key hold between them."""
+
+    sessions: int = 0
+    envs: int = 0
 
 
 class SessionTable:
@@ -75,6 +90,8 @@ class SessionTable:
         self._sessions: dict[bytes, Session] = {}
         self._groups: dict[int, Group] = {}
         self._expired: OrderedDict[bytes, None] = OrderedDict()
+        self._keys: dict[str, KeyUse] = {}
+        """Per CURVE client key: a quota is the key's, however many sessions it opens."""
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -87,6 +104,14 @@ class SessionTable:
                 f"{len(self._sessions):,} client sessions are open, the most this broker keeps;"
                 " try again once idle ones expire"
             )
+        if key is not None:
+            use = self._keys.setdefault(key, KeyUse())
+            if use.sessions >= SESSIONS_PER_KEY:
+                raise RemoteError(
+                    f"this client key has {use.sessions:,} sessions open, the most one key may;"
+                    " reuse a client, or wait for idle ones to expire"
+                )
+            use.sessions += 1
         token = secrets.token_bytes(SESSION_BYTES)
         session = Session(token, key, now + self.lease)
         self._sessions[token] = session
@@ -116,7 +141,7 @@ class SessionTable:
 
     def _expired_error(self, token: bytes) -> LeaseExpired:
         return LeaseExpired(
-            f"client session {token[:4].hex()} sent nothing for over {self.lease:g} s:"
+            f"client session {short(token)} sent nothing for over {self.lease:g} s:"
             " its lease expired and its env groups were closed; make them again"
         )
 
@@ -143,24 +168,36 @@ class SessionTable:
         return group
 
     def check_quota(self, session: Session, num_envs: int) -> None:
-        """Raises :class:`QuotaExceeded` when ``num_envs`` more would take ``session`` over."""
-        if self.max_envs is not None and session.envs + num_envs > self.max_envs:
+        """Raises :class:`QuotaExceeded` when ``num_envs`` more would take the client over: its
+        CURVE key, over all the key's sessions, or without CURVE the session."""
+        if self.max_envs is None:
+            return
+        held, who = session.envs, "client session"
+        if session.key is not None:
+            held, who = self._keys[session.key].envs, "client key"
+        if held + num_envs > self.max_envs:
             raise QuotaExceeded(
-                f"{num_envs:,} more envs would give this client session {session.envs + num_envs:,}"
-                f"; the broker allows {self.max_envs:,} per client (--max-envs-per-client)"
+                f"{num_envs:,} more envs would give this {who} {held + num_envs:,}; the broker"
+                f" allows {self.max_envs:,} per client (--max-envs-per-client)"
             )
 
     def add_group(self, session: Session, start: int, count: int) -> Group:
         group = Group(session, start, start + count, count)
         session.groups[group.id] = group
         session.envs += count
+        if session.key is not None:
+            self._keys[session.key].envs += count
         self._groups[group.id] = group
         return group
 
     def released(self, group: Group, count: int) -> None:
         """``count`` env ids of ``group`` are no longer placed; the group ends with its last."""
         group.placed -= count
-        group.session.envs -= count
+        session = group.session
+        session.envs -= count
+        if session.key is not None:
+            self._keys[session.key].envs -= count
+            self._drop_key_if_unused(session.key)
         if group.placed <= 0:
             del self._groups[group.id]
             del group.session.groups[group.id]
@@ -171,10 +208,18 @@ class SessionTable:
         expired = [s for s in self._sessions.values() if s.lease_until <= now]
         for session in expired:
             del self._sessions[session.token]
+            if session.key is not None:
+                self._keys[session.key].sessions -= 1
+                self._drop_key_if_unused(session.key)
             self._expired[session.token] = None
             if len(self._expired) > EXPIRED_TOKENS_KEPT:
                 self._expired.popitem(last=False)
         return expired
+
+    def _drop_key_if_unused(self, key: str) -> None:
+        use = self._keys[key]
+        if not use.sessions and not use.envs:
+            del self._keys[key]
 
     def status(self) -> dict[str, int]:
         return {

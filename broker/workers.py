@@ -45,6 +45,8 @@ class WorkerRecord:
     sandbox: dict[str, str] = field(default_factory=dict)
     """Each layer of its contained sessions and its state; empty when it hosts none."""
     in_flight: set[tuple[bytes, int]] = field(default_factory=set)
+    registration: int | None = None
+    """The worker's number for this registration (from its READY; older workers send none)."""
 
     @property
     def free(self) -> int:
@@ -96,6 +98,7 @@ class WorkerRegistry:
             envs=frozenset(ready["envs"]),
             capacity=ready["capacity"],
             sandbox=dict(ready.get("sandbox", {})),
+            registration=ready.get("registration"),
             last_seen=now,
             next_heartbeat=next_heartbeat,
         )

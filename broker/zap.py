@@ -45,6 +45,10 @@ DOMAINS = {Role.CLIENT: "openenv-clients", Role.WORKER: "openenv-workers"}
 REPEAT_SECONDS = 60.0
 """A refusal repeated within this long is counted, not logged again."""
 MAX_REMEMBERED = 1024
+MAX_NEW_KINDS = 32
+"""Kinds first logged per interval, all kinds together: a peer holding the broker's public key
+(every bundle has it) can offer a fresh key at each handshake, and must not grow the log by a
+line each. Further new kinds are held back and counted in the next line logged."""
 """Refusals remembered for counting: a flood of fresh keys must not grow memory without end."""
 POLL_MS = 100
 """Longest the handler waits before it checks whether it must stop."""
@@ -120,18 +124,33 @@ class RepeatLimiter:
         self.interval = interval
         self.clock = clock
         self._seen: dict[object, tuple[float, int]] = {}
+        self._window = (-interval, 0)
+        """(start, new kinds logged since) of the current interval, all kinds together."""
+        self._overflow = 0
+        """New kinds held back by :data:`MAX_NEW_KINDS`, not yet told of."""
 
     def check(self, kind: object) -> int | None:
-        """``None`` to stay quiet, else how many of ``kind`` were held back since the last line."""
+        """``None`` to stay quiet, else how many events were held back since the last line: of
+        ``kind``, and of new kinds over :data:`MAX_NEW_KINDS` an interval."""
         now = self.clock()
         last = self._seen.get(kind)
         if last is not None and now - last[0] < self.interval:
             self._seen[kind] = (last[0], last[1] + 1)
             return None
-        if last is None and len(self._seen) >= MAX_REMEMBERED:
-            self._forget(now)
+        if last is None:
+            start, logged = self._window
+            if now - start >= self.interval:
+                start, logged = now, 0
+            if logged >= MAX_NEW_KINDS:
+                self._overflow += 1
+                return None
+            self._window = (start, logged + 1)
+            if len(self._seen) >= MAX_REMEMBERED:
+                self._forget(now)
         self._seen[kind] = (now, 0)
-        return 0 if last is None else last[1]
+        held_back = (0 if last is None else last[1]) + self._overflow
+        self._overflow = 0
+        return held_back
 
     def _forget(self, now: float) -> None:
         self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.interval}

@@ -47,7 +47,7 @@ from openenv_zmq.client.transport import (
 from openenv_zmq.client.view import GroupView
 from openenv_zmq.client.zmq_transport import AsyncZmqTransport
 from openenv_zmq.curve import CurveDir, client_keys
-from openenv_zmq.errors import ClientError, RequestTimeout, TransportError
+from openenv_zmq.errors import BrokerLost, ClientError, RequestTimeout, TransportError
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits, Message, Op
 
 T = TypeVar("T")
@@ -97,7 +97,12 @@ class AsyncEnvGroup(GroupView):
 
     async def recv(self, timeout: float | None = None) -> BatchResult:
         state = self._state
-        return completed_steps(state, await self._transport.wait_any(state.awaited(), timeout))
+        try:
+            answers = await self._transport.wait_any(state.awaited(), timeout)
+        except BrokerLost:
+            state.forget_in_flight()
+            raise
+        return completed_steps(state, answers)
 
     async def state(self, env_ids: EnvIdsArg = None) -> list[Any]:
         state = self._state

@@ -88,8 +88,13 @@ class Pulse:
                 " at this address"
             )
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Stop the thread at its next wakeup (within :data:`STOP_CHECK_S`), without waiting."""
         self._stopping.set()
+
+    def close(self) -> None:
+        """Stop the thread and wait for it to close its socket."""
+        self.stop()
         self._thread.join(timeout=2 * STOP_CHECK_S)
 
     def _run(self, socket: zmq.Socket[bytes]) -> None:

@@ -62,6 +62,9 @@ class RequestTable:
         self.awaited: set[int] = set()
         self.arrived: dict[int, Message] = {}
         self.session: bytes | None = None
+        self._hello_id = 0
+        """The request id of the latest HELLO: only its answer opens a session, and only a
+        request stamped after it can end that session."""
         self.heartbeat_s = 1.0
         """How often the broker wants a heartbeat from this client (its HELLO answer says)."""
 
@@ -105,10 +108,16 @@ class RequestTable:
             )
             return None
         self.awaited.discard(message.request_id)
-        if message.op is Op.REPLY and "session" in message.meta:
-            self.session = message.meta["session"]
-            self.heartbeat_s = message.meta.get("heartbeat_s", self.heartbeat_s)
-        elif message.op is Op.ERROR and message.meta["type"] in SESSION_ENDED:
+        if message.request_id == self._hello_id:
+            if message.op is Op.REPLY and "session" in message.meta:
+                self.session = message.meta["session"]
+                self.heartbeat_s = message.meta.get("heartbeat_s", self.heartbeat_s)
+        elif (
+            message.op is Op.ERROR
+            and message.meta["type"] in SESSION_ENDED
+            and message.request_id > self._hello_id
+        ):
+            # A refusal of a request stamped with an older session says nothing of this one.
             self.session = None
         return message
 
@@ -125,7 +134,9 @@ class RequestTable:
 
     def hello(self) -> tuple[int, list[Frame]]:
         """A HELLO stamped and encoded: its answer opens a new session."""
-        return self.stamp(Message(Op.HELLO))
+        request_id, frames = self.stamp(Message(Op.HELLO))
+        self._hello_id = request_id
+        return request_id, frames
 
     def give_up(self, request_ids: Sequence[int]) -> list[int]:
         """Forget those of ``request_ids`` that got no answer; returns them."""

@@ -171,6 +171,11 @@ class GroupState:
         """``send()`` sent ``sub`` as request ``request_id``."""
         self.in_flight[request_id] = sub
 
+    def forget_in_flight(self) -> None:
+        """What ``send()`` sent will never be answered (the broker is lost): its env ids are
+        free to step again."""
+        self.in_flight.clear()
+
     def awaited(self) -> list[int]:
         """The request ids ``recv()`` waits for; raises :class:`NoPendingCall` when none."""
         if not self.in_flight:

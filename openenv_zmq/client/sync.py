@@ -46,7 +46,7 @@ from openenv_zmq.client.transport import (
 from openenv_zmq.client.view import GroupView
 from openenv_zmq.client.zmq_transport import ZmqTransport
 from openenv_zmq.curve import CurveDir, client_keys
-from openenv_zmq.errors import ClientError, RequestTimeout, TransportError
+from openenv_zmq.errors import BrokerLost, ClientError, RequestTimeout, TransportError
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits, Message, Op
 
 T = TypeVar("T")
@@ -119,10 +119,16 @@ class EnvGroup(GroupView):
         """The sub-batches of earlier ``send()`` calls that have finished (at least one).
 
         Raises :class:`NoPendingCall` when nothing was sent, :class:`RequestTimeout` when
-        nothing finished within ``timeout`` seconds (the calls stay pending).
+        nothing finished within ``timeout`` seconds (the calls stay pending), and
+        :class:`BrokerLost` when the broker stopped answering (the calls are forgotten).
         """
         state = self._state
-        return completed_steps(state, self._transport.wait_any(state.awaited(), timeout))
+        try:
+            answers = self._transport.wait_any(state.awaited(), timeout)
+        except BrokerLost:
+            state.forget_in_flight()
+            raise
+        return completed_steps(state, answers)
 
     def state(self, env_ids: EnvIdsArg = None) -> list[Any]:
         """Each env's State model (a dict with ``as_dicts``), in env id order. Raises the first

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -25,7 +26,7 @@ from openenv_zmq.client.pulse import STOP_CHECK_S, Pulse
 from openenv_zmq.client.requests import RequestTable, needs_session, unknown_session
 from openenv_zmq.client.transport import DEFAULT_TIMEOUT, late_answers, no_answer
 from openenv_zmq.curve import CurveKeys
-from openenv_zmq.errors import TransportError
+from openenv_zmq.errors import BrokerLost, TransportError
 from openenv_zmq.protocol import DEFAULT_LIMITS, Frame, Limits, Message
 from openenv_zmq.sockets import configure, curve_client
 
@@ -43,6 +44,28 @@ def _connected(socket: SocketT, address: str, limits: Limits, curve: CurveKeys |
 def _dealer(address: str, limits: Limits, curve: CurveKeys | None) -> zmq.Socket[bytes]:
     dealer: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     return _connected(dealer, address, limits, curve)
+
+
+HEARTBEATS_QUEUED = 1
+"""A ping that cannot go now is dropped, not queued: pings piled up during an outage would reach
+the next broker in a burst."""
+
+
+def _heartbeat(
+    transport: object, table: RequestTable, address: str, limits: Limits, curve: CurveKeys | None
+) -> Pulse:
+    """The heartbeat of ``transport``'s session, on a DEALER of its own. It holds the table, not
+    the transport, and stops when the transport is collected: a client dropped without
+    ``close()`` must not keep its envs' lease alive for as long as the process lives."""
+    dealer: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.setsockopt(zmq.IMMEDIATE, 1)
+    configure(dealer, HEARTBEATS_QUEUED, limits)
+    if curve is not None:
+        curve_client(dealer, curve)
+    dealer.connect(address)
+    pulse = Pulse(dealer, lambda: table.session, table.heartbeat_s, address, limits)
+    weakref.finalize(transport, pulse.stop)
+    return pulse
 
 
 class ZmqTransport:
@@ -97,13 +120,7 @@ class ZmqTransport:
             raise no_answer(self.address, timeout)
         raise_if_error(self._table.take([request_id])[request_id])
         if self._pulse is None:
-            self._pulse = Pulse(
-                _dealer(self.address, self._limits, self._curve),
-                lambda: self._table.session,
-                self._table.heartbeat_s,
-                self.address,
-                self._limits,
-            )
+            self._pulse = _heartbeat(self, self._table, self.address, self._limits, self._curve)
 
     def _wait(self, request_ids: Sequence[int], needed: int, timeout: float) -> bool:
         """Receive until ``needed`` of ``request_ids`` have answers; ``False`` on timeout.
@@ -153,7 +170,14 @@ class ZmqTransport:
         self, request_ids: Sequence[int], timeout: float | None = None
     ) -> dict[int, Message]:
         timeout = self.timeout if timeout is None else timeout
-        if not self._wait(request_ids, 1, timeout):
+        try:
+            answered = self._wait(request_ids, 1, timeout)
+        except BrokerLost:
+            # Their answers went with the broker: awaited still, they would never come.
+            self._table.give_up(request_ids)
+            self._table.take(request_ids)
+            raise
+        if not answered:
             raise no_answer(self.address, timeout)
         return self._table.take(request_ids)
 
@@ -236,13 +260,7 @@ class AsyncZmqTransport:
             self._waiters.pop(request_id, None)
         raise_if_error(waiter.result())
         if self._pulse is None:
-            self._pulse = Pulse(
-                _dealer(self.address, self._limits, self._curve),
-                lambda: self._table.session,
-                self._table.heartbeat_s,
-                self.address,
-                self._limits,
-            )
+            self._pulse = _heartbeat(self, self._table, self.address, self._limits, self._curve)
 
     async def _until(
         self, waiters: Sequence[asyncio.Future[Message]], every: bool, timeout: float
@@ -300,7 +318,15 @@ class AsyncZmqTransport:
     ) -> dict[int, Message]:
         timeout = self.timeout if timeout is None else timeout
         waiters = [self._waiters[rid] for rid in request_ids]
-        if not await self._until(waiters, False, timeout):
+        try:
+            answered = await self._until(waiters, False, timeout)
+        except BrokerLost:
+            # Their answers went with the broker: awaited still, they would never come.
+            self._table.forget(request_ids)
+            for rid in request_ids:
+                self._waiters.pop(rid, None)
+            raise
+        if not answered:
             raise no_answer(self.address, timeout)
         done = {waiter for waiter in waiters if waiter.done()}
         # Another coroutine woken by the same answer may have taken it already.

@@ -137,9 +137,16 @@ SCHEMAS: dict[Op, OpSchema] = {
             "name": (_is_str, True),
             "pid": (_is_nonneg_int, True),
             "sandbox": (_is_str_to_str_map, False),
+            "registration": (_is_nonneg_int, False),
         }
     ),
-    Op.WELCOME: OpSchema(meta={"worker": (_is_nonneg_int, True), "heartbeat": (_is_number, True)}),
+    Op.WELCOME: OpSchema(
+        meta={
+            "worker": (_is_nonneg_int, True),
+            "heartbeat": (_is_number, True),
+            "registration": (_is_nonneg_int, False),
+        }
+    ),
     Op.HEARTBEAT: OpSchema(),
     Op.DISCONNECT: OpSchema(meta={"reason": (_is_str, True)}),
     Op.BYE: OpSchema(),

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from openenv_zmq.autoreset import AutoresetMode
-from openenv_zmq.errors import EnvNotFound, OpenEnvZmqError, ProtocolError
+from openenv_zmq.errors import EnvNotFound, OpenEnvZmqError, ProtocolError, WorkerLost
 from openenv_zmq.protocol import (
     DEFAULT_LIMITS,
     EnvIds,
@@ -26,6 +26,7 @@ from openenv_zmq.protocol import (
     Message,
     Op,
     decode,
+    decode_header,
     encode,
     error_message,
     readable_request_id,
@@ -114,6 +115,18 @@ class WorkerCore:
                 )
             )
         return _answering(request, handler)
+
+    def refuse(self, frames: Sequence[Frame], reason: str) -> list[Frame]:
+        """The answer to a request this worker does not serve (it is not registered): an
+        ``ERROR`` saying each of its env ids failed with ``WorkerLost`` for ``reason``. Nothing is
+        run and only frame 0 is decoded. Never raises."""
+        try:
+            request = decode_header(frames, self._limits)
+        except ProtocolError:
+            request_id, env_ids = readable_request_id(frames, self._limits), None
+        else:
+            request_id, env_ids = request.request_id, request.env_ids
+        return encode(error_message(request_id, WorkerLost.__name__, reason, env_ids))
 
     def finish(self, pending: Pending) -> list[Frame]:
         """The reply to a :class:`Pending` request whose calls have all run. Never raises."""

@@ -15,6 +15,7 @@ STARTING --WELCOME--> READY --drain()--> DRAINING
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from enum import Enum
@@ -28,7 +29,8 @@ class WorkerLifecycle(Enum):
     """Where a worker is in its registration with the broker."""
 
     STARTING = "starting"
-    """READY sent (and re-sent every interval) until the broker answers WELCOME."""
+    """READY sent (and re-sent every interval) until the broker answers WELCOME. Requests are
+    not served: any that come were sent to a registration this worker has given up."""
     READY = "ready"
     """Registered: heartbeats flow both ways."""
     DRAINING = "draining"
@@ -37,6 +39,12 @@ class WorkerLifecycle(Enum):
     DEAD = "dead"
     """BYE sent (or the sockets closed): nothing more is sent."""
 
+
+NOT_SERVING = (
+    "the worker gave up its registration (its broker fell silent or did not know it), and with"
+    " it its envs; it is registering again"
+)
+"""Why a request that comes while the worker is not registered fails with ``WorkerLost``."""
 
 READY_RETRY_SECONDS = 0.05
 """How soon a READY that could not be sent (no connection yet) is tried again."""
@@ -71,10 +79,16 @@ class BrokerLink:
     """Registration and liveness of one worker with its broker, sans I/O.
 
     Call :meth:`on_control` with every control message (route ``b""``), :meth:`heard` with any
-    other message from the broker, and :meth:`on_tick` whenever :attr:`deadline` has passed; send
-    what they return. To stop on purpose, :meth:`drain` (when :attr:`registered`) and then, once
-    nothing is left to serve or an output says ``leave``, :meth:`leave`, which returns the
-    ``BYE`` to send last.
+    other message from the broker (and serve it only while :attr:`serving`), and :meth:`on_tick`
+    whenever :attr:`deadline` has passed; send what they return. To stop on purpose,
+    :meth:`drain` (when READY) and then, once nothing is left to serve or an output says
+    ``leave``, :meth:`leave`, which returns the ``BYE`` to send last.
+
+    Each registration has a number (:attr:`registration`, sent in ``READY``), raised whenever
+    the worker drops its envs to register again. ``READY`` is re-sent every interval until a
+    ``WELCOME`` for that number comes: a broker welcomes the re-sent ones again under the same
+    worker id, so READYs that piled up while the network was down, or that crossed a late
+    WELCOME, register the worker once, not once each.
     """
 
     def __init__(self, ready: Message, interval: float, liveness: float, now: float) -> None:
@@ -84,9 +98,11 @@ class BrokerLink:
             raise ValueError("heartbeat interval and liveness must be positive")
         self.state = WorkerLifecycle.STARTING
         self.worker_id: int | None = None
+        self.registration = 0
         self.interval = interval
         self._liveness = liveness
         self._ready = ready
+        self._numbered_ready = self._number(ready)
         self._last_heard = now
         self._next_send = now  # READY goes out at the first tick
         self._drain_deadline = float("inf")
@@ -99,10 +115,24 @@ class BrokerLink:
         log.debug("worker lifecycle %s -> %s", self.state.name, state.name)
         self.state = state
 
+    def _number(self, ready: Message) -> Message:
+        return dataclasses.replace(ready, meta={**ready.meta, "registration": self.registration})
+
     @property
     def registered(self) -> bool:
         """Whether the broker knows this worker (READY or DRAINING): env slots may be in use."""
         return self.state in (WorkerLifecycle.READY, WorkerLifecycle.DRAINING)
+
+    @property
+    def serving(self) -> bool:
+        """Whether requests are to be served: only while registered (a draining worker serves
+        its envs until it leaves).
+
+        A request that comes while :attr:`WorkerLifecycle.STARTING` was sent to a registration
+        this worker gave up, whose envs it dropped: it is answered ``WorkerLost``
+        (:data:`NOT_SERVING`), not run, since running it could only make envs nobody knows of.
+        """
+        return self.registered
 
     @property
     def deadline(self) -> float:
@@ -123,6 +153,14 @@ class BrokerLink:
         if self.state is WorkerLifecycle.DRAINING:
             return self._on_control_draining(message)
         if message.op is Op.WELCOME:
+            registration = message.meta.get("registration", self.registration)
+            if registration != self.registration:
+                log.debug(
+                    "ignoring the WELCOME of registration %d (this is %d)",
+                    registration,
+                    self.registration,
+                )
+                return _NOTHING
             heartbeat = float(message.meta["heartbeat"])
             if heartbeat > 0:
                 self.interval = heartbeat
@@ -138,6 +176,10 @@ class BrokerLink:
         if message.op is Op.HEARTBEAT:
             return _NOTHING
         if message.op is Op.DISCONNECT:
+            if self.state is WorkerLifecycle.STARTING:
+                # The answer to something sent before this READY: it is on its way already.
+                log.debug("broker: %s (registering already)", message.meta["reason"])
+                return _NOTHING
             log.warning("broker disconnected this worker: %s", message.meta["reason"])
             return self._register_again(now)
         if message.op is Op.ERROR:
@@ -181,7 +223,7 @@ class BrokerLink:
             return _NOTHING
         self._next_send = now + self.interval
         if self.state is WorkerLifecycle.STARTING:
-            return LinkOutput(send=(self._ready,))
+            return LinkOutput(send=(self._numbered_ready,))
         if self._drain_unsent:
             self._drain_unsent = False
             return LinkOutput(send=(Message(Op.DRAIN), Message(Op.HEARTBEAT)))
@@ -199,12 +241,15 @@ class BrokerLink:
         return Message(Op.HEARTBEAT)
 
     def _register_again(self, now: float) -> LinkOutput:
-        if self.state is WorkerLifecycle.READY:
-            self._to(WorkerLifecycle.STARTING)
+        """Leave the registration (READY -> STARTING): drop every env, register under the next
+        number."""
+        self._to(WorkerLifecycle.STARTING)
         self.worker_id = None
+        self.registration += 1
+        self._numbered_ready = self._number(self._ready)
         self._last_heard = now
         self._next_send = now + self.interval
-        return LinkOutput(send=(self._ready,), drop_all=True)
+        return LinkOutput(send=(self._numbered_ready,), drop_all=True)
 
     def not_sent(self, message: Message, now: float) -> None:
         """The I/O side could not send ``message``: no broker is connected yet (or any more).

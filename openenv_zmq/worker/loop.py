@@ -51,7 +51,7 @@ from openenv_zmq.sandbox.setup import SandboxOptions, start_sandbox
 from openenv_zmq.sockets import worker_dealer
 from openenv_zmq.worker.core import Pending, WorkerCore
 from openenv_zmq.worker.health import HealthFile
-from openenv_zmq.worker.link import BrokerLink, LinkOutput, WorkerLifecycle
+from openenv_zmq.worker.link import NOT_SERVING, BrokerLink, LinkOutput, WorkerLifecycle
 from openenv_zmq.worker.runner import MAX_THREADS, CallRunner
 
 __all__ = ["WorkerLifecycle", "run_worker"]
@@ -272,6 +272,9 @@ class _Pump:
         route = frames[0].bytes
         if route != CONTROL_ROUTE:
             self.link.heard(now)
+            if not self.link.serving:
+                self._answer(route, self.core.refuse(frames[1:], NOT_SERVING))
+                return
             hosted = self.core.slots_used
             answer = self.core.handle([frame.buffer for frame in frames[1:]])
             _keep_envs_out_of_gc(hosted, self.core.slots_used)

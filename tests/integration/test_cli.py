@@ -210,6 +210,10 @@ def test_an_env_that_does_not_import_is_a_usage_error(args: tuple[str, ...], rea
         (("start", "--capacity", "0"), "--capacity"),
         (("start", "--heartbeat", "0"), "--heartbeat"),
         (("start", "--max-message-mb", "0"), "--max-message-mb"),
+        (("start", "--lease", "0"), "--lease"),
+        (("start", "--lease", "2", "--heartbeat", "1"), "--lease"),
+        (("start", "--max-envs-per-client", "0"), "--max-envs-per-client"),
+        (("start", "--gateway-port", "1", "--max-envs-per-client", "8"), "--max-envs-per-client"),
         (("worker", "--connect", "tcp://127.0.0.1:9", "--capacity", "-5"), "--capacity"),
         (("worker", "--connect", "tcp://127.0.0.1:9", "--max-threads", "0"), "--max-threads"),
         (("start", "--max-threads", "x"), "--max-threads"),
@@ -256,6 +260,59 @@ def test_an_address_without_its_scheme_is_a_usage_error(args: tuple[str, ...], n
     assert done.returncode == 2, done
     assert named in done.stderr and "tcp://HOST:PORT" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("tcp://0.0.0.0:5556", "every interface"),
+        ("tcp://broker", "needs a port"),
+        ("tcp://broker:*", "needs a port"),
+        ("ipc:///tmp/back.sock", "is not tcp://HOST:PORT"),
+    ],
+)
+def test_advertise_is_an_address_other_hosts_connect_to(address: str, reason: str) -> None:
+    done = subprocess.run(
+        cli("start", "--workers", "0", "--advertise", address),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert "'--advertise'" in error and reason in error
+    assert "Traceback" not in done.stderr
+
+
+def test_start_prints_the_advertised_worker_address_and_its_workers_join_over_loopback(
+    procs: Processes, tmp_path: Path
+) -> None:
+    port = free_port()
+    # 198.51.100.0/24 is TEST-NET-2: nobody answers there, so the local worker that joins
+    # (procs.broker waits for it) came over loopback, not through the advertised address.
+    extra = ("--worker-bind", f"tcp://0.0.0.0:{port}", "--insecure")
+    log = tmp_path / "broker.log"
+    broker = procs.broker(
+        workers=1, extra=(*extra, "--advertise", f"tcp://198.51.100.7:{port}"), log=log
+    )
+    assert broker.backend == f"tcp://198.51.100.7:{port}"
+    assert "hint:" not in log.read_text()
+    assert broker.stop() == 0
+
+
+def test_start_on_every_interface_without_advertise_prints_a_hint(
+    procs: Processes, tmp_path: Path
+) -> None:
+    log = tmp_path / "broker.log"
+    broker = procs.broker(
+        workers=0, extra=("--worker-bind", "tcp://0.0.0.0:0", "--insecure"), log=log
+    )
+    port = broker.backend.removeprefix("tcp://0.0.0.0:")
+    assert port.isdigit(), broker.backend
+    wait_until(lambda: "hint:" in log.read_text(), 10, "the hint")
+    [hint] = [line for line in log.read_text().splitlines() if line.startswith("hint:")]
+    assert f"--advertise tcp://HOST:{port}" in hint
 
 
 def test_a_port_in_use_is_one_line() -> None:

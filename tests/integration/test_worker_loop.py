@@ -145,6 +145,7 @@ def test_requests_round_trip_with_their_route(broker: MiniBroker, spawn_worker: 
         "capacity": 16,
         "name": "w1",
         "pid": process.pid,
+        "registration": 0,
     }
     assert ready.identity.startswith(b"w1-")
     broker.send(ready.identity, CONTROL, welcome(0, 0.2))
@@ -209,8 +210,8 @@ def test_disconnect_drops_envs_and_registers_again(broker: MiniBroker, spawn_wor
     broker.send(identity, CONTROL, Message(Op.DISCONNECT, meta={"reason": "unknown worker"}))
     again, _ = broker.expect(Op.READY)
     assert again.identity == identity
-    lost = broker.request(identity, step(3, request_id=20))
-    assert [row[1] for row in lost.parts["errors"]] == ["EnvNotOnWorker"] * 3
+    assert again.message.meta["registration"] == 1
+    assert_lost(broker, identity, step(3, request_id=20))
 
     broker.send(identity, CONTROL, welcome(1, 0.1))
     assert broker.request(identity, create(3, request_id=21)).parts["errors"] == []
@@ -228,8 +229,23 @@ def test_silent_broker_means_drop_all_and_ready_again(
     # the broker says nothing more: after 2.5 intervals the worker gives it up
     again, _ = broker.expect(Op.READY, timeout=10.0)
     assert again.at - welcomed_at >= 2.5 * interval
-    lost = broker.request(identity, step(1, request_id=30))
-    assert lost.parts["errors"][0][1] == "EnvNotOnWorker"
+    assert_lost(broker, identity, step(1, request_id=30))
+
+
+def assert_lost(broker: MiniBroker, identity: bytes, request: Message) -> None:
+    """A worker registering again answers ``request`` WorkerLost for each env, running nothing:
+    it was sent to the registration the worker gave up."""
+    broker.send(identity, CLIENT, request)
+    deadline = time.monotonic() + 20.0
+    got = broker.recv(20.0)
+    while got.route == CONTROL:  # READY, re-sent every interval, and heartbeats
+        got = broker.recv(max(deadline - time.monotonic(), 0.001))
+    assert got.message.op is Op.ERROR, got
+    assert got.message.meta["type"] == "WorkerLost"
+    assert "registering again" in got.message.meta["message"]
+    assert got.message.request_id == request.request_id
+    assert got.message.env_ids is not None and request.env_ids is not None
+    assert got.message.env_ids.tolist() == request.env_ids.tolist()
 
 
 def test_sigterm_sends_bye_and_exits_zero(broker: MiniBroker, spawn_worker: Any) -> None:

@@ -50,8 +50,15 @@ def ids(*values: int) -> np.ndarray:
     return np.array(values, dtype=np.int64)
 
 
-def ready(name: str, envs: Sequence[str] = ("echo",), capacity: int = 8) -> list[Frame]:
-    meta = {"envs": list(envs), "capacity": capacity, "name": name, "pid": 1000}
+def ready(
+    name: str,
+    envs: Sequence[str] = ("echo",),
+    capacity: int = 8,
+    registration: int | None = None,
+) -> list[Frame]:
+    meta: dict[str, Any] = {"envs": list(envs), "capacity": capacity, "name": name, "pid": 1000}
+    if registration is not None:
+        meta["registration"] = registration
     return [CONTROL, *encode(Message(Op.READY, meta=meta))]
 
 
@@ -236,6 +243,32 @@ def test_ready_again_ends_the_old_registration(core: BrokerCore) -> None:
     assert outputs[1] == WorkerDied(old, "worker-1", "registered again", W1)
     assert to_worker(outputs[2], W1).meta["worker"] == old + 1
     assert outputs[3] == WorkerJoined(old + 1, "worker-1")
+
+
+def test_a_ready_resent_for_the_same_registration_is_welcomed_again(core: BrokerCore) -> None:
+    # READYs the worker re-sent before its WELCOME came (queued while its link was down):
+    # one registration, not one each, and the envs placed on it in between stay there.
+    [welcome, joined] = core.on_worker(W1, ready("worker-1", registration=2), 0.0)
+    first = to_worker(welcome, W1).meta
+    assert first == {"worker": 1, "heartbeat": 1.0, "registration": 2}
+    assert joined == WorkerJoined(1, "worker-1")
+    envs = alloc(core, hello(core), 2)
+    for registration in (2, 1):  # the same one, or an earlier one still queued
+        [again] = core.on_worker(W1, ready("worker-1", registration=registration), 0.5)
+        assert to_worker(again, W1).meta == first
+    assert counts(envs) == {1: 2}
+    [worker] = core.status(1.0)["workers"]
+    assert (worker["id"], worker["state"], worker["used"]) == (1, "READY", 2)
+    assert worker["last_seen_ago"] == 0.5  # a READY is a sign of life too
+
+
+def test_a_ready_of_the_next_registration_ends_the_old_one(core: BrokerCore) -> None:
+    register(core, W1)
+    core.on_worker(W1, ready("worker-1", registration=0), 0.0)  # no number before: a new one
+    [died, welcome, joined] = core.on_worker(W1, ready("worker-1", registration=1), 1.0)
+    assert died == WorkerDied(2, "worker-1", "registered again", W1)
+    assert to_worker(welcome, W1).meta == {"worker": 3, "heartbeat": 1.0, "registration": 1}
+    assert joined == WorkerJoined(3, "worker-1")
 
 
 def test_unregistered_worker_is_told_to_register(core: BrokerCore) -> None:

@@ -838,3 +838,63 @@ def test_the_range_check_holds_for_small_and_large_batches(size: int) -> None:
         ids[len(ids) // 2] = outside
         with pytest.raises(NotOwner, match=f"env id {outside} is not in env group 100"):
             table.group(session, group.id, ids)
+
+
+# ---------------------------------------------------------------- review findings
+
+
+def test_create_reaches_only_the_worker_its_env_ids_are_placed_on(
+    core: BrokerCore, two_workers: tuple[int, int]
+) -> None:
+    """Else a client could build its envs on a worker the broker counts as free: past its quota
+    and beyond its lease's cleanup."""
+    w1, w2 = two_workers
+    session = hello(core)
+    envs = alloc(core, session, 2)
+    mine, other = on(envs, w1), on(envs, w2)
+    assert mine and other
+
+    def create(worker: int, request_id: int) -> list[Frame]:
+        message = Message(
+            Op.CREATE,
+            request_id,
+            worker=worker,
+            env_ids=ids(*mine),
+            meta={"env": "echo"},
+            session=session,
+            group=envs.group,
+        )
+        return encode(message)
+
+    assert_error(answer(core, create(w2, 5)), "NotOwner", 5, f"not placed on worker {w2}")
+    assert isinstance(send(core, create(w1, 6)), ToWorker)
+
+
+def test_the_broker_route_is_refused_as_a_client_identity(core: BrokerCore) -> None:
+    refused = answer(core, encode(Message(Op.HELLO, 3)), client=BROKER_ROUTE)
+    assert_error(refused, "ProtocolError", 3, "reserved for the broker")
+
+
+def test_with_curve_the_quota_is_the_keys_over_all_its_sessions() -> None:
+    core = BrokerCore(config(lease=LEASE, max_envs_per_client=10))
+    register(core, W1, capacity=100)
+    first = hello(core, key=KEY_A)
+    second = hello(core, key=KEY_A)
+    assert alloc(core, first, 8, key=KEY_A).op is Op.REPLY
+    refused = alloc(core, second, 3, key=KEY_A)
+    assert_error(refused, "QuotaExceeded", 1, "this client key 11")
+    # Another key has its own quota.
+    assert alloc(core, hello(core, key=KEY_B), 10, key=KEY_B).op is Op.REPLY
+
+
+def test_one_key_holds_a_bounded_number_of_sessions() -> None:
+    table = SessionTable(lease=10.0, max_envs=None, max_sessions=10**6)
+    for _ in range(broker.sessions.SESSIONS_PER_KEY):
+        table.open(KEY_A, 0.0)
+    with pytest.raises(RemoteError, match="this client key has 1,024 sessions open"):
+        table.open(KEY_A, 0.0)
+    table.open(KEY_B, 0.0)
+    table.open(None, 0.0)
+    # Expired sessions give their places back.
+    assert len(table.expire(10.0)) == broker.sessions.SESSIONS_PER_KEY + 2
+    table.open(KEY_A, 10.0)

@@ -83,3 +83,22 @@ def test_silence_counts_from_the_calls_start_at_the_earliest() -> None:
     assert not liveness.lost(60.0, waiting_since=59.0)
     assert liveness.silence(60.0, waiting_since=59.0) == 1.0
     assert liveness.lost(59.0 + LIVENESS + 0.01, waiting_since=59.0)
+
+
+def test_only_the_answer_to_the_hello_opens_a_session() -> None:
+    """A worker's reply carrying a ``session`` field must not replace the client's token."""
+    table = RequestTable()
+    table.session = TOKEN
+    [(request_id, _)] = table.stamp_all([Message(Op.STATE, worker=1, env_ids=IDS, group=7)])
+    answer(table, Message(Op.REPLY, request_id, meta={"session": bytes(16)}))
+    assert table.session == TOKEN
+
+
+def test_a_refusal_of_a_request_from_an_older_session_keeps_the_new_one() -> None:
+    table = RequestTable()
+    table.session = TOKEN
+    [(old, _)] = table.stamp_all([Message(Op.PING)])
+    hello_id, _ = table.hello()
+    answer(table, Message(Op.REPLY, hello_id, meta={"session": bytes(16)}))
+    answer(table, error_message(old, "UnknownSession", "restarted"))
+    assert table.session == bytes(16)

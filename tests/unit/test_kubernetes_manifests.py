@@ -24,8 +24,8 @@ KUBERNETES_VERSION = "1.31"
 every field used here are in 1.23+; 1.31 is a release clusters still run)."""
 NAMESPACE = "openenv"
 SECRET_VOLUMES = ("secret", "projected")
-FLAGS_ADDED_ELSEWHERE = frozenset({"--metrics-port", "--metrics-host", "--advertise"})
-"""`start` flags other changes of issue 12 add (metrics, multi-host). Until they are in this
+FLAGS_ADDED_ELSEWHERE = frozenset({"--metrics-port", "--metrics-host"})
+"""`start` flags another change of issue 12 adds (Prometheus metrics). Until they are in this
 tree the CLI cannot parse them, so their names alone are let through; once they are, they are
 checked like any other."""
 

@@ -262,6 +262,23 @@ def test_drop_all_closes_and_forgets_every_env(core: WorkerCore) -> None:
     assert create(core, "echo", [2]).parts["errors"] == []
 
 
+def test_refuse_runs_nothing_and_answers_worker_lost_for_each_env(core: WorkerCore) -> None:
+    # What a worker that is registering again answers: the request was for envs it dropped.
+    create_request = Message(
+        Op.CREATE, 9, worker=0, env_ids=np.arange(3, dtype=np.int64), meta={"env": "echo"}
+    )
+    refused = decode(core.refuse(encode(create_request), "gone"))
+    assert (refused.op, refused.request_id, refused.meta) == (
+        Op.ERROR,
+        9,
+        {"type": "WorkerLost", "message": "gone"},
+    )
+    assert refused.env_ids is not None and refused.env_ids.tolist() == [0, 1, 2]
+    assert core.slots_used == 0
+    garbled = decode(core.refuse([msgpack.packb({"v": 2, "op": 99, "id": 42})], "gone"))
+    assert (garbled.request_id, garbled.meta["type"], garbled.env_ids) == (42, "WorkerLost", None)
+
+
 # ---- requests that are not requests -----------------------------------------------------------
 
 

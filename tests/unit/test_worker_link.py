@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -9,11 +10,20 @@ import pytest
 from openenv_zmq.protocol import Message, Op
 from openenv_zmq.worker.link import READY_RETRY_SECONDS, BrokerLink, LinkOutput, WorkerLifecycle
 
-READY = Message(Op.READY, meta={"envs": ["echo"], "capacity": 4, "name": "w", "pid": 1})
+BARE_READY = Message(Op.READY, meta={"envs": ["echo"], "capacity": 4, "name": "w", "pid": 1})
+READY = replace(BARE_READY, meta={**BARE_READY.meta, "registration": 0})
+"""What the link sends for its first registration."""
 
 
-def welcome(heartbeat: float = 0.5, worker: int = 3) -> Message:
-    return Message(Op.WELCOME, meta={"worker": worker, "heartbeat": heartbeat})
+def ready(registration: int) -> Message:
+    return replace(BARE_READY, meta={**BARE_READY.meta, "registration": registration})
+
+
+def welcome(heartbeat: float = 0.5, worker: int = 3, registration: int | None = None) -> Message:
+    meta: dict[str, Any] = {"worker": worker, "heartbeat": heartbeat}
+    if registration is not None:
+        meta["registration"] = registration
+    return Message(Op.WELCOME, meta=meta)
 
 
 def state_of(link: BrokerLink) -> WorkerLifecycle:
@@ -26,8 +36,9 @@ def sent_ops(output: Any) -> list[Op]:
 
 
 def test_link_resends_ready_every_interval_until_welcome() -> None:
-    link = BrokerLink(READY, interval=1.0, liveness=2.5, now=100.0)
+    link = BrokerLink(BARE_READY, interval=1.0, liveness=2.5, now=100.0)
     assert state_of(link) is WorkerLifecycle.STARTING
+    assert not link.serving
     assert link.deadline == 100.0
     first = link.on_tick(100.0)
     assert first.send == (READY,)
@@ -38,6 +49,7 @@ def test_link_resends_ready_every_interval_until_welcome() -> None:
     assert sent_ops(link.on_tick(110.0)) == [Op.READY]
     assert link.on_control(welcome(heartbeat=0.5, worker=3), 110.2).send == ()
     assert state_of(link) is WorkerLifecycle.READY
+    assert link.serving
     assert link.worker_id == 3
     assert link.interval == 0.5
     assert sent_ops(link.on_tick(111.0)) == [Op.HEARTBEAT]
@@ -74,11 +86,12 @@ def test_link_silent_broker_means_drop_all_and_register_again() -> None:
     assert state_of(link) is WorkerLifecycle.READY
     output = link.on_tick(5.1)  # 2.6 s after the broker was last heard
     assert output.drop_all
-    assert output.send == (READY,)
+    assert output.send == (ready(1),)  # a new registration: its envs are gone
     assert state_of(link) is WorkerLifecycle.STARTING
+    assert not link.serving
     assert link.worker_id is None
     assert link.on_tick(5.5).send == ()
-    assert sent_ops(link.on_tick(6.1)) == [Op.READY]
+    assert link.on_tick(6.1).send == (ready(1),)  # re-sent: the same registration
 
 
 def test_link_disconnect_drops_all_and_resends_ready() -> None:
@@ -86,11 +99,42 @@ def test_link_disconnect_drops_all_and_resends_ready() -> None:
     link.on_control(welcome(), 0.0)
     output = link.on_control(Message(Op.DISCONNECT, meta={"reason": "unknown worker"}), 1.0)
     assert output.drop_all
-    assert output.send == (READY,)
+    assert output.send == (ready(1),)
     assert state_of(link) is WorkerLifecycle.STARTING
     link.on_control(welcome(worker=4), 1.1)
     assert state_of(link) is WorkerLifecycle.READY
     assert link.worker_id == 4
+
+
+def test_link_while_registering_a_disconnect_changes_nothing() -> None:
+    # The broker's answers to heartbeats sent before the network went down come after the link
+    # has given the registration up: READY is on its way, nothing is dropped again.
+    link = BrokerLink(READY, interval=1.0, liveness=2.5, now=0.0)
+    link.on_control(welcome(), 0.0)
+    link.on_tick(3.0)  # silent broker: registration 1
+    disconnect = Message(Op.DISCONNECT, meta={"reason": "not registered: send READY"})
+    for _ in range(3):
+        output = link.on_control(disconnect, 3.1)
+        assert output.send == ()
+        assert not output.drop_all
+    assert link.registration == 1
+    assert link.on_tick(4.0).send == (ready(1),)
+
+
+def test_link_ignores_the_welcome_of_an_earlier_registration() -> None:
+    link = BrokerLink(READY, interval=1.0, liveness=2.5, now=0.0)
+    link.on_control(welcome(worker=3, registration=0), 0.0)
+    link.on_tick(3.0)  # silent broker: registration 1
+    # a re-sent READY of registration 0 was welcomed again, late: not this registration
+    assert link.on_control(welcome(worker=3, registration=0), 3.1).send == ()
+    assert state_of(link) is WorkerLifecycle.STARTING
+    link.on_control(welcome(worker=5, registration=1), 3.2)
+    assert state_of(link) is WorkerLifecycle.READY
+    assert link.worker_id == 5
+    # welcomed again (a READY re-sent before the first WELCOME came): still the same one
+    assert link.on_control(welcome(worker=5, registration=1), 3.3).send == ()
+    assert state_of(link) is WorkerLifecycle.READY
+    assert link.registration == 1
 
 
 def test_link_errors_and_odd_control_messages_change_nothing() -> None:
@@ -136,6 +180,7 @@ def draining(timeout: float = 10.0, interval: float = 1.0) -> BrokerLink:
     assert not output.drop_all
     assert state_of(link) is WorkerLifecycle.DRAINING
     assert link.registered
+    assert link.serving  # its envs are served until it leaves
     return link
 
 

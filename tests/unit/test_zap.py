@@ -14,6 +14,7 @@ from zmq.utils import z85
 from broker.keys import Role, add_peer, init_keys, load_broker_keys
 from broker.zap import (
     DOMAINS,
+    MAX_NEW_KINDS,
     MAX_REMEMBERED,
     Allowlist,
     Gatekeeper,
@@ -160,10 +161,24 @@ def test_the_limiter_forgets_old_kinds_instead_of_growing() -> None:
     clock = Clock()
     limiter = RepeatLimiter(60.0, clock)
     for kind in range(MAX_REMEMBERED):
+        clock.now = kind // MAX_NEW_KINDS * 60.0  # a fresh interval every MAX_NEW_KINDS kinds
         assert limiter.check(kind) == 0
-    clock.now = 61.0
+    assert len(limiter._seen) == MAX_REMEMBERED
+    clock.now += 61.0
     assert limiter.check("new") == 0
     assert len(limiter._seen) == 1
+
+
+def test_new_kinds_past_the_cap_are_held_back_and_counted_in_the_next_line() -> None:
+    clock = Clock()
+    limiter = RepeatLimiter(60.0, clock)
+    for kind in range(MAX_NEW_KINDS):
+        assert limiter.check(kind) == 0
+    for kind in range(MAX_NEW_KINDS, MAX_NEW_KINDS + 5):
+        assert limiter.check(kind) is None
+    clock.now = 61.0
+    assert limiter.check("next") == 5
+    assert limiter.check("after") == 0
 
 
 def test_anything_but_curve_on_a_known_domain_is_refused(folder: Path) -> None:
