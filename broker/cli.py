@@ -40,6 +40,8 @@ from openenv_zmq.worker.runner import MAX_THREADS
 console = Console()
 DEFAULT_FRONTEND = "tcp://127.0.0.1:5555"
 DEFAULT_BACKEND = "tcp://127.0.0.1:5556"
+DRAIN_TIMEOUT = 25.0
+"""A worker's default ``--drain-timeout``: below Kubernetes' default grace period of 30 s."""
 
 _env_option = click.option(
     "--env",
@@ -512,6 +514,22 @@ def _check_envs(envs: tuple[str, ...], app_dir: str | None) -> None:
 @_max_threads_option
 @_heartbeat_option
 @click.option("--name", default=None, help="Worker name shown in status [default: host-pid].")
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=DRAIN_TIMEOUT,
+    show_default=True,
+    help="On SIGTERM or SIGINT take no new envs and serve the ones here until they are closed,"
+    " for this many seconds at most, then leave (keep it below Kubernetes'"
+    " terminationGracePeriodSeconds); a second signal stops at once; 0 stops at once.",
+)
+@click.option(
+    "--health-file",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Keep this file up to date for exec probes: it holds starting, ready or draining and is"
+    " rewritten every second while the worker is responsive.",
+)
 @_max_message_option
 @_bundle_option(Role.WORKER)
 @_sandbox_options
@@ -523,6 +541,8 @@ def worker(
     max_threads: int,
     heartbeat: float,
     name: str | None,
+    drain_timeout: float,
+    health_file: Path | None,
     max_message_mb: float,
     curve: CurveKeys | None,
     **sandbox_flags: Any,
@@ -543,6 +563,8 @@ def worker(
             sandbox=_sandbox(envs, probe=False, **sandbox_flags),
             limits=_limits(max_message_mb),
             curve=curve,
+            drain_timeout=drain_timeout,
+            health_file=health_file,
         )
     except SandboxError as exc:
         raise click.UsageError(str(exc)) from None

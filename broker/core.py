@@ -6,8 +6,10 @@ deliver what each call returns, in order. No call raises on any input.
 
 It keeps five tables:
 
-- workers: a :class:`WorkerRegistry` of records by id (lifecycle ``READY -> DEAD``, see
-  :class:`WorkerState`) and of live workers by identity;
+- workers: a :class:`WorkerRegistry` of records by id (lifecycle ``READY -> DRAINING -> DEAD``,
+  see :class:`WorkerState`) and of live workers by identity. A DRAINING worker (it sent
+  ``DRAIN``) is live: it heartbeats and its envs' requests are forwarded to it, but no new env is
+  placed on it;
 - placement: env id -> worker id. Env ids of a dead worker stay placed on it as tombstones, so that
   requests for them answer ``SessionLost`` and ``ALLOC`` with ids can move them to a live worker;
 - in flight: ``(client, request id)`` -> the worker it was forwarded to, so that every forwarded
@@ -373,15 +375,17 @@ class BrokerCore:
         return Message(Op.REPLY, request_id, env_ids=env_ids, parts={"workers": workers})
 
     def _shares(self, env: str, num_envs: int) -> list[tuple[WorkerRecord, int]]:
-        """How many of ``num_envs`` new envs go to each live worker hosting ``env``: see
-        :func:`broker.placement.place`. Raises :class:`NoWorkerAvailable`."""
-        live = list(self._live.values())
+        """How many of ``num_envs`` new envs go to each live worker hosting ``env`` that is not
+        draining: see :func:`broker.placement.place`. Raises :class:`NoWorkerAvailable`."""
+        live = [w for w in self._live.values() if w.state is WorkerState.READY]
         hosts = [w for w in live if env in w.envs]
         if not hosts:
             hosted = sorted({name for w in live for name in w.envs})
+            draining = len(self._live) - len(live)
             raise NoWorkerAvailable(
                 f"no live worker hosts env {env!r}; "
                 + (f"live workers host: {', '.join(hosted)}" if hosted else "no worker is live")
+                + (f" ({draining} draining worker(s) take no new envs)" if draining else "")
             )
         counts = place([Host(w.used, w.capacity) for w in hosts], num_envs, env)
         return [(w, n) for w, n in zip(hosts, counts, strict=True) if n]
@@ -422,6 +426,15 @@ class BrokerCore:
             return []
         if message.op is Op.BYE:
             return self._declare_dead(worker, "left")
+        if message.op is Op.DRAIN:
+            if self._registry.drain(worker):
+                log.info(
+                    "worker %d (%s) is draining: no new envs go to it; %d env(s) still on it",
+                    worker.id,
+                    worker.name,
+                    worker.used,
+                )
+            return []
         if message.op is Op.ERROR:
             # Never answer an error with an error: two peers would bounce them forever.
             log.warning("worker %d (%s) reported: %s", worker.id, worker.name, message.meta)

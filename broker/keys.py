@@ -174,9 +174,18 @@ def load_broker_keys(folder: str | os.PathLike[str]) -> BrokerKeys:
 
 
 def _warn_if_writable(path: Path) -> None:
+    """Warn when users other than the owner may write to ``path``: unless it is on a read-only
+    mount, where nobody may (a Kubernetes Secret volume, mode 1777 on many clusters, is one)."""
     mode = path.stat().st_mode
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not _read_only_mount(path):
         log.warning(
             "%s is writable by other users, who could admit keys of their own: chmod 700 it",
             path,
         )
+
+
+def _read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

@@ -17,7 +17,13 @@ DEAD_WORKERS_KEPT = 64
 
 
 class WorkerState(Enum):
+    """``READY -> DRAINING -> DEAD``, or ``READY -> DEAD``: every transition is a method of
+    :class:`WorkerRegistry`."""
+
     READY = "ready"
+    """Takes new envs up to its capacity."""
+    DRAINING = "draining"
+    """Leaving soon (it sent DRAIN): takes no new env, still serves the envs it hosts."""
     DEAD = "dead"
 
 
@@ -101,12 +107,21 @@ class WorkerRegistry:
         self.live[identity] = worker
         return worker
 
+    def drain(self, worker: WorkerRecord) -> bool:
+        """The transition ``READY -> DRAINING``: ``worker`` takes no new env from now on.
+        Returns whether it was READY (a second DRAIN changes nothing)."""
+        if worker.state is not WorkerState.READY:
+            return False
+        worker.state = WorkerState.DRAINING
+        return True
+
     def existed(self, worker_id: int) -> bool:
         """Whether ``worker_id`` was ever given out here, even if its record is forgotten."""
         return self._first_id <= worker_id < self._next_id
 
     def declare_dead(self, worker: WorkerRecord, reason: str) -> None:
-        """The one transition ``READY -> DEAD``; its env ids stay placed on it as tombstones."""
+        """The transition ``READY -> DEAD`` or ``DRAINING -> DEAD``; its env ids stay placed on it
+        as tombstones."""
         worker.state = WorkerState.DEAD
         worker.death_reason = reason
         del self.live[worker.identity]

@@ -52,6 +52,16 @@ group id, parts in brackets):
   goes up each time the worker drops its env slots to register again, and a ``READY`` re-sent
   for the same one (its ``WELCOME`` is late) is welcomed again under the same worker id, not
   registered anew; ``WELCOME`` echoes it, so a worker ignores one meant for an earlier one.
+- Draining (a worker told to stop, e.g. by Kubernetes' SIGTERM): ``DRAIN`` -> broker, no answer.
+  The worker is leaving soon: the broker places no new env on it (it has no free slots, and
+  ``STATUS`` shows it ``DRAINING``) but goes on forwarding requests for the envs it hosts, and
+  the worker answers them. The worker sends ``BYE`` once all its envs are closed or its drain
+  deadline has passed; from then on its envs answer ``SessionLost`` and ``ALLOC`` with ids
+  re-places them, as for any worker that is gone. ``DRAIN`` is a control op of its own rather than
+  a flag on ``HEARTBEAT`` so that a broker without it refuses it alone (``ERROR`` on the control
+  route; the worker still leaves at its deadline) instead of every heartbeat. Sent once; again
+  only if it could not be sent. A draining worker does not register again: when the broker
+  forgets it (``DISCONNECT``, or silence) its envs are gone, and it leaves at once.
 """
 
 from openenv_zmq.protocol.codec import (

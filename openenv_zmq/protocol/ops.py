@@ -26,6 +26,7 @@ class Op(IntEnum):
     HEARTBEAT = 32
     DISCONNECT = 33
     BYE = 34
+    DRAIN = 35
 
 
 BROKER_OPS = frozenset({Op.ALLOC, Op.STATUS, Op.PING, Op.HELLO})
@@ -36,7 +37,7 @@ WORKER_OPS = frozenset({Op.CREATE, Op.RESET, Op.STEP, Op.STATE, Op.CLOSE})
 
 REQUEST_OPS = BROKER_OPS | WORKER_OPS
 ANSWER_OPS = frozenset({Op.REPLY, Op.ERROR})
-CONTROL_OPS = frozenset({Op.READY, Op.WELCOME, Op.HEARTBEAT, Op.DISCONNECT, Op.BYE})
+CONTROL_OPS = frozenset({Op.READY, Op.WELCOME, Op.HEARTBEAT, Op.DISCONNECT, Op.BYE, Op.DRAIN})
 
 CONTROL_ROUTE = b""
 """Route frame of broker <-> worker control messages; any other route is a client identity."""

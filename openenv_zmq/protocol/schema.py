@@ -150,6 +150,7 @@ SCHEMAS: dict[Op, OpSchema] = {
     Op.HEARTBEAT: OpSchema(),
     Op.DISCONNECT: OpSchema(meta={"reason": (_is_str, True)}),
     Op.BYE: OpSchema(),
+    Op.DRAIN: OpSchema(),
 }
 
 assert set(SCHEMAS) == set(Op), "every op needs a schema"

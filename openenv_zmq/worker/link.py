@@ -1,8 +1,16 @@
-"""The worker's link with its broker, sans I/O: registration, heartbeats, liveness.
+"""The worker's link with its broker, sans I/O: registration, heartbeats, liveness, draining.
 
-:class:`BrokerLink` decides when to send ``READY`` / ``HEARTBEAT`` / ``BYE`` and when the broker
-counts as gone. It opens no socket and reads no clock: the zmq loop in
-:mod:`openenv_zmq.worker.loop` feeds it messages and passes ``now`` in.
+:class:`BrokerLink` decides when to send ``READY`` / ``HEARTBEAT`` / ``DRAIN`` / ``BYE``, when the
+broker counts as gone and when a draining worker must leave. It opens no socket and reads no
+clock: the zmq loop in :mod:`openenv_zmq.worker.loop` feeds it messages and passes ``now`` in.
+
+```
+STARTING --WELCOME--> READY --drain()--> DRAINING
+    ^                   |                    |
+    +---DISCONNECT, ----+                    |
+        broker silent                        |
+ every state --------------leave(): BYE----------> DEAD
+```
 """
 
 from __future__ import annotations
@@ -26,8 +34,10 @@ class WorkerLifecycle(Enum):
     READY = "ready"
     """Registered: heartbeats flow both ways."""
     DRAINING = "draining"
-    """Leaving on purpose: BYE sent, sockets closing."""
+    """Leaving on purpose: DRAIN sent, so the broker places no new env here; the envs hosted
+    here are still served until they are all closed or the drain deadline passes."""
     DEAD = "dead"
+    """BYE sent (or the sockets closed): nothing more is sent."""
 
 
 NOT_SERVING = (
@@ -40,8 +50,10 @@ READY_RETRY_SECONDS = 0.05
 """How soon a READY that could not be sent (no connection yet) is tried again."""
 
 _LIFECYCLE_TRANSITIONS: dict[WorkerLifecycle, frozenset[WorkerLifecycle]] = {
-    WorkerLifecycle.STARTING: frozenset({WorkerLifecycle.READY, WorkerLifecycle.DRAINING}),
-    WorkerLifecycle.READY: frozenset({WorkerLifecycle.STARTING, WorkerLifecycle.DRAINING}),
+    WorkerLifecycle.STARTING: frozenset({WorkerLifecycle.READY, WorkerLifecycle.DEAD}),
+    WorkerLifecycle.READY: frozenset(
+        {WorkerLifecycle.STARTING, WorkerLifecycle.DRAINING, WorkerLifecycle.DEAD}
+    ),
     WorkerLifecycle.DRAINING: frozenset({WorkerLifecycle.DEAD}),
     WorkerLifecycle.DEAD: frozenset(),
 }
@@ -55,6 +67,9 @@ class LinkOutput:
     """Control messages for the broker, in order."""
     drop_all: bool = False
     """Every env slot must be dropped (the broker no longer knows this worker)."""
+    leave: bool = False
+    """A draining worker must leave now (its deadline passed, or the broker forgot it): call
+    :meth:`BrokerLink.leave` and send its ``BYE``."""
 
 
 _NOTHING = LinkOutput()
@@ -65,8 +80,9 @@ class BrokerLink:
 
     Call :meth:`on_control` with every control message (route ``b""``), :meth:`heard` with any
     other message from the broker (and serve it only while :attr:`serving`), and :meth:`on_tick`
-    whenever :attr:`deadline` has passed; send what they return. :meth:`drain` returns the
-    ``BYE`` to send when leaving, :meth:`dead` ends it.
+    whenever :attr:`deadline` has passed; send what they return. To stop on purpose,
+    :meth:`drain` (when READY) and then, once nothing is left to serve or an output says
+    ``leave``, :meth:`leave`, which returns the ``BYE`` to send last.
 
     Each registration has a number (:attr:`registration`, sent in ``READY``), raised whenever
     the worker drops its envs to register again. ``READY`` is re-sent every interval until a
@@ -89,6 +105,8 @@ class BrokerLink:
         self._numbered_ready = self._number(ready)
         self._last_heard = now
         self._next_send = now  # READY goes out at the first tick
+        self._drain_deadline = float("inf")
+        self._drain_unsent = False
 
     def _to(self, state: WorkerLifecycle) -> None:
         """The one place the lifecycle changes."""
@@ -101,20 +119,27 @@ class BrokerLink:
         return dataclasses.replace(ready, meta={**ready.meta, "registration": self.registration})
 
     @property
+    def registered(self) -> bool:
+        """Whether the broker knows this worker (READY or DRAINING): env slots may be in use."""
+        return self.state in (WorkerLifecycle.READY, WorkerLifecycle.DRAINING)
+
+    @property
     def serving(self) -> bool:
-        """Whether requests are to be served: only while registered.
+        """Whether requests are to be served: only while registered (a draining worker serves
+        its envs until it leaves).
 
         A request that comes while :attr:`WorkerLifecycle.STARTING` was sent to a registration
         this worker gave up, whose envs it dropped: it is answered ``WorkerLost``
         (:data:`NOT_SERVING`), not run, since running it could only make envs nobody knows of.
         """
-        return self.state is WorkerLifecycle.READY
+        return self.registered
 
     @property
     def deadline(self) -> float:
         """When :meth:`on_tick` must next be called."""
-        if self.state is WorkerLifecycle.READY:
-            return min(self._next_send, self._last_heard + self._liveness * self.interval)
+        if self.registered:
+            silent = self._last_heard + self._liveness * self.interval
+            return min(self._next_send, silent, self._drain_deadline)
         return self._next_send
 
     def heard(self, now: float) -> None:
@@ -123,8 +148,10 @@ class BrokerLink:
 
     def on_control(self, message: Message, now: float) -> LinkOutput:
         self._last_heard = now
-        if self.state in (WorkerLifecycle.DRAINING, WorkerLifecycle.DEAD):
+        if self.state is WorkerLifecycle.DEAD:
             return _NOTHING
+        if self.state is WorkerLifecycle.DRAINING:
+            return self._on_control_draining(message)
         if message.op is Op.WELCOME:
             registration = message.meta.get("registration", self.registration)
             if registration != self.registration:
@@ -165,19 +192,41 @@ class BrokerLink:
             log.warning("ignoring unexpected control message %s", message.op.name)
         return _NOTHING
 
+    def _on_control_draining(self, message: Message) -> LinkOutput:
+        if message.op is Op.DISCONNECT:
+            # The broker forgot this worker: its envs are gone there, nothing is left to serve.
+            log.warning(
+                "broker disconnected this draining worker (%s); leaving", message.meta["reason"]
+            )
+            return LinkOutput(drop_all=True, leave=True)
+        if message.op is Op.ERROR:
+            log.warning(
+                "broker refused a control message: %s: %s (a broker that does not know DRAIN"
+                " still places envs here; this worker leaves at its drain deadline all the same)",
+                message.meta["type"],
+                message.meta["message"],
+            )
+        return _NOTHING
+
     def on_tick(self, now: float) -> LinkOutput:
-        if self.state is WorkerLifecycle.READY and (
-            now - self._last_heard > self._liveness * self.interval
-        ):
-            log.warning("broker silent for %.1f s; registering again", now - self._last_heard)
+        if self.registered and now - self._last_heard > self._liveness * self.interval:
+            silence = now - self._last_heard
+            if self.state is WorkerLifecycle.DRAINING:
+                log.warning("broker silent for %.1f s while draining; leaving", silence)
+                return LinkOutput(drop_all=True, leave=True)
+            log.warning("broker silent for %.1f s; registering again", silence)
             return self._register_again(now)
-        if self.state not in (WorkerLifecycle.STARTING, WorkerLifecycle.READY):
-            return _NOTHING
-        if now < self._next_send:
+        if self.state is WorkerLifecycle.DRAINING and now >= self._drain_deadline:
+            log.warning("drain deadline reached with envs still here; leaving")
+            return LinkOutput(leave=True)
+        if self.state is WorkerLifecycle.DEAD or now < self._next_send:
             return _NOTHING
         self._next_send = now + self.interval
         if self.state is WorkerLifecycle.STARTING:
             return LinkOutput(send=(self._numbered_ready,))
+        if self._drain_unsent:
+            self._drain_unsent = False
+            return LinkOutput(send=(Message(Op.DRAIN), Message(Op.HEARTBEAT)))
         return LinkOutput(send=(Message(Op.HEARTBEAT),))
 
     def keepalive(self, now: float) -> Message | None:
@@ -186,7 +235,7 @@ class BrokerLink:
         Broker silence is not judged here: the broker's own heartbeats wait unread until the
         batch is done, and :meth:`on_tick` judges after they have been read.
         """
-        if self.state is not WorkerLifecycle.READY or now < self._next_send:
+        if not self.registered or now < self._next_send:
             return None
         self._next_send = now + self.interval
         return Message(Op.HEARTBEAT)
@@ -210,12 +259,23 @@ class BrokerLink:
         """
         if message.op is Op.READY:
             self._next_send = min(self._next_send, now + min(self.interval, READY_RETRY_SECONDS))
+        elif message.op is Op.DRAIN:
+            self._drain_unsent = True  # sent again with the next heartbeat
 
-    def drain(self) -> Message:
-        """Start leaving; returns the ``BYE`` to send. Call once."""
+    def drain(self, now: float, timeout: float) -> LinkOutput:
+        """Start leaving on purpose, ``timeout`` seconds from ``now`` at the latest: the
+        ``DRAIN`` to send, after which the broker places no new env here. Only while READY
+        (raises :class:`RuntimeError` otherwise): a worker that is not registered hosts no env,
+        and leaves at once.
+
+        Then serve on; :meth:`on_tick` says ``leave`` at the deadline (or when the broker is
+        gone), and the caller calls :meth:`leave` sooner once no env is left.
+        """
         self._to(WorkerLifecycle.DRAINING)
-        return Message(Op.BYE)
+        self._drain_deadline = now + timeout
+        return LinkOutput(send=(Message(Op.DRAIN),))
 
-    def dead(self) -> None:
-        """The sockets are closed; nothing more will be sent."""
+    def leave(self) -> Message:
+        """Stop: the ``BYE`` to send, the last message of this worker. Call once."""
         self._to(WorkerLifecycle.DEAD)
+        return Message(Op.BYE)

@@ -9,6 +9,12 @@ stepping thread never holds while it steps.
 A request of envs that wait (async, blocking on I/O, under a deadline) is handed to a
 :class:`CallRunner` instead, and this thread goes on with other requests: the runner wakes it
 through a pipe when the calls are done, and it settles and sends the reply.
+
+Stopping: ``stop`` (or a signal when there is no drain timeout) stops at once: ``BYE``, and the
+broker answers whatever is in flight with ``WorkerLost``. With a drain timeout, the first
+SIGTERM or SIGINT drains instead (``DRAIN``: the broker places no new env here) and the worker
+serves its envs on until all are closed or the timeout has passed, then sends ``BYE``; a second
+signal stops at once.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from openenv_zmq.sandbox import host as sandbox_host
 from openenv_zmq.sandbox.setup import SandboxOptions, start_sandbox
 from openenv_zmq.sockets import worker_dealer
 from openenv_zmq.worker.core import Pending, WorkerCore
+from openenv_zmq.worker.health import HealthFile
 from openenv_zmq.worker.link import NOT_SERVING, BrokerLink, LinkOutput, WorkerLifecycle
 from openenv_zmq.worker.runner import MAX_THREADS, CallRunner
 
@@ -74,11 +81,17 @@ def run_worker(
     limits: Limits = DEFAULT_LIMITS,
     identity: bytes | None = None,
     curve: CurveKeys | None = None,
+    drain_timeout: float = 0.0,
+    health_file: str | os.PathLike[str] | None = None,
 ) -> None:
     """Host ``envs`` for the broker whose backend is at ``connect`` until told to stop.
 
     Stops on SIGINT / SIGTERM (handlers are installed only when called from the main thread) or
-    when ``stop`` is set: sends ``BYE``, closes every env and socket, and returns. Raises
+    when ``stop`` is set: sends ``BYE``, closes every env and socket, and returns. With
+    ``drain_timeout`` > 0 the first SIGINT / SIGTERM drains first: the broker is told to place no
+    new env here, and the envs hosted here are served on until every one is closed or
+    ``drain_timeout`` seconds have passed (then their requests in flight get ``WorkerLost`` and
+    their later ones ``SessionLost``); a second signal, or ``stop``, stops at once. Raises
     :class:`~openenv_zmq.errors.EnvNotFound` before connecting if an env does not resolve, and
     :class:`zmq.ZMQError` for a malformed ``connect`` address. Blocking env calls run on at
     most ``max_threads`` threads. An env that runs code in contained sessions gets its zygote
@@ -89,7 +102,8 @@ def run_worker(
     broker that starts its own workers gives each one it can tell from any other peer's.
     ``curve``: the worker's keys for a CURVE broker (a bundle, :func:`~openenv_zmq.curve.
     load_bundle`); a broker that does not admit the key never hears from the worker, which then
-    waits, unregistered, until stopped (the broker logs the refusal).
+    waits, unregistered, until stopped (the broker logs the refusal). ``health_file``: a file
+    kept up to date for probes (see :mod:`openenv_zmq.worker.health`), removed on the way out.
     """
     name = name or f"{socket.gethostname()}-{os.getpid()}"
     core = WorkerCore(envs, capacity, limits)
@@ -101,16 +115,18 @@ def run_worker(
         log.info("worker %s contains sessions: %s", name, dict(layers))
     ready = Message(Op.READY, meta=meta)
     halt = threading.Event()
+    drain = threading.Event()
 
     def stopping() -> bool:
         return halt.is_set() or (stop is not None and stop.is_set())
 
     context = zmq.Context()
     dealer: zmq.Socket[bytes] = context.socket(zmq.DEALER)
-    restore_signals = _stop_on_signals(halt)
+    restore_signals = _stop_on_signals(halt, drain if drain_timeout > 0 else None)
     link = BrokerLink(ready, heartbeat_interval, liveness, time.monotonic())
     runner = CallRunner(max_threads)
-    pump = _Pump(dealer, link, core, runner)
+    health = None if health_file is None else HealthFile(health_file)
+    pump = _Pump(dealer, link, core, runner, health, drain, drain_timeout)
     keepalive = threading.Thread(
         target=pump.keep_alive, args=(stopping,), name="worker-keepalive", daemon=True
     )
@@ -127,19 +143,19 @@ def run_worker(
         keepalive.start()
         pump.run(stopping)
         with pump.lock:
-            bye_sent = pump.send([CONTROL_ROUTE, *encode(link.drain())])
+            bye_sent = pump.send([CONTROL_ROUTE, *encode(link.leave())])
     finally:
         halt.set()
         if keepalive.is_alive():
             keepalive.join()
         dealer.close(linger=_BYE_LINGER_MS if bye_sent else 0)
-        if link.state is WorkerLifecycle.DRAINING:
-            link.dead()
         runner.close()
         pump.close()
         core.drop_all()
         sandbox_host.shutdown()
         context.term()
+        if health is not None:
+            health.remove()
         restore_signals()
     log.info("worker %s stopped", name)
 
@@ -148,14 +164,31 @@ class _Pump:
     """Moves messages between the DEALER, :class:`BrokerLink` and :class:`WorkerCore`."""
 
     def __init__(
-        self, dealer: zmq.Socket[bytes], link: BrokerLink, core: WorkerCore, runner: CallRunner
+        self,
+        dealer: zmq.Socket[bytes],
+        link: BrokerLink,
+        core: WorkerCore,
+        runner: CallRunner,
+        health: HealthFile | None = None,
+        drain: threading.Event | None = None,
+        drain_timeout: float = 0.0,
     ) -> None:
         self.dealer = dealer
         self.link = link
         self.core = core
         self.runner = runner
+        self.health = health
+        self.drain = drain or threading.Event()
+        """Set when the worker is to drain (the first signal): seen by whichever thread runs
+        next, so a worker busy with a long batch tells the broker at once."""
+        self.drain_timeout = drain_timeout
         self.lock = threading.Lock()
-        """Held for every use of the DEALER: zmq sockets are not thread-safe."""
+        """Held for every use of the DEALER (zmq sockets are not thread-safe), of the link and
+        of the health file."""
+        self._pending = 0
+        """Requests handed to the runner and not answered yet (this thread's count)."""
+        self._leave = False
+        """The link said a draining worker must leave now."""
         self._finished: queue.SimpleQueue[tuple[bytes, Pending]] = queue.SimpleQueue()
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
@@ -168,14 +201,50 @@ class _Pump:
         os.close(self._wake_write)
 
     def run(self, stopping: Stopping) -> None:
+        """Serve until ``stopping()``, or, once :attr:`drain` is set, until the drain is over."""
         while not stopping():
             for frames in self._receive():
                 self._dispatch(frames)
             self._send_finished()
             with self.lock:
                 now = time.monotonic()
+                if self.drain.is_set() and not self._start_draining(now):
+                    return
                 if now >= self.link.deadline:
                     self._apply(self.link.on_tick(now))
+                if self.health is not None:
+                    self.health.beat(self.link.state.value, now)
+                if self._drained():
+                    return
+
+    def _start_draining(self, now: float) -> bool:
+        """Drain from now on (the lock is held); ``False`` when there is nothing to drain."""
+        timeout = self.drain_timeout
+        if self.link.state is WorkerLifecycle.DRAINING:
+            return True
+        if self.link.state is not WorkerLifecycle.READY:
+            log.warning("told to stop while not registered with the broker; stopping")
+            return False
+        if self.core.slots_used:
+            log.warning(
+                "draining: the broker places no new env here; %d env(s) served until closed,"
+                " for %g s at most (signal again to stop at once)",
+                self.core.slots_used,
+                timeout,
+            )
+        self._apply(self.link.drain(now, timeout))
+        return True
+
+    def _drained(self) -> bool:
+        """Whether a draining worker is done: the link said so, or nothing is left to serve."""
+        if self.link.state is not WorkerLifecycle.DRAINING:
+            return False
+        if self._leave:
+            return True
+        if self.core.slots_used == 0 and self._pending == 0:
+            log.info("drained: every env here is closed; leaving")
+            return True
+        return False
 
     def _receive(self) -> list[list[zmq.Frame]]:
         """What the broker has sent, waiting for it (or for finished calls) until the next tick
@@ -210,6 +279,7 @@ class _Pump:
             answer = self.core.handle([frame.buffer for frame in frames[1:]])
             _keep_envs_out_of_gc(hosted, self.core.slots_used)
             if isinstance(answer, Pending):
+                self._pending += 1
                 self.runner.submit(answer, lambda pending: self._finish(route, pending))
                 return
             self._answer(route, answer)
@@ -234,6 +304,7 @@ class _Pump:
                 route, pending = self._finished.get_nowait()
             except queue.Empty:
                 return
+            self._pending -= 1
             self._answer(route, self.core.finish(pending))
 
     def _answer(self, route: bytes, answer: Sequence[Frame]) -> None:
@@ -245,6 +316,8 @@ class _Pump:
         """Carry out what the link decided (the lock is held)."""
         if output.drop_all:
             self.core.drop_all()
+        if output.leave:
+            self._leave = True
         for message in output.send:
             if not self.send([CONTROL_ROUTE, *encode(message)]):
                 self.link.not_sent(message, time.monotonic())
@@ -266,9 +339,14 @@ class _Pump:
             if not self.lock.acquire(blocking=False):
                 continue
             try:
-                heartbeat = self.link.keepalive(time.monotonic())
+                now = time.monotonic()
+                if self.drain.is_set() and self.link.state is WorkerLifecycle.READY:
+                    self._start_draining(now)  # while a batch steps: the broker hears it now
+                heartbeat = self.link.keepalive(now)
                 if heartbeat is not None:
                     self.send([CONTROL_ROUTE, *encode(heartbeat)])
+                if self.health is not None:
+                    self.health.beat(self.link.state.value, now)
             finally:
                 self.lock.release()
 
@@ -287,13 +365,17 @@ def _keep_envs_out_of_gc(before: int, after: int) -> None:
         gc.unfreeze()
 
 
-def _stop_on_signals(halt: threading.Event) -> Callable[[], None]:
-    """Make SIGINT / SIGTERM set ``halt``; returns what puts the previous handlers back."""
+def _stop_on_signals(halt: threading.Event, drain: threading.Event | None) -> Callable[[], None]:
+    """Make SIGINT / SIGTERM set ``drain`` the first time (when given) and ``halt`` after that;
+    returns what puts the previous handlers back."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        halt.set()
+        if drain is not None and not drain.is_set():
+            drain.set()
+        else:
+            halt.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -291,6 +292,132 @@ def test_sigterm_while_stepping_still_says_bye(broker: MiniBroker, spawn_worker:
     assert answered_after_signal[0].at - signalled_at > batch_seconds / 4
     process.join(10)
     assert process.exitcode == 0
+
+
+def test_sigterm_with_a_drain_timeout_serves_on_then_leaves_at_the_deadline(
+    broker: MiniBroker, spawn_worker: Any, tmp_path: Path
+) -> None:
+    health = tmp_path / "worker.health"
+    process = spawn_worker(
+        connect=broker.address,
+        envs=["echo"],
+        heartbeat_interval=0.1,
+        liveness=1000.0,  # this broker sends no heartbeats of its own
+        drain_timeout=2.0,
+        health_file=health,
+    )
+    identity = broker.welcome(0.1)
+    broker.request(identity, create(2))
+    broker.request(identity, reset(2))
+    wait_for(lambda: health.read_text() == "ready\n", "the health file to say ready")
+    signalled_at = time.monotonic()
+    process.terminate()
+    drain, _ = broker.expect(Op.DRAIN, timeout=10.0)
+    assert drain.identity == identity
+    wait_for(lambda: health.read_text() == "draining\n", "the health file to say draining")
+    stepped = broker.request(identity, step(2, request_id=50, message="still here"))
+    assert [o["echoed_message"] for o in stepped.parts["obs"]] == ["still here"] * 2
+    bye, heartbeats = broker.expect(Op.BYE, timeout=10.0)
+    assert bye.at - signalled_at >= 2.0
+    assert len(heartbeats) >= 5  # it went on heartbeating while it drained
+    process.join(10)
+    assert process.exitcode == 0
+    assert not health.exists()
+
+
+def test_a_drain_ends_as_soon_as_every_env_is_closed(broker: MiniBroker, spawn_worker: Any) -> None:
+    process = spawn_worker(
+        connect=broker.address,
+        envs=["echo"],
+        heartbeat_interval=0.1,
+        liveness=1000.0,
+        drain_timeout=60.0,
+    )
+    identity = broker.welcome(0.1)
+    broker.request(identity, create(2))
+    process.terminate()
+    broker.expect(Op.DRAIN, timeout=10.0)
+    closed = broker.request(identity, Message(Op.CLOSE, 60, worker=0, env_ids=ids(2)))
+    closed_at = time.monotonic()
+    assert closed.parts["errors"] == []
+    bye, _ = broker.expect(Op.BYE, timeout=10.0)
+    assert bye.at - closed_at < 5.0  # not the 60 s of its timeout
+    process.join(10)
+    assert process.exitcode == 0
+
+
+def test_a_second_signal_ends_a_drain_at_once(broker: MiniBroker, spawn_worker: Any) -> None:
+    process = spawn_worker(
+        connect=broker.address,
+        envs=["echo"],
+        heartbeat_interval=0.1,
+        liveness=1000.0,
+        drain_timeout=60.0,
+    )
+    identity = broker.welcome(0.1)
+    broker.request(identity, create(2))
+    process.terminate()
+    broker.expect(Op.DRAIN, timeout=10.0)
+    process.terminate()
+    signalled_at = time.monotonic()
+    bye, _ = broker.expect(Op.BYE, timeout=10.0)
+    assert bye.at - signalled_at < 5.0
+    process.join(10)
+    assert process.exitcode == 0
+
+
+def test_a_drain_is_announced_while_a_batch_steps(broker: MiniBroker, spawn_worker: Any) -> None:
+    n = 20_000
+    process = spawn_worker(
+        connect=broker.address,
+        envs=["echo"],
+        capacity=n,
+        heartbeat_interval=0.1,
+        liveness=1000.0,
+        drain_timeout=60.0,
+    )
+    identity = broker.welcome(0.1)
+    broker.request(identity, create(n))
+    broker.request(identity, reset(n))
+    for request_id in (40, 41, 42):
+        broker.send(identity, CLIENT, step(n, request_id))
+    first, _ = broker.expect(Op.REPLY, CLIENT)
+    assert first.message.request_id == 40
+    process.terminate()  # while 41 steps
+    # The keep-alive thread tells the broker at once, not after the batches queued here: a
+    # broker that heard it later could place new envs on a worker about to leave.
+    broker.expect(Op.DRAIN, timeout=10.0)
+    answered = [broker.expect(Op.REPLY, CLIENT)[0].message.request_id for _ in range(2)]
+    assert answered == [41, 42]  # and it serves them all the same
+    process.terminate()
+    broker.expect(Op.BYE, timeout=10.0)
+    process.join(10)
+    assert process.exitcode == 0
+
+
+def test_a_drain_timeout_leaves_at_once_when_not_registered(
+    broker: MiniBroker, spawn_worker: Any
+) -> None:
+    process = spawn_worker(
+        connect=broker.address, envs=["echo"], heartbeat_interval=0.1, drain_timeout=60.0
+    )
+    broker.expect(Op.READY)  # never welcomed: it hosts nothing
+    process.terminate()
+    process.join(10)
+    assert process.exitcode == 0
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
 
 
 def test_stop_event_ends_a_worker_running_in_a_thread(broker: MiniBroker) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import stat
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import zmq.auth
@@ -148,6 +151,23 @@ def test_an_allowlist_others_may_write_to_is_warned_about(
     with caplog.at_level(logging.WARNING):
         load_broker_keys(folder)
     assert "clients is writable by other users" in caplog.text
+
+
+def test_an_allowlist_on_a_read_only_mount_is_not_warned_about(
+    folder: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as a Kubernetes Secret volume may be: mode 1777, but mounted read-only, so nobody may write
+    (folder / "clients").chmod(0o1777)
+    statvfs = os.statvfs
+
+    def read_only(path: Any) -> Any:
+        found = statvfs(path)
+        return SimpleNamespace(f_flag=found.f_flag | os.ST_RDONLY)
+
+    monkeypatch.setattr(os, "statvfs", read_only)
+    with caplog.at_level(logging.WARNING):
+        load_broker_keys(folder)
+    assert "writable" not in caplog.text
 
 
 def test_client_keys_take_a_bundle_folder_or_loaded_keys(folder: Path) -> None:

@@ -166,6 +166,7 @@ CONVERSATIONS: dict[str, Message] = {
     "heartbeat": Message(Op.HEARTBEAT),
     "disconnect": Message(Op.DISCONNECT, meta={"reason": "unknown worker, send READY again"}),
     "bye": Message(Op.BYE),
+    "drain": Message(Op.DRAIN),
 }
 
 

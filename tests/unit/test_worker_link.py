@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from openenv_zmq.protocol import Message, Op
-from openenv_zmq.worker.link import READY_RETRY_SECONDS, BrokerLink, WorkerLifecycle
+from openenv_zmq.worker.link import READY_RETRY_SECONDS, BrokerLink, LinkOutput, WorkerLifecycle
 
 BARE_READY = Message(Op.READY, meta={"envs": ["echo"], "capacity": 4, "name": "w", "pid": 1})
 READY = replace(BARE_READY, meta={**BARE_READY.meta, "registration": 0})
@@ -149,17 +149,92 @@ def test_link_errors_and_odd_control_messages_change_nothing() -> None:
     assert link.interval == 0.5  # a non-positive interval from the broker is ignored
 
 
-def test_link_drain_then_dead() -> None:
+def test_link_leave_sends_bye_once_and_then_nothing() -> None:
     link = BrokerLink(READY, interval=1.0, liveness=2.5, now=0.0)
     link.on_control(welcome(), 0.0)
-    assert link.drain().op is Op.BYE
-    assert state_of(link) is WorkerLifecycle.DRAINING
+    assert link.leave().op is Op.BYE
+    assert state_of(link) is WorkerLifecycle.DEAD
+    assert not link.registered
     assert link.on_tick(100.0).send == ()
     assert link.on_control(Message(Op.DISCONNECT, meta={"reason": "x"}), 100.0).send == ()
-    link.dead()
+    assert link.keepalive(100.0) is None
+    with pytest.raises(RuntimeError, match="DEAD to DEAD"):
+        link.leave()
+
+
+def test_link_unregistered_leaves_at_once_and_cannot_drain() -> None:
+    link = BrokerLink(READY, interval=1.0, liveness=2.5, now=0.0)
+    with pytest.raises(RuntimeError, match="STARTING to DRAINING"):
+        link.drain(0.0, 25.0)
+    assert link.leave().op is Op.BYE
     assert state_of(link) is WorkerLifecycle.DEAD
-    with pytest.raises(RuntimeError, match="DEAD to DRAINING"):
-        link.drain()
+
+
+def draining(timeout: float = 10.0, interval: float = 1.0) -> BrokerLink:
+    """A link registered at 0.0 and told to drain at 1.0, for ``timeout`` seconds."""
+    link = BrokerLink(READY, interval=interval, liveness=2.5, now=0.0)
+    link.on_control(welcome(heartbeat=interval), 0.0)
+    output = link.drain(1.0, timeout)
+    assert sent_ops(output) == [Op.DRAIN]
+    assert not output.leave
+    assert not output.drop_all
+    assert state_of(link) is WorkerLifecycle.DRAINING
+    assert link.registered
+    assert link.serving  # its envs are served until it leaves
+    return link
+
+
+def test_draining_link_heartbeats_on_and_leaves_at_its_deadline() -> None:
+    link = draining(timeout=10.0)
+    for now in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0):
+        output = link.on_tick(now)
+        assert not output.leave, now
+        assert sent_ops(output) in ([], [Op.HEARTBEAT]), now
+        link.on_control(Message(Op.HEARTBEAT), now)  # the broker is alive
+    assert link.keepalive(10.5) is None  # sent at 10.0
+    assert link.keepalive(11.0) == Message(Op.HEARTBEAT)  # heartbeats while a batch steps too
+    assert link.deadline == 11.0  # the drain deadline
+    output = link.on_tick(11.0)
+    assert output.leave
+    assert not output.drop_all  # the envs answer until BYE; the broker then says SessionLost
+    assert state_of(link) is WorkerLifecycle.DRAINING  # until leave(): BYE
+    assert link.leave().op is Op.BYE
+
+
+def test_draining_link_leaves_when_the_broker_forgets_it() -> None:
+    link = draining()
+    output = link.on_control(Message(Op.DISCONNECT, meta={"reason": "not registered"}), 2.0)
+    assert output.leave
+    assert output.drop_all
+    assert output.send == ()  # no READY: a draining worker does not register again
+
+
+def test_draining_link_leaves_when_the_broker_is_silent() -> None:
+    link = draining(timeout=100.0)
+    link.on_control(Message(Op.HEARTBEAT), 2.0)
+    assert not link.on_tick(4.0).leave
+    output = link.on_tick(4.6)  # 2.6 s of silence
+    assert output.leave
+    assert output.drop_all
+    assert READY not in output.send
+
+
+def test_draining_link_ignores_welcome_and_errors() -> None:
+    link = draining()
+    error = Message(Op.ERROR, meta={"type": "ProtocolError", "message": "unknown op 35"})
+    for message in (welcome(worker=9), error, Message(Op.HEARTBEAT)):
+        output = link.on_control(message, 1.5)
+        assert output == LinkOutput()
+    assert state_of(link) is WorkerLifecycle.DRAINING
+    assert link.worker_id == 3
+
+
+def test_draining_link_resends_a_drain_that_could_not_be_sent() -> None:
+    link = draining()
+    link.not_sent(Message(Op.DRAIN), 1.0)
+    assert sent_ops(link.on_tick(2.0)) == [Op.DRAIN, Op.HEARTBEAT]
+    link.heard(2.5)
+    assert sent_ops(link.on_tick(3.0)) == [Op.HEARTBEAT]
 
 
 def test_link_needs_ready_and_positive_timings() -> None:
