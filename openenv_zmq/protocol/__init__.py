@@ -45,7 +45,8 @@ group id, parts in brackets):
   false flags in its row.
 - ``ERROR {type, message, traceback?}`` answers a whole request. With ``ids`` and an ``EnvError``
   type name (``WorkerLost``, ``SessionLost``) it means every one of those env ids failed that way.
-- Worker control: ``READY {envs, capacity, name, pid}`` -> ``WELCOME {worker, heartbeat}``;
+- Worker control: ``READY {envs, capacity, name, pid, sandbox?, provider?, host?, instance?}``
+  -> ``WELCOME {worker, heartbeat}``;
   ``HEARTBEAT`` both ways; ``DISCONNECT {reason}`` tells a worker it is not registered (drop all
   env slots and send ``READY`` again); ``BYE`` is a worker leaving on purpose.
 """

@@ -45,6 +45,7 @@ from openenv_zmq.sandbox.setup import SandboxOptions, start_sandbox
 from openenv_zmq.sockets import worker_dealer
 from openenv_zmq.worker.core import Pending, WorkerCore
 from openenv_zmq.worker.link import BrokerLink, LinkOutput, WorkerLifecycle
+from openenv_zmq.worker.origin import worker_origin
 from openenv_zmq.worker.runner import MAX_THREADS, CallRunner
 
 __all__ = ["WorkerLifecycle", "run_worker"]
@@ -74,6 +75,8 @@ def run_worker(
     limits: Limits = DEFAULT_LIMITS,
     identity: bytes | None = None,
     curve: CurveKeys | None = None,
+    provider: str | None = None,
+    instance: str | None = None,
 ) -> None:
     """Host ``envs`` for the broker whose backend is at ``connect`` until told to stop.
 
@@ -89,13 +92,18 @@ def run_worker(
     broker that starts its own workers gives each one it can tell from any other peer's.
     ``curve``: the worker's keys for a CURVE broker (a bundle, :func:`~openenv_zmq.curve.
     load_bundle`); a broker that does not admit the key never hears from the worker, which then
-    waits, unregistered, until stopped (the broker logs the refusal).
+    waits, unregistered, until stopped (the broker logs the refusal). ``provider`` (who started
+    it) and ``instance`` (its container, actor or pod id) are shown in the broker's status with
+    this host's name; see :func:`~openenv_zmq.worker.origin.worker_origin` for their defaults and
+    the :class:`ValueError` raised for one too long.
     """
     name = name or f"{socket.gethostname()}-{os.getpid()}"
+    origin = worker_origin(provider, instance)
     core = WorkerCore(envs, capacity, limits)
     # Before any socket or thread: the zygote is exec'd, but nothing of ours should exist yet.
     layers = start_sandbox(envs, sandbox or SandboxOptions())
     meta = {"envs": list(envs), "capacity": capacity, "name": name, "pid": os.getpid()}
+    meta |= origin.meta()
     if layers:
         meta["sandbox"] = dict(layers)
         log.info("worker %s contains sessions: %s", name, dict(layers))
