@@ -14,6 +14,7 @@ from typing import Any
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -72,12 +73,12 @@ def workers_table(status: Status, title: str | None = None) -> Table:
     for column in ("used", "free", "steps", "age", "seen"):
         table.add_column(column, justify="right", no_wrap=True)
     for w in status["workers"]:
-        worker = Text(f"{w['id']} ")
-        worker.append(Text(str(w["name"]), style="bold"))
-        worker.append("\n")
-        worker.append(Text(f"  {where(w)}", style="dim"))
+        name = Text(f"{w['id']} ")
+        name.append(Text(str(w["name"]), style="bold"))
+        # Padded, not indented with spaces: a line too long wraps under itself.
+        below = Padding(Text(where(w), style="dim"), (0, 0, 0, 2))
         table.add_row(
-            worker,
+            Group(name, below),
             w["state"].lower(),
             Text(", ".join(w["envs"])),
             f"{w['used']:,}",
