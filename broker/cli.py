@@ -21,6 +21,8 @@ from broker.core import BrokerConfig
 from broker.exposure import advertised, is_wildcard, port_of, reachable_from_other_hosts
 from broker.keys import BrokerKeys, Role, add_peer, init_keys, load_broker_keys
 from broker.loop import BrokerServer
+from broker.status_view import status_view
+from broker.status_view import watch as watch_status
 from openenv_zmq.client.pulse import LIVENESS
 from openenv_zmq.client.sync import BatchClient
 from openenv_zmq.curve import CurveKeys, load_bundle
@@ -33,8 +35,8 @@ from openenv_zmq.errors import (
 )
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits
 from openenv_zmq.sandbox.layers import Layer, SandboxPolicy, SessionLimits
-from openenv_zmq.sandbox.layers import summary as layers_summary
 from openenv_zmq.sandbox.setup import SandboxOptions, session_factories
+from openenv_zmq.worker.origin import INSTANCE_ENV, PROVIDER_ENV, worker_origin
 from openenv_zmq.worker.runner import MAX_THREADS
 
 console = Console()
@@ -369,6 +371,18 @@ def main(log_level: str) -> None:
 @_max_frame_option
 @_max_message_option
 @click.option(
+    "--metrics-port",
+    type=_PORT,
+    default=None,
+    help="Serve Prometheus metrics at http://--metrics-host:PORT/metrics.",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics are served on (0.0.0.0 for a scraper on another host or pod).",
+)
+@click.option(
     "--curve-dir",
     "curve",
     type=_FOLDER,
@@ -403,6 +417,8 @@ def start(
     web: bool | None,
     max_frame_mb: float,
     max_message_mb: float,
+    metrics_port: int | None,
+    metrics_host: str,
     curve: BrokerKeys | None,
     insecure: bool,
     **sandbox_flags: Any,
@@ -439,6 +455,11 @@ def start(
             max_frame_mb=max_frame_mb,
             app_dir=app_dir,
         )
+    metrics = None
+    if metrics_port is not None:
+        from broker.exporter import MetricsSpec
+
+        metrics = MetricsSpec(port=metrics_port, host=metrics_host)
     spec = ClusterSpec(
         frontend=bind,
         backend=worker_bind,
@@ -456,6 +477,7 @@ def start(
         app_dir=app_dir,
         sandbox=sandbox,
         curve=curve,
+        metrics=metrics,
     )
 
     def ready(server: BrokerServer) -> None:
@@ -472,6 +494,8 @@ def start(
             click.echo(f"starting {workers} local worker(s) hosting {', '.join(envs)}")
         if gateway_port is not None:
             click.echo(f"gateway for {envs[0]!r} on http://{gateway_host}:{gateway_port}")
+        if metrics_port is not None:
+            click.echo(f"metrics on http://{metrics_host}:{metrics_port}/metrics")
         sys.stdout.flush()
 
     run_cluster(spec, on_ready=ready)
@@ -530,6 +554,18 @@ def _check_envs(envs: tuple[str, ...], app_dir: str | None) -> None:
     help="Keep this file up to date for exec probes: it holds starting, ready or draining and is"
     " rewritten every second while the worker is responsive.",
 )
+@click.option(
+    "--provider",
+    default=None,
+    help=f"Who started this worker, shown in status: docker, ray, kubernetes... [default:"
+    f" ${PROVIDER_ENV}, else remote].",
+)
+@click.option(
+    "--instance",
+    default=None,
+    help=f"Its container, actor or pod id, shown in status [default: ${INSTANCE_ENV}; under"
+    " docker or kubernetes, $HOSTNAME].",
+)
 @_max_message_option
 @_bundle_option(Role.WORKER)
 @_sandbox_options
@@ -543,6 +579,8 @@ def worker(
     name: str | None,
     drain_timeout: float,
     health_file: Path | None,
+    provider: str | None,
+    instance: str | None,
     max_message_mb: float,
     curve: CurveKeys | None,
     **sandbox_flags: Any,
@@ -550,6 +588,10 @@ def worker(
     """Run one worker that joins a broker (what a container or another host runs)."""
     from openenv_zmq.worker.loop import run_worker
 
+    try:
+        origin = worker_origin(provider, instance)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     _check_envs(envs, app_dir)
     try:
         run_worker(
@@ -565,6 +607,8 @@ def worker(
             curve=curve,
             drain_timeout=drain_timeout,
             health_file=health_file,
+            provider=origin.provider,
+            instance=origin.instance,
         )
     except SandboxError as exc:
         raise click.UsageError(str(exc)) from None
@@ -636,44 +680,41 @@ def gateway(
     help="Seconds to wait for the broker.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="A live view: workers, slots, env-steps/s, requests/s, latency p50/p99 and errors"
+    " since the last refresh. Ctrl-C ends it.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    help="Seconds between refreshes of --watch.",
+)
 @_bundle_option(Role.CLIENT)
-def status(connect: str, timeout: float, as_json: bool, curve: CurveKeys | None) -> None:
-    """Print a broker's workers, their liveness, env slots and steps served."""
+def status(
+    connect: str,
+    timeout: float,
+    as_json: bool,
+    watch: bool,
+    interval: float,
+    curve: CurveKeys | None,
+) -> None:
+    """Print a broker's workers (where each runs, its env slots, steps served, age), its
+    client sessions, and what it has counted since it started."""
+    if watch and as_json:
+        raise click.UsageError("--json prints one status; --watch is a live view: pick one")
     with BatchClient(connect, connect_timeout=timeout, timeout=timeout, curve_dir=curve) as client:
+        if watch:
+            watch_status(client.status, connect, interval, console)
+            return
         info = client.status()
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    table = Table(title=f"broker {connect}")
-    for column in ("id", "name", "pid", "state", "envs", "used", "free", "steps served", "seen"):
-        table.add_column(column, justify="right" if column in ("used", "free") else "left")
-    for w in info["workers"]:
-        table.add_row(
-            str(w["id"]),
-            w["name"],
-            str(w["pid"]),
-            w["state"],
-            ", ".join(w["envs"]),
-            str(w["used"]),
-            str(w["free"]),
-            f"{w['steps_served']:,}",
-            f"{w['last_seen_ago']:.1f} s ago",
-        )
-    console.print(table)
-    # A line each, under the table: the layers do not fit in a column of a narrow terminal.
-    for w in info["workers"]:
-        if w.get("sandbox"):
-            console.print(f"worker {w['id']} sandbox: {layers_summary(w['sandbox'])}")
-    slots = info["env_slots"]
-    console.print(
-        f"env slots: {slots['used']} used, {slots['free']} free; "
-        f"{info['in_flight']} request(s) in flight from {info['clients']} client(s)"
-    )
-    sessions = info["sessions"]
-    console.print(
-        f"client sessions: {sessions['live']} live, holding {sessions['groups']} env group(s)"
-        f" of {sessions['envs']} env(s)"
-    )
+    console.print(status_view(info, f"broker {connect}"))
 
 
 @main.command()

@@ -1,4 +1,5 @@
-"""A cluster: a broker, its local workers and an optional gateway, run until SIGINT/SIGTERM."""
+"""A cluster: a broker, its local workers, an optional gateway and Prometheus metrics, run until
+SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ from openenv_zmq.curve import CurveKeys
 from openenv_zmq.sandbox.setup import SandboxOptions
 from openenv_zmq.worker.runner import MAX_THREADS
 
-if TYPE_CHECKING:  # the gateway needs the gateway extra (FastAPI); a bare broker does not
+if TYPE_CHECKING:
+    # The gateway needs the gateway extra (FastAPI), a bare broker does not; prometheus_client
+    # is imported only when metrics are served.
+    from broker.exporter import MetricsServer, MetricsSpec
     from openenv_zmq.gateway.server import GatewaySpec
 
 GATEWAY_STOP_SECONDS = 10.0
@@ -46,6 +50,8 @@ class ClusterSpec:
     """How the workers contain the sessions of envs that run untrusted code."""
     curve: BrokerKeys | None = None
     """CURVE on both sockets; the local workers and the gateway get this run's own keys."""
+    metrics: MetricsSpec | None = None
+    """Serve Prometheus metrics as this says, from a thread of the broker's process."""
 
 
 def run_cluster(
@@ -53,9 +59,12 @@ def run_cluster(
     on_ready: Callable[[BrokerServer], None] | None = None,
     stop: threading.Event | None = None,
 ) -> None:
-    """Bind, start the workers, call ``on_ready``, and route until a signal or ``stop`` is set.
+    """Bind, serve metrics, start the workers, call ``on_ready``, and route until a signal or
+    ``stop`` is set. Raises :class:`~openenv_zmq.errors.TransportError` when an address cannot
+    be listened on.
 
-    On the way out the workers are stopped and waited for, and the sockets (and ipc files) removed.
+    On the way out the workers are stopped and waited for, the sockets (and ipc files) removed
+    and the metrics server stopped.
     """
     provider = (
         LocalProvider(
@@ -75,6 +84,13 @@ def run_cluster(
     )
     server = BrokerServer(spec.frontend, spec.backend, spec.config, provider, spec.curve)
     server.bind()
+    exporter = None
+    if spec.metrics is not None:
+        try:
+            exporter = _serve_metrics(spec.metrics, server)
+        except BaseException:
+            server.close()
+            raise
     gateway = (
         None
         if spec.gateway is None
@@ -118,6 +134,16 @@ def run_cluster(
     finally:
         if gateway is not None:
             _stop_process(gateway)
+        if exporter is not None:
+            exporter.close()
+
+
+def _serve_metrics(spec: MetricsSpec, server: BrokerServer) -> MetricsServer:
+    from broker.exporter import PUBLISH_SECONDS, MetricsServer
+
+    exporter = MetricsServer(spec, lambda: server.published)
+    server.publish_every = PUBLISH_SECONDS
+    return exporter
 
 
 def _stop_process(process: BaseProcess) -> None:

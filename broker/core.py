@@ -19,6 +19,10 @@ It keeps five tables:
   request but HELLO, STATUS and PING acts for a session, on env ids of one of its own groups, and
   renews the session's lease; a session whose lease runs out has its groups closed.
 
+It also counts (:class:`~broker.metrics.BrokerMetrics`, in ``status()["metrics"]``) the requests
+it forwards by op, the env steps among them, the errors it answers by type (its own, and those
+workers answer with), and each request's time from forwarding to its worker's answer.
+
 Env ids and worker ids count up from the core's :class:`~broker.epoch.Epoch`, a random start per
 broker lifetime, so that a client holding ids from before a restart reaches none of the new ones.
 
@@ -36,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from broker.epoch import Epoch
+from broker.metrics import BrokerMetrics
 from broker.outputs import Output, ToClient, ToWorker, WorkerDied, WorkerJoined
 from broker.placement import Host, place
 from broker.sessions import Group, Session, SessionTable
@@ -110,6 +115,8 @@ class _Request:
     worker_id: int
     env_ids: EnvIds | None
     op: Op
+    sent: float
+    """When it was forwarded (the core's clock)."""
 
 
 _HEARTBEAT: tuple[Frame, ...] = tuple(encode(Message(Op.HEARTBEAT)))
@@ -141,7 +148,11 @@ class BrokerCore:
         self._next_sweep = 0.0
         self._own_request_ids = itertools.count(1)
         self._now = 0.0
-        """The latest clock reading passed in, for :meth:`status`."""
+        """The latest clock reading passed in, for :meth:`status` and request times."""
+        self._metrics = BrokerMetrics(lifetime=epoch.first_env_id)
+        # The hot path counts through these directly.
+        self._forwarded = self._metrics.requests
+        self._latency = self._metrics.latency
 
     # ------------------------------------------------------------------ frontend
 
@@ -253,16 +264,20 @@ class BrokerCore:
             return [self._error(client, request_id, EnvNotOnWorker.__name__, message, env_ids)]
         if worker.state is WorkerState.DEAD:
             return [self._to_dead_worker(client, request, worker, group)]
-        if request.op is Op.CREATE and not self._all_placed_on(worker, env_ids):
+        op = request.op
+        if op is Op.CREATE and not self._all_placed_on(worker, env_ids):
             # Else a client could build its envs on workers the broker counts as free: past its
             # quota, and beyond the reach of its lease's cleanup.
             message = f"these env ids are not placed on worker {worker.id}: ALLOC places them"
             return [self._error(client, request_id, NotOwner.__name__, message, env_ids)]
-        if request.op is Op.CLOSE:
+        if op is Op.CLOSE:
             self._sessions.released(group, self._release(worker, env_ids))
-        elif request.op is Op.STEP and env_ids is not None:
-            worker.steps_served += len(env_ids)
-        self._in_flight[key] = _Request(worker.id, env_ids, request.op)
+        elif op is Op.STEP and env_ids is not None:
+            steps = len(env_ids)
+            worker.steps_served += steps
+            self._metrics.env_steps += steps
+        self._forwarded[op] += 1
+        self._in_flight[key] = _Request(worker.id, env_ids, op, self._now)
         self._client_in_flight[client] = count + 1
         worker.in_flight.add(key)
         return [ToWorker(worker.identity, [client, *frames])]
@@ -463,6 +478,10 @@ class BrokerCore:
             )
             return []
         self._finish(key, worker)
+        self._latency[request.op].observe(self._now - request.sent)
+        if message.op is Op.ERROR:
+            # Its header is decoded already: counting it reads no payload.
+            self._metrics.error(message.meta["type"])
         return [ToClient(client, list(body))]
 
     def _fail_malformed_answer(
@@ -643,13 +662,17 @@ class BrokerCore:
         message: str,
         env_ids: EnvIds | None = None,
     ) -> ToClient:
+        self._metrics.error(type_name)
         return ToClient(client, encode(error_message(request_id, type_name, message, env_ids)))
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         """A msgpack-able snapshot: workers (dead ones while env ids are placed on them),
-        requests in flight, clients with requests in flight, and live env slots.
+        requests in flight, clients with requests in flight, live env slots, client sessions,
+        and the counters since the broker started (``metrics``, see
+        :meth:`~broker.metrics.BrokerMetrics.snapshot`).
 
-        ``last_seen_ago`` is measured at ``now``, by default the latest clock passed to any call.
+        ``last_seen_ago`` and ``age_s`` are measured at ``now``, by default the latest clock
+        passed to any call.
         """
         now = self._now if now is None else now
         live = self._live.values()
@@ -659,4 +682,5 @@ class BrokerCore:
             "clients": len(self._client_in_flight),
             "env_slots": {"used": sum(w.used for w in live), "free": sum(w.free for w in live)},
             "sessions": self._sessions.status(),
+            "metrics": self._metrics.snapshot(now),
         }

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import zmq
 
@@ -84,6 +84,12 @@ class BrokerServer:
         self._bound: tuple[str, str] | None = None
         # A plain attribute, not an Event: setting it is safe inside a signal handler.
         self._stopping = False
+        self.publish_every: float | None = None
+        """Seconds between copies of the core's status into :attr:`published`; ``None``
+        (the default): none is made. Set before :meth:`run`."""
+        self.published: dict[str, Any] | None = None
+        """The core's latest ``status()``, for readers on other threads (the Prometheus
+        exporter): the routing thread replaces it whole and never changes it after."""
 
     def bind(self) -> None:
         """Create the context and bind both sockets. Raises :class:`TransportError` naming the
@@ -177,7 +183,7 @@ class BrokerServer:
         poller = zmq.Poller()
         poller.register(frontend, zmq.POLLIN)
         poller.register(backend, zmq.POLLIN)
-        next_provider_poll = 0.0
+        next_provider_poll = next_publish = 0.0
         # Every CURVE connection carries its key as User-Id; a plain one has none to read.
         keyed = self.curve is not None
         while not self._stopping:
@@ -196,6 +202,9 @@ class BrokerServer:
                 next_provider_poll = now + PROVIDER_POLL_SECONDS
                 for identity in self.provider.poll():
                     self._deliver(core.worker_exited(identity, now))
+            if self.publish_every is not None and now >= next_publish:
+                next_publish = now + self.publish_every
+                self.published = core.status(now)
             if core.next_timeout(now) <= 0:
                 self._deliver(core.on_tick(now))
 

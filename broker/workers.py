@@ -37,6 +37,13 @@ class WorkerRecord:
     capacity: int
     last_seen: float
     next_heartbeat: float
+    joined: float
+    """When it registered (the broker's clock)."""
+    provider: str | None = None
+    """Who started it (``local``, ``remote``, ``docker``...), as its READY said."""
+    host: str | None = None
+    instance: str | None = None
+    """Its container, actor or pod id, when it has one."""
     state: WorkerState = WorkerState.READY
     used: int = 0
     """Env ids placed here; for a dead worker, its tombstones."""
@@ -53,11 +60,16 @@ class WorkerRecord:
         return self.capacity - self.used if self.state is WorkerState.READY else 0
 
     def status(self, now: float) -> dict[str, Any]:
-        """A msgpack-able row for the broker's status, ``last_seen_ago`` measured at ``now``."""
+        """A msgpack-able row for the broker's status, ``last_seen_ago`` and ``age_s`` (time
+        since it registered) measured at ``now``."""
         return {
             "id": self.id,
             "name": self.name,
             "pid": self.pid,
+            "provider": self.provider,
+            "host": self.host,
+            "instance": self.instance,
+            "age_s": now - self.joined,
             "state": self.state.name,
             "envs": sorted(self.envs),
             "capacity": self.capacity,
@@ -99,8 +111,12 @@ class WorkerRegistry:
             capacity=ready["capacity"],
             sandbox=dict(ready.get("sandbox", {})),
             registration=ready.get("registration"),
+            provider=ready.get("provider"),
+            host=ready.get("host"),
+            instance=ready.get("instance"),
             last_seen=now,
             next_heartbeat=next_heartbeat,
+            joined=now,
         )
         self._next_id += 1
         self.by_id[worker.id] = worker

@@ -103,6 +103,7 @@ class LocalProvider:
                 "connect": self._connect,
                 "name": slot.name,
                 "identity": slot.identity,
+                "provider": "local",
                 **self.worker_kwargs,
             },
             name=f"openenv-worker-{slot.name}",

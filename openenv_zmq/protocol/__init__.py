@@ -45,13 +45,14 @@ group id, parts in brackets):
   false flags in its row.
 - ``ERROR {type, message, traceback?}`` answers a whole request. With ``ids`` and an ``EnvError``
   type name (``WorkerLost``, ``SessionLost``) it means every one of those env ids failed that way.
-- Worker control: ``READY {envs, capacity, name, pid, registration?}`` ->
-  ``WELCOME {worker, heartbeat, registration?}``; ``HEARTBEAT`` both ways; ``DISCONNECT
-  {reason}`` tells a worker it is not registered (drop all env slots and send ``READY`` again);
-  ``BYE`` is a worker leaving on purpose. ``registration`` counts a worker's registrations: it
-  goes up each time the worker drops its env slots to register again, and a ``READY`` re-sent
-  for the same one (its ``WELCOME`` is late) is welcomed again under the same worker id, not
-  registered anew; ``WELCOME`` echoes it, so a worker ignores one meant for an earlier one.
+- Worker control: ``READY {envs, capacity, name, pid, registration?, sandbox?, provider?,
+  host?, instance?}`` -> ``WELCOME {worker, heartbeat, registration?}``; ``HEARTBEAT`` both
+  ways; ``DISCONNECT {reason}`` tells a worker it is not registered (drop all env slots and send
+  ``READY`` again); ``BYE`` is a worker leaving on purpose. ``registration`` counts a worker's
+  registrations: it goes up each time the worker drops its env slots to register again, and a
+  ``READY`` re-sent for the same one (its ``WELCOME`` is late) is welcomed again under the same
+  worker id, not registered anew; ``WELCOME`` echoes it, so a worker ignores one meant for an
+  earlier one.
 - Draining (a worker told to stop, e.g. by Kubernetes' SIGTERM): ``DRAIN`` -> broker, no answer.
   The worker is leaving soon: the broker places no new env on it (it has no free slots, and
   ``STATUS`` shows it ``DRAINING``) but goes on forwarding requests for the envs it hosts, and

@@ -15,6 +15,9 @@ from openenv_zmq.protocol.ops import Op
 AUTORESET_MODES = frozenset(mode.value for mode in AutoresetMode)
 SESSION_BYTES = 16
 """Length of a client session token: 128 random bits, drawn by the broker."""
+MAX_LABEL_CHARS = 256
+"""Longest a worker's ``provider``, ``host`` or ``instance`` may be: a pod name is at most 253
+characters, a container id 64; anything longer is refused, not cut."""
 
 Check = Callable[[Any], bool]
 
@@ -29,6 +32,10 @@ def _is_pos_int(v: Any) -> bool:
 
 def _is_str(v: Any) -> bool:
     return type(v) is str
+
+
+def _is_label(v: Any) -> bool:
+    return type(v) is str and 0 < len(v) <= MAX_LABEL_CHARS
 
 
 def _is_number(v: Any) -> bool:
@@ -138,6 +145,11 @@ SCHEMAS: dict[Op, OpSchema] = {
             "pid": (_is_nonneg_int, True),
             "sandbox": (_is_str_to_str_map, False),
             "registration": (_is_nonneg_int, False),
+            # Where it runs, for status: who started it ("local", "remote", "docker", ...),
+            # its host name, and its container, actor or pod id.
+            "provider": (_is_label, False),
+            "host": (_is_label, False),
+            "instance": (_is_label, False),
         }
     ),
     Op.WELCOME: OpSchema(

@@ -52,6 +52,7 @@ from openenv_zmq.sockets import worker_dealer
 from openenv_zmq.worker.core import Pending, WorkerCore
 from openenv_zmq.worker.health import HealthFile
 from openenv_zmq.worker.link import NOT_SERVING, BrokerLink, LinkOutput, WorkerLifecycle
+from openenv_zmq.worker.origin import worker_origin
 from openenv_zmq.worker.runner import MAX_THREADS, CallRunner
 
 __all__ = ["WorkerLifecycle", "run_worker"]
@@ -83,6 +84,8 @@ def run_worker(
     curve: CurveKeys | None = None,
     drain_timeout: float = 0.0,
     health_file: str | os.PathLike[str] | None = None,
+    provider: str | None = None,
+    instance: str | None = None,
 ) -> None:
     """Host ``envs`` for the broker whose backend is at ``connect`` until told to stop.
 
@@ -104,12 +107,17 @@ def run_worker(
     load_bundle`); a broker that does not admit the key never hears from the worker, which then
     waits, unregistered, until stopped (the broker logs the refusal). ``health_file``: a file
     kept up to date for probes (see :mod:`openenv_zmq.worker.health`), removed on the way out.
+    ``provider`` (who started it) and ``instance`` (its container, actor or pod id) are shown in
+    the broker's status with this host's name; see :func:`~openenv_zmq.worker.origin.
+    worker_origin` for their defaults and the :class:`ValueError` raised for one too long.
     """
     name = name or f"{socket.gethostname()}-{os.getpid()}"
+    origin = worker_origin(provider, instance)
     core = WorkerCore(envs, capacity, limits)
     # Before any socket or thread: the zygote is exec'd, but nothing of ours should exist yet.
     layers = start_sandbox(envs, sandbox or SandboxOptions())
     meta = {"envs": list(envs), "capacity": capacity, "name": name, "pid": os.getpid()}
+    meta |= origin.meta()
     if layers:
         meta["sandbox"] = dict(layers)
         log.info("worker %s contains sessions: %s", name, dict(layers))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -146,6 +147,9 @@ def test_requests_round_trip_with_their_route(broker: MiniBroker, spawn_worker: 
         "name": "w1",
         "pid": process.pid,
         "registration": 0,
+        # where it runs: started by hand, on this host
+        "provider": "remote",
+        "host": socket.gethostname(),
     }
     assert ready.identity.startswith(b"w1-")
     broker.send(ready.identity, CONTROL, welcome(0, 0.2))

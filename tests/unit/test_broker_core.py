@@ -968,6 +968,11 @@ def test_ping_and_status(core: BrokerCore, two_workers: tuple[int, int]) -> None
         "id": two_workers[0],
         "name": "worker-1",
         "pid": 1000,
+        # its READY said nothing of where it runs (a worker of an earlier version)
+        "provider": None,
+        "host": None,
+        "instance": None,
+        "age_s": 1.5,
         "state": "READY",
         "envs": ["echo"],
         "capacity": 8,
