@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import re
-import selectors
 import signal
 import socket
 import subprocess
@@ -25,15 +23,13 @@ from typing import Any
 import pytest
 import zmq
 
-from bench.faults.cluster import alive, descendants
+from bench.faults.cluster import BrokerGone, alive, descendants, read_addresses
 from openenv_zmq import BatchClient
 from openenv_zmq.curve import CurveKeys
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
-READY_LINE = re.compile(r"clients connect to (\S+)")
-WORKERS_LINE = re.compile(r"workers join at (\S+)")
 
 
 def wait_until(predicate: object, timeout: float, what: str) -> None:
@@ -42,31 +38,6 @@ def wait_until(predicate: object, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.02)
-
-
-def read_startup(process: subprocess.Popen[bytes], timeout: float) -> tuple[str, str]:
-    """Read the broker's stdout until it has printed both of its addresses."""
-    assert process.stdout is not None
-    fd = process.stdout.fileno()
-    selector = selectors.DefaultSelector()
-    selector.register(fd, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    output = b""
-    try:
-        while time.monotonic() < deadline:
-            text = output.decode(errors="replace")
-            front, back = READY_LINE.search(text), WORKERS_LINE.search(text)
-            if front and back:
-                return front.group(1), back.group(1)
-            if not selector.select(max(0.0, deadline - time.monotonic())):
-                break
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            output += chunk
-    finally:
-        selector.close()
-    raise AssertionError(f"the broker did not print its addresses; output was: {output!r}")
 
 
 def free_port() -> int:
@@ -185,8 +156,8 @@ class Processes:
                 cli(*args), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=stderr, bufsize=0
             )
         try:
-            frontend, backend = read_startup(process, START_TIMEOUT)
-        except AssertionError:
+            frontend, backend = read_addresses(process, START_TIMEOUT)
+        except BrokerGone:
             process.kill()
             process.wait()
             assert process.stdout is not None

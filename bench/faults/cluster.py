@@ -220,7 +220,9 @@ def read_until(process: subprocess.Popen[bytes], pattern: re.Pattern[str], timeo
     raise TimeoutError(f"{pattern.pattern!r} not seen in the output {output!r}")
 
 
-def _read_addresses(process: subprocess.Popen[bytes], timeout: float) -> tuple[str, str]:
+def read_addresses(process: subprocess.Popen[bytes], timeout: float) -> tuple[str, str]:
+    """The client and worker addresses a starting broker prints; raises :class:`BrokerGone`
+    when it has not printed both within ``timeout`` seconds."""
     try:
         text = read_until(process, STARTED, timeout)
     except TimeoutError as exc:
@@ -248,7 +250,7 @@ def broker_process(
             process = python(*args, stdout=subprocess.PIPE, stderr=stderr, bufsize=0)
         broker: BrokerProcess | None = None
         try:
-            frontend, backend = _read_addresses(process, START_TIMEOUT)
+            frontend, backend = read_addresses(process, START_TIMEOUT)
             broker = BrokerProcess(process, frontend, backend, log)
             broker.wait_for_workers(workers)
             yield broker

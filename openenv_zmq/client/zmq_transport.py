@@ -28,13 +28,19 @@ from openenv_zmq.client.transport import DEFAULT_TIMEOUT, late_answers, no_answe
 from openenv_zmq.curve import CurveKeys
 from openenv_zmq.errors import BrokerLost, TransportError
 from openenv_zmq.protocol import DEFAULT_LIMITS, Frame, Limits, Message
-from openenv_zmq.sockets import configure, curve_client
+from openenv_zmq.sockets import HIGH_WATER_MARK, configure, curve_client
 
 SocketT = TypeVar("SocketT", zmq.Socket[bytes], zmq.asyncio.Socket)
 
 
-def _connected(socket: SocketT, address: str, limits: Limits, curve: CurveKeys | None) -> SocketT:
-    configure(socket, limits=limits)
+def _connected(
+    socket: SocketT,
+    address: str,
+    limits: Limits,
+    curve: CurveKeys | None,
+    high_water_mark: int = HIGH_WATER_MARK,
+) -> SocketT:
+    configure(socket, high_water_mark, limits)
     if curve is not None:
         curve_client(socket, curve)
     socket.connect(address)
@@ -59,10 +65,7 @@ def _heartbeat(
     ``close()`` must not keep its envs' lease alive for as long as the process lives."""
     dealer: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     dealer.setsockopt(zmq.IMMEDIATE, 1)
-    configure(dealer, HEARTBEATS_QUEUED, limits)
-    if curve is not None:
-        curve_client(dealer, curve)
-    dealer.connect(address)
+    _connected(dealer, address, limits, curve, HEARTBEATS_QUEUED)
     pulse = Pulse(dealer, lambda: table.session, table.heartbeat_s, address, limits)
     weakref.finalize(transport, pulse.stop)
     return pulse

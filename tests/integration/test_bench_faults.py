@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,11 +17,21 @@ from bench.faults.soak import measure_soak
 pytestmark = pytest.mark.integration
 
 
-def no_process_left() -> None:
-    left = {pid for pid in descendants(os.getpid()) if alive(pid)}
+def living_descendants() -> set[int]:
+    return {pid for pid in descendants(os.getpid()) if alive(pid)}
+
+
+@pytest.fixture
+def no_process_left() -> Iterator[None]:
+    """Every process a measurement starts ends with it (ones from earlier tests, such as
+    multiprocessing's resource tracker, are not the measurement's)."""
+    before = living_descendants()
+    yield
+    left = living_descendants() - before
     assert not left, f"processes outlived the measurement: {sorted(left)}"
 
 
+@pytest.mark.usefixtures("no_process_left")
 def test_fuzz_is_answered_and_a_client_beside_it_sees_no_error() -> None:
     report = measure_fuzz(messages=1000)
     assert report.frontend_sent + report.backend_sent == 1000
@@ -31,9 +42,9 @@ def test_fuzz_is_answered_and_a_client_beside_it_sees_no_error() -> None:
     assert report.broker_alive and report.status_ok
     assert report.workers_kept == report.live_workers == 2
     assert not failures(report.rows())
-    no_process_left()
 
 
+@pytest.mark.usefixtures("no_process_left")
 def test_a_killed_worker_fails_envs_not_calls_and_is_replaced() -> None:
     report = measure_kills(kills=1)
     assert report.call_failures == {}
@@ -44,9 +55,9 @@ def test_a_killed_worker_fails_envs_not_calls_and_is_replaced() -> None:
     assert report.rounds_recovered == 1 and len(report.recovery_s) == 1
     assert report.live_workers_end == 2 and report.broker_alive
     assert not failures(report.rows())
-    no_process_left()
 
 
+@pytest.mark.usefixtures("no_process_left")
 def test_soak_ends_with_no_slot_used_and_no_session_live() -> None:
     report = measure_soak(duration=3.0)
     assert report.client_cycles > 0 and report.clients_killed > 0
@@ -54,7 +65,6 @@ def test_soak_ends_with_no_slot_used_and_no_session_live() -> None:
     assert report.slots_used_end == report.sessions_live_end == report.groups_end == 0
     assert report.live_workers_end == 2 and report.broker_alive
     assert not failures(report.rows())
-    no_process_left()
 
 
 @pytest.mark.parametrize("flag", ["--messages", "--kills", "--duration"])

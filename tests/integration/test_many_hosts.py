@@ -40,9 +40,9 @@ from typing import Any
 
 import pytest
 
-from bench.faults.cluster import alive
+from bench.faults.cluster import alive, read_addresses
 from broker.keys import Role, add_peer, init_keys
-from tests.processes import REPO_ROOT, cli, read_startup, wait_until
+from tests.processes import REPO_ROOT, cli, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -335,7 +335,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 bufsize=0,
             )
         processes.append(("the broker", broker))
-        frontend, advertised = read_startup(broker, START_WITHIN)
+        frontend, advertised = read_addresses(broker, START_WITHIN)
         workers: dict[str, subprocess.Popen[bytes]] = {}
         strangers: dict[str, subprocess.Popen[bytes]] = {}
         # Each worker joins at the address the broker printed, as an operator would copy it.

@@ -329,7 +329,8 @@ def test_sigterm_with_a_drain_timeout_serves_on_then_leaves_at_the_deadline(
     assert not health.exists()
 
 
-def test_a_drain_ends_as_soon_as_every_env_is_closed(broker: MiniBroker, spawn_worker: Any) -> None:
+def draining(broker: MiniBroker, spawn_worker: Any) -> tuple[Any, bytes]:
+    """A worker hosting 2 envs, told to stop, with its drain of 60 s under way."""
     process = spawn_worker(
         connect=broker.address,
         envs=["echo"],
@@ -341,6 +342,11 @@ def test_a_drain_ends_as_soon_as_every_env_is_closed(broker: MiniBroker, spawn_w
     broker.request(identity, create(2))
     process.terminate()
     broker.expect(Op.DRAIN, timeout=10.0)
+    return process, identity
+
+
+def test_a_drain_ends_as_soon_as_every_env_is_closed(broker: MiniBroker, spawn_worker: Any) -> None:
+    process, identity = draining(broker, spawn_worker)
     closed = broker.request(identity, Message(Op.CLOSE, 60, worker=0, env_ids=ids(2)))
     closed_at = time.monotonic()
     assert closed.parts["errors"] == []
@@ -351,17 +357,7 @@ def test_a_drain_ends_as_soon_as_every_env_is_closed(broker: MiniBroker, spawn_w
 
 
 def test_a_second_signal_ends_a_drain_at_once(broker: MiniBroker, spawn_worker: Any) -> None:
-    process = spawn_worker(
-        connect=broker.address,
-        envs=["echo"],
-        heartbeat_interval=0.1,
-        liveness=1000.0,
-        drain_timeout=60.0,
-    )
-    identity = broker.welcome(0.1)
-    broker.request(identity, create(2))
-    process.terminate()
-    broker.expect(Op.DRAIN, timeout=10.0)
+    process, _ = draining(broker, spawn_worker)
     process.terminate()
     signalled_at = time.monotonic()
     bye, _ = broker.expect(Op.BYE, timeout=10.0)
