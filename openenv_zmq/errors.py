@@ -6,7 +6,9 @@ OpenEnvZmqError
 │   └── MessageTooLarge         over the configured size limit
 ├── EnvNotFound                 an env name or ``module:Class`` that resolves to nothing
 ├── SandboxError                a contained-session layer the operator requires cannot be had
-├── WorkersFailing              every local worker keeps dying as it starts: the broker stops
+├── WorkersFailing              every worker the broker starts keeps dying as it starts: it stops
+├── ProviderUnavailable         the workers' engine cannot start them: no Docker engine, no image,
+│                               no Ray cluster, an image without the env
 ├── CurveKeyError               a CURVE key file or folder that is missing, malformed or taken
 ├── ClientError                 misuse detected in this process before anything is sent
 │   ├── ClosedError             stepping a closed client or env group
@@ -72,6 +74,12 @@ class SandboxError(OpenEnvZmqError):
 class WorkersFailing(OpenEnvZmqError):
     """Every worker the broker starts itself died right after starting, too many times in a
     row; the broker stops rather than restart them forever."""
+
+
+class ProviderUnavailable(OpenEnvZmqError):
+    """The engine that starts the broker's workers cannot: no Docker engine answers, the image
+    is missing or lacks an env, no Ray cluster is at the address, the ``docker`` or ``ray``
+    package is not installed. The message names what is missing and how to get it."""
 
 
 class CurveKeyError(OpenEnvZmqError):

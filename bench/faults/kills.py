@@ -3,8 +3,8 @@
 A broker with 2 local echo workers runs as its own process; a client makes 256 echo envs and
 steps them. Each round waits until both workers are live again, then picks at random one of the
 broker's own worker processes (a child of the broker process that ``status`` lists as live)
-that hosts some of the envs and has lived at least :data:`~broker.providers.local.
-SHORT_LIFE_SECONDS` (the local provider restarts a worker that dies younger after a growing
+that hosts some of the envs and has lived at least :data:`~broker.providers.slots.
+SHORT_LIFE_SECONDS` (a provider restarts a worker that dies younger after a growing
 delay, and gives up after 5 such deaths in a row: that is another measurement). It sends it
 SIGKILL at a random moment (0-0.2 s) while the client steps all 256 envs again and again: the
 envs it hosted come back as per-env ``WorkerLost`` (in flight) or ``SessionLost`` (asked once
@@ -33,7 +33,7 @@ from echo_env import EchoAction
 
 from bench.faults.cluster import BrokerProcess, age_s, broker_process
 from bench.faults.report import Row, check, figure
-from broker.providers.local import SHORT_LIFE_SECONDS
+from broker.providers.slots import SHORT_LIFE_SECONDS
 from openenv_zmq import BatchClient, EnvGroup
 from openenv_zmq.errors import SessionLost, WorkerLost
 

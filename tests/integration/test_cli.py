@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.faults.cluster import alive
-from broker.providers.local import MAX_QUICK_DEATHS
+from broker.providers.slots import MAX_QUICK_DEATHS
 from openenv_zmq import BatchClient
 from tests.processes import REPO_ROOT, Processes, cli, free_port, wait_until
 
