@@ -76,6 +76,15 @@ def _advertise(ctx: click.Context, param: click.Parameter, value: str | None) ->
         raise click.BadParameter(str(exc)) from None
 
 
+def _identity(value: str | None) -> str | None:
+    """A socket identity ZeroMQ takes: 1 to 255 bytes, not starting with a zero byte."""
+    if value is not None and not (0 < len(value.encode()) <= 255 and not value.startswith("\0")):
+        raise click.BadParameter(
+            "must be 1 to 255 bytes, not starting with a zero byte", param_hint="--identity"
+        )
+    return value
+
+
 _POSITIVE_INT = click.IntRange(min=1)
 _POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
 _PORT = click.IntRange(1, 65535)
@@ -539,6 +548,13 @@ def _check_envs(envs: tuple[str, ...], app_dir: str | None) -> None:
 @_heartbeat_option
 @click.option("--name", default=None, help="Worker name shown in status [default: host-pid].")
 @click.option(
+    "--identity",
+    callback=lambda ctx, param, value: _identity(value),
+    default=None,
+    help="The socket identity to register with: a provider that starts workers passes an"
+    " unguessable one, so it tells its own from any peer claiming a name [default: random].",
+)
+@click.option(
     "--drain-timeout",
     type=click.FloatRange(min=0),
     default=DRAIN_TIMEOUT,
@@ -577,6 +593,7 @@ def worker(
     max_threads: int,
     heartbeat: float,
     name: str | None,
+    identity: str | None,
     drain_timeout: float,
     health_file: Path | None,
     provider: str | None,
@@ -599,6 +616,7 @@ def worker(
             envs=list(envs),
             capacity=capacity,
             name=name,
+            identity=None if identity is None else identity.encode(),
             heartbeat_interval=heartbeat,
             liveness=BrokerConfig().liveness,
             max_threads=max_threads,

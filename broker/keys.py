@@ -36,12 +36,12 @@ from openenv_zmq.curve import (
     BROKER,
     PUBLIC_SUFFIX,
     SECRET_SUFFIX,
-    SELF,
     CurveKeys,
     check_name,
     make_private_dir,
     read_keypair,
     read_public,
+    write_bundle,
     write_public,
     write_secret,
 )
@@ -134,13 +134,11 @@ def add_peer(folder: str | os.PathLike[str], role: Role, name: str) -> Path:
             )
     make_private_dir(bundle.parent)
     bundle.mkdir(mode=0o700)
-    public, secret = zmq.curve_keypair()
+    keys = CurveKeys.generate(broker_public)
     metadata = {"role": str(role), "name": name}
-    write_secret(bundle, SELF, public, secret, metadata)
-    write_public(bundle, SELF, public, metadata)
-    write_public(bundle, BROKER, broker_public, {"role": "broker"})
+    write_bundle(bundle, keys, metadata)
     # Admitted last: a failure above leaves a bundle nobody admits, never a key without a bundle.
-    write_public(allowlist, name, public, metadata)
+    write_public(allowlist, name, keys.public, metadata)
     return bundle
 
 

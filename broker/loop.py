@@ -82,6 +82,7 @@ class BrokerServer:
         self._frontend: zmq.Socket[bytes] | None = None
         self._backend: zmq.Socket[bytes] | None = None
         self._bound: tuple[str, str] | None = None
+        self._extra_backend: str | None = None
         # A plain attribute, not an Event: setting it is safe inside a signal handler.
         self._stopping = False
         self.publish_every: float | None = None
@@ -120,6 +121,14 @@ class BrokerServer:
         frontend, backend = bound
         self._context, self._frontend, self._backend, self._zap = context, frontend, backend, zap
         self._bound = (endpoint(frontend), endpoint(backend))
+        extra = None if self.provider is None else self.provider.extra_backend
+        if extra is not None:
+            try:
+                _bind_more(backend, extra)
+            except BaseException:
+                self.close()
+                raise
+            self._extra_backend = extra
 
     @property
     def frontend_address(self) -> str:
@@ -167,7 +176,7 @@ class BrokerServer:
             self._zap = None
         if self._context is not None:
             self._context.term()
-        for address in self._bound or ():
+        for address in (*(self._bound or ()), self._extra_backend or ""):
             path = address.removeprefix("ipc://")
             # "@..." is Linux's abstract namespace: no file to remove.
             if path != address and not path.startswith("@"):
@@ -257,6 +266,15 @@ class BrokerServer:
                 return exc.errno
             raise
         return 0
+
+
+def _bind_more(socket: zmq.Socket[bytes], address: str) -> None:
+    """Bind ``socket`` to the ``ipc://`` ``address`` too; its folder must exist."""
+    try:
+        socket.bind(address)
+    except zmq.ZMQError as exc:
+        reason = exc.strerror if exc.errno is None else zmq.strerror(exc.errno)
+        raise TransportError(f"cannot listen on {address}: {reason}") from None
 
 
 def _listening(

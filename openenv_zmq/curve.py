@@ -161,6 +161,15 @@ def read_keypair(path: Path) -> tuple[bytes, bytes]:
     return check_key(public, path), check_key(secret, path)
 
 
+def write_bundle(folder: Path, keys: CurveKeys, metadata: dict[str, str]) -> Path:
+    """Write the bundle :func:`load_bundle` reads into the existing private ``folder``: the
+    peer's keypair (secret file 0600) and the broker's public key. Refuses to overwrite."""
+    write_secret(folder, SELF, keys.public, keys.secret, metadata)
+    write_public(folder, SELF, keys.public, metadata)
+    write_public(folder, BROKER, keys.server, {"role": "broker"})
+    return folder
+
+
 def load_bundle(folder: str | os.PathLike[str]) -> CurveKeys:
     """The keys of the bundle ``folder`` (see the module docstring). Raises
     :class:`CurveKeyError` naming what is missing or malformed."""

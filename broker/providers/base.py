@@ -8,6 +8,11 @@ from typing import Protocol
 class WorkerProvider(Protocol):
     """Starts workers that connect to the broker's backend and keeps their number up."""
 
+    @property
+    def extra_backend(self) -> str | None:
+        """An ``ipc://`` address the broker binds its worker socket to as well, for workers that
+        reach it only there (containers without a network); ``None``: none."""
+
     def start(self, connect: str) -> None:
         """Start every worker, connecting to the backend address ``connect``."""
 

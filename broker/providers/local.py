@@ -44,10 +44,8 @@ class LocalProvider:
 
     ``worker_kwargs`` are passed to :func:`openenv_zmq.worker.loop.run_worker` (``envs``,
     ``capacity``, ``heartbeat_interval``, ...); ``app_dir`` is a folder the workers import envs
-    from (``--app-dir``). A worker that exits is restarted at once, or after a growing delay (up
-    to 10 s) when it keeps dying right after starting, and not again after
-    :data:`~broker.providers.slots.MAX_QUICK_DEATHS` such deaths in a row; when no worker is left that way, :meth:`poll`
-    raises :class:`WorkersFailing`.
+    from (``--app-dir``). A worker that exits is restarted as :mod:`broker.providers.slots`
+    says; when every worker has been given up, :meth:`poll` raises :class:`WorkersFailing`.
     """
 
     def __init__(self, count: int, app_dir: str | None = None, **worker_kwargs: Any) -> None:
@@ -58,6 +56,10 @@ class LocalProvider:
         self._slots = [WorkerSlot(i, "local") for i in range(count)]
         self._processes: dict[int, BaseProcess] = {}
         self._connect = ""
+
+    @property
+    def extra_backend(self) -> str | None:
+        return None
 
     def start(self, connect: str) -> None:
         self._connect = connect
