@@ -19,8 +19,10 @@ from broker.bench import BenchReport, embedded_cluster, run_bench
 from broker.cluster import ClusterSpec, run_cluster
 from broker.core import BrokerConfig
 from broker.exposure import advertised, is_wildcard, port_of, reachable_from_other_hosts
+from broker.images import DEFAULT_BASE_IMAGE, build_worker_image
 from broker.keys import BrokerKeys, Role, add_peer, init_keys, load_broker_keys
 from broker.loop import BrokerServer
+from broker.providers.docker import DEFAULT_IMAGE, DockerWorkers, check_image, docker_client
 from broker.status_view import status_view
 from broker.status_view import watch as watch_status
 from openenv_zmq.client.pulse import LIVENESS
@@ -31,6 +33,7 @@ from openenv_zmq.errors import (
     CurveKeyError,
     EnvNotFound,
     OpenEnvZmqError,
+    ProviderUnavailable,
     SandboxError,
 )
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits
@@ -338,7 +341,41 @@ def main(log_level: str) -> None:
     type=click.IntRange(min=0),
     default=2,
     show_default=True,
-    help="Local worker processes to start; 0 for a bare broker that workers join.",
+    help="Workers to start (as --provider says); 0 for a bare broker that workers join.",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(["local", "docker"]),
+    default="local",
+    show_default=True,
+    help="How the workers are started: local processes, or containers on this host's Docker"
+    " engine (no network; they join through an ipc socket).",
+)
+@click.option(
+    "--image",
+    default=DEFAULT_IMAGE,
+    show_default=True,
+    help="--provider docker: the worker image (`openenv-broker image build` makes it).",
+)
+@click.option(
+    "--worker-cpus",
+    type=_POSITIVE_FLOAT,
+    default=None,
+    help="--provider docker: CPUs each worker may use [default: no limit].",
+)
+@click.option(
+    "--worker-memory",
+    type=_POSITIVE_INT,
+    default=None,
+    metavar="MIB",
+    help="--provider docker: MiB each worker may use [default: no limit].",
+)
+@click.option(
+    "--worker-pids",
+    type=_POSITIVE_INT,
+    default=DockerWorkers.pids,
+    show_default=True,
+    help="--provider docker: processes and threads each worker may run.",
 )
 @_env_option
 @_app_dir_option
@@ -411,6 +448,11 @@ def start(
     worker_bind: str,
     advertise: str | None,
     workers: int,
+    provider: str,
+    image: str,
+    worker_cpus: float | None,
+    worker_memory: int | None,
+    worker_pids: int,
     envs: tuple[str, ...],
     app_dir: str | None,
     capacity: int,
@@ -434,9 +476,15 @@ def start(
 ) -> None:
     """Run a broker in the foreground until SIGINT or SIGTERM."""
     _check_exposure({"--bind": bind, "--worker-bind": worker_bind}, curve is not None, insecure)
-    if workers:
+    docker = None
+    if provider == "docker":
+        docker = DockerWorkers(image, worker_cpus, worker_memory, worker_pids)
+        if workers:
+            _check_docker(docker, envs, app_dir)
+    elif workers:
         _check_envs(envs, app_dir)
-    sandbox = _sandbox(envs, probe=workers > 0, **sandbox_flags)
+    # Contained sessions are probed where they run: inside the containers, not here.
+    sandbox = _sandbox(envs, probe=workers > 0 and docker is None, **sandbox_flags)
     gateway = None
     if lease <= LIVENESS * heartbeat:
         raise click.BadParameter(
@@ -487,6 +535,7 @@ def start(
         sandbox=sandbox,
         curve=curve,
         metrics=metrics,
+        docker=docker,
     )
 
     def ready(server: BrokerServer) -> None:
@@ -500,7 +549,8 @@ def start(
         if curve is not None:
             click.echo(f"CURVE on: keys admitted by {curve.folder}/clients and /workers")
         if workers:
-            click.echo(f"starting {workers} local worker(s) hosting {', '.join(envs)}")
+            where = f"{provider} worker(s)" + (f" from {image}" if docker else "")
+            click.echo(f"starting {workers} {where} hosting {', '.join(envs)}")
         if gateway_port is not None:
             click.echo(f"gateway for {envs[0]!r} on http://{gateway_host}:{gateway_port}")
         if metrics_port is not None:
@@ -518,6 +568,21 @@ def _wildcard_hint(bound: str) -> str:
         f" other hosts join at tcp://HOST:{port}, HOST being this host's address they reach;"
         f" --advertise tcp://HOST:{port} prints it here (local workers connect over loopback)"
     )
+
+
+def _check_docker(docker: DockerWorkers, envs: tuple[str, ...], app_dir: str | None) -> None:
+    """A usage error (exit code 2) naming what the docker workers lack, before anything starts:
+    the docker package, an engine, the image, or an env in it."""
+    if app_dir is not None:
+        raise click.UsageError(
+            "--app-dir is for local workers; docker workers import envs from their image:"
+            " openenv-broker image build --package DIR"
+        )
+    try:
+        with contextlib.closing(docker_client()) as client:
+            check_image(client, docker.image, envs)
+    except ProviderUnavailable as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _check_envs(envs: tuple[str, ...], app_dir: str | None) -> None:
@@ -802,6 +867,46 @@ def keys_add(folder: Path, client_name: str | None, worker_name: str | None) -> 
         f"its bundle: {bundle} (holds its secret key: copy it to the {role} privately, then"
         f" delete it here); use it with --curve-dir {bundle}"
     )
+
+
+@main.group()
+def image() -> None:
+    """Build the worker image, locally: no registry or package index past the base image."""
+
+
+@image.command("build")
+@click.option("--tag", default=DEFAULT_IMAGE, show_default=True, help="The image's tag.")
+@click.option(
+    "--env",
+    "envs",
+    multiple=True,
+    default=("echo",),
+    show_default=True,
+    help="An env the image hosts: its extra (coding, gym...) is installed. Repeatable.",
+)
+@click.option(
+    "--package",
+    "packages",
+    multiple=True,
+    help="Also install this env package: a folder, a wheel or a requirement. Repeatable.",
+)
+@click.option(
+    "--base-image",
+    default=DEFAULT_BASE_IMAGE,
+    show_default=True,
+    help="The image to build on: a local one where no registry is reachable, with this"
+    " Python's version (docker/base-image.sh makes one).",
+)
+def image_build(
+    tag: str, envs: tuple[str, ...], packages: tuple[str, ...], base_image: str
+) -> None:
+    """Build the worker image for --env ENV... on this host's Docker engine: wheels are built
+    here, and the image installs only those, with no network."""
+    try:
+        image_id = build_worker_image(tag, envs, packages, base_image, say=click.echo)
+    except (ProviderUnavailable, FileNotFoundError) as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"built {tag} ({image_id[:19]}), hosting {', '.join(envs)}")
 
 
 def _print_report(report: BenchReport) -> None:

@@ -16,6 +16,8 @@ from broker.core import BrokerConfig
 from broker.exposure import local_address
 from broker.keys import BrokerKeys
 from broker.loop import BrokerServer
+from broker.providers.base import WorkerProvider
+from broker.providers.docker import DockerProvider, DockerWorkers
 from broker.providers.local import LocalProvider
 from openenv_zmq.curve import CurveKeys
 from openenv_zmq.sandbox.setup import SandboxOptions
@@ -52,6 +54,8 @@ class ClusterSpec:
     """CURVE on both sockets; the local workers and the gateway get this run's own keys."""
     metrics: MetricsSpec | None = None
     """Serve Prometheus metrics as this says, from a thread of the broker's process."""
+    docker: DockerWorkers | None = None
+    """Start the workers as containers made as this says, not as local processes."""
 
 
 def run_cluster(
@@ -66,22 +70,7 @@ def run_cluster(
     On the way out the workers are stopped and waited for, the sockets (and ipc files) removed
     and the metrics server stopped.
     """
-    provider = (
-        LocalProvider(
-            spec.workers,
-            app_dir=spec.app_dir,
-            envs=list(spec.envs),
-            capacity=spec.capacity,
-            max_threads=spec.max_threads,
-            sandbox=spec.sandbox,
-            heartbeat_interval=spec.config.heartbeat_interval,
-            liveness=spec.config.liveness,
-            limits=spec.config.limits,
-            curve=None if spec.curve is None else spec.curve.local_worker,
-        )
-        if spec.workers
-        else None
-    )
+    provider = _provider(spec) if spec.workers else None
     server = BrokerServer(spec.frontend, spec.backend, spec.config, provider, spec.curve)
     server.bind()
     exporter = None
@@ -136,6 +125,34 @@ def run_cluster(
             _stop_process(gateway)
         if exporter is not None:
             exporter.close()
+
+
+def _provider(spec: ClusterSpec) -> WorkerProvider:
+    curve = None if spec.curve is None else spec.curve.local_worker
+    if spec.docker is not None:
+        return DockerProvider(
+            spec.workers,
+            spec.docker,
+            envs=spec.envs,
+            capacity=spec.capacity,
+            heartbeat=spec.config.heartbeat_interval,
+            max_threads=spec.max_threads,
+            sandbox=spec.sandbox,
+            max_message_mb=spec.config.limits.max_message_bytes / 2**20,
+            curve=curve,
+        )
+    return LocalProvider(
+        spec.workers,
+        app_dir=spec.app_dir,
+        envs=list(spec.envs),
+        capacity=spec.capacity,
+        max_threads=spec.max_threads,
+        sandbox=spec.sandbox,
+        heartbeat_interval=spec.config.heartbeat_interval,
+        liveness=spec.config.liveness,
+        limits=spec.config.limits,
+        curve=curve,
+    )
 
 
 def _serve_metrics(spec: MetricsSpec, server: BrokerServer) -> MetricsServer:

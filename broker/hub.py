@@ -37,24 +37,32 @@ def stage_space(env: str, app_port: int = 7860) -> Path:
     not a checkout.
     """
     resolve_env(env)
+    folder = stage_source("openenv-space-", TEMPLATE_DIR)
+    # README.md doubles as the package's readme (pyproject names it), so `pip install .` finds it.
+    fields = {"env": env, "app_port": app_port, "extras": ",".join(space_extras(env))}
+    for name in ("Dockerfile", "README.md"):
+        template = (TEMPLATE_DIR / name).read_text(encoding="utf-8")
+        (folder / name).write_text(template.format(**fields), encoding="utf-8")
+    return folder
+
+
+def stage_source(prefix: str, templates: Path) -> Path:
+    """A new temporary folder (name starting ``prefix``) holding a copy of the project's
+    source, for an image to build from; :class:`FileNotFoundError` when this is no source
+    checkout or lacks the ``templates`` folder the image is made with."""
     missing = [item for item in SOURCE_ITEMS if not (PROJECT_ROOT / item).exists()]
-    if missing or not TEMPLATE_DIR.is_dir():
+    if missing or not templates.is_dir():
         raise FileNotFoundError(
-            f"staging a Space needs the project's source checkout; {PROJECT_ROOT} lacks "
-            f"{', '.join(missing) or TEMPLATE_DIR}"
+            f"building an image needs the project's source checkout; {PROJECT_ROOT} lacks "
+            f"{', '.join(missing) or templates}"
         )
-    folder = Path(tempfile.mkdtemp(prefix="openenv-space-"))
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
     for item in SOURCE_ITEMS:
         source = PROJECT_ROOT / item
         if source.is_dir():
             shutil.copytree(source, folder / item, ignore=_IGNORED)
         else:
             shutil.copy2(source, folder / item)
-    # README.md doubles as the package's readme (pyproject names it), so `pip install .` finds it.
-    fields = {"env": env, "app_port": app_port, "extras": ",".join(space_extras(env))}
-    for name in ("Dockerfile", "README.md"):
-        template = (TEMPLATE_DIR / name).read_text(encoding="utf-8")
-        (folder / name).write_text(template.format(**fields), encoding="utf-8")
     return folder
 
 

@@ -1,0 +1,446 @@
+"""Workers as Docker containers on this host's engine, through the ``docker`` SDK.
+
+Each container runs ``openenv-broker worker`` from the image and hosts many envs. It has **no
+network** (``network_mode=none``): it reaches the broker through one socket file, the broker's
+worker socket bound to an ``ipc://`` address in a folder of this run, mounted read-only. So code
+an env runs (the coding env's sessions) has no network at all, even past the sandbox, and no
+port is opened for the workers. The cost: docker workers live on the broker's host; workers on
+other hosts join over TCP as before (``--advertise``).
+
+Also per container: read-only root file system with a tmpfs on ``/tmp``, every capability
+dropped and ``no-new-privileges`` (the coding sandbox needs none: seccomp and rlimits are set
+by an unprivileged process, and the container stands in for the layers it cannot have: no
+network for ``netns``, the pids limit for ``pids-cgroup``), a non-root user (the broker's uid,
+or 1000 when the broker runs as root), CPU, memory and pids limits, an init process, and labels
+naming the broker that started it. With CURVE the worker's keys are files in a second
+read-only mount, never environment variables or arguments.
+
+Containers are watched from a thread of this provider: the broker's routing thread only reads
+what it found. A container that exits is removed, reported, and replaced as
+:mod:`broker.providers.slots` says. Containers of a broker that died without stopping them
+(``kill -9``) are found by label at the next start on this host and removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from broker.providers.slots import WorkerSlot, check_not_all_given_up
+from openenv_zmq.curve import CurveKeys, write_bundle
+from openenv_zmq.errors import ProviderUnavailable
+from openenv_zmq.sandbox.layers import REQUIRED_BY_DEFAULT
+from openenv_zmq.sandbox.setup import SandboxOptions
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IMAGE = "openenv-zmq/worker:latest"
+LABEL_BROKER = "openenv-zmq.broker"
+"""The id of the provider (one per broker run) that started the container."""
+LABEL_HOST = "openenv-zmq.broker-host"
+LABEL_PID = "openenv-zmq.broker-pid"
+LABEL_PID_START = "openenv-zmq.broker-pid-start"
+"""The broker process's start time in clock ticks since boot: with the pid, a process that
+cannot have been reused."""
+LABEL_SLOT = "openenv-zmq.worker"
+SOCKET_MOUNT = "/run/openenv-zmq/broker"
+KEYS_MOUNT = "/run/openenv-zmq/keys"
+SOCKET_NAME = "workers.sock"
+CONTAINER_UID_AS_ROOT = 1000
+"""The user containers run as when the broker runs as root (the image's ``user``)."""
+WATCH_SECONDS = 0.25
+STOP_GRACE_SECONDS = 5
+"""How long a container gets to send BYE and exit after SIGTERM before it is killed."""
+ENGINE_TIMEOUT = 30
+CHECK_TIMEOUT = 60.0
+"""How long the check that the image has the envs may take (a container that imports them)."""
+
+
+@dataclass(frozen=True)
+class DockerWorkers:
+    """How the worker containers are made."""
+
+    image: str = DEFAULT_IMAGE
+    cpus: float | None = None
+    """CPUs each container may use (``--cpus``); ``None``: no limit."""
+    memory_mb: int | None = None
+    """Memory each container may use, its page cache included; ``None``: no limit."""
+    pids: int = 4096
+    """Processes and threads each container may run (the coding env's sessions count)."""
+    tmpfs_mb: int = 256
+    """Size of the writable ``/tmp`` (the contained sessions' working folders)."""
+
+
+@dataclass
+class _Running:
+    container: Container
+    slot: WorkerSlot
+
+
+@dataclass
+class _Requests:
+    """What the routing thread asks the watcher thread to do, and what it found."""
+
+    kill: queue.SimpleQueue[bytes] = field(default_factory=queue.SimpleQueue)
+    exited: queue.SimpleQueue[bytes] = field(default_factory=queue.SimpleQueue)
+    failure: list[BaseException] = field(default_factory=list)
+
+
+def docker_client() -> DockerClient:
+    """A client of this host's Docker engine, or :class:`ProviderUnavailable` saying what is
+    missing: the ``docker`` package, or an engine that answers."""
+    try:
+        import docker
+    except ImportError:
+        raise ProviderUnavailable(
+            "--provider docker needs the docker package: pip install 'openenv-zmq[docker]'"
+        ) from None
+    try:
+        client = docker.from_env(timeout=ENGINE_TIMEOUT)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise ProviderUnavailable(
+            f"no Docker engine answers ({_first_line(exc)}): start dockerd, or set DOCKER_HOST"
+        ) from None
+    return client
+
+
+def check_image(client: DockerClient, image: str, envs: Sequence[str]) -> None:
+    """:class:`ProviderUnavailable` unless ``image`` is on the engine and imports every env."""
+    import docker
+
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        raise ProviderUnavailable(
+            f"no image {image} on this Docker engine: build it with `openenv-broker image build"
+            f" --tag {image}{''.join(f' --env {env}' for env in envs)}`"
+        ) from None
+    probe = "import sys\nfrom openenv_zmq.registry import resolve_env\nfor env in sys.argv[1:]:\n"
+    probe += "    resolve_env(env)\n"
+    container = client.containers.run(
+        image,
+        ["-c", probe, *envs],
+        entrypoint="python",
+        detach=True,
+        network_mode="none",
+        user=f"{_container_user()[0]}",
+        environment={"HOME": "/tmp"},
+    )
+    try:
+        outcome = container.wait(timeout=CHECK_TIMEOUT)
+        said = container.logs().decode(errors="replace").strip()
+    finally:
+        container.remove(force=True)
+    if outcome.get("StatusCode") != 0:
+        last = said.splitlines()[-1] if said else "no output"
+        raise ProviderUnavailable(
+            f"image {image} cannot host {', '.join(envs)} ({last}): rebuild it with"
+            f" `openenv-broker image build --tag {image}"
+            f"{''.join(f' --env {env}' for env in envs)}`"
+        )
+
+
+def remove_orphans(client: DockerClient) -> list[str]:
+    """Remove the containers of brokers on this host that are gone (killed without stopping
+    them); the names removed."""
+    removed = []
+    host = socket.gethostname()
+    for container in client.containers.list(all=True, filters={"label": LABEL_BROKER}):
+        labels = container.labels
+        if labels.get(LABEL_HOST) != host:
+            continue  # another host's broker, through a shared engine: not ours to judge
+        pid, started = labels.get(LABEL_PID, ""), labels.get(LABEL_PID_START, "")
+        if pid.isdigit() and _process_start(int(pid)) == started:
+            continue
+        container.remove(force=True)
+        removed.append(str(container.name))
+    if removed:
+        log.warning(
+            "removed %d worker container(s) left by a broker that is gone: %s",
+            len(removed),
+            ", ".join(removed),
+        )
+    return removed
+
+
+class DockerProvider:
+    """Keeps ``count`` worker containers running on this host's Docker engine.
+
+    ``envs``, ``capacity``, ``heartbeat``, ``max_threads``, ``sandbox`` and
+    ``max_message_mb`` are the ``worker`` command's options; ``curve`` the keys the workers use
+    (the cluster's own, admitted by the broker). Nothing touches the engine before
+    :meth:`start`, which raises :class:`ProviderUnavailable` when it cannot start them.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        workers: DockerWorkers,
+        envs: Sequence[str],
+        capacity: int,
+        heartbeat: float,
+        max_threads: int,
+        sandbox: SandboxOptions,
+        max_message_mb: float,
+        curve: CurveKeys | None = None,
+    ) -> None:
+        self.count = count
+        self.workers = workers
+        self.id = uuid.uuid4().hex[:12]
+        self._args = _worker_args(envs, capacity, heartbeat, max_threads, sandbox, max_message_mb)
+        self._envs = list(envs)
+        self._curve = curve
+        self._slots = [WorkerSlot(i, "docker") for i in range(count)]
+        self._running: dict[int, _Running] = {}
+        self._requests = _Requests()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._client: DockerClient | None = None
+        self._run_dir = Path(tempfile.gettempdir()) / f"openenv-zmq-docker-{self.id}"
+        self._keys_dir: Path | None = None
+
+    @property
+    def extra_backend(self) -> str | None:
+        # The broker creates the folder (0700) when it binds; start() lends it to the containers.
+        return f"ipc://{self._run_dir / 'sockets' / SOCKET_NAME}"
+
+    @property
+    def container_names(self) -> list[str]:
+        return [str(running.container.name) for running in self._running.values()]
+
+    def start(self, connect: str) -> None:
+        client = self._client = docker_client()
+        remove_orphans(client)
+        check_image(client, self.workers.image, self._envs)
+        uid, gid = _container_user()
+        sockets = self._run_dir / "sockets"
+        # The containers' user must reach the socket: the folder and the file become theirs.
+        lent = [sockets, sockets / SOCKET_NAME]
+        if self._curve is not None:
+            self._keys_dir = Path(tempfile.mkdtemp(prefix="keys-", dir=self._run_dir))
+            write_bundle(self._keys_dir, self._curve, {"role": "worker", "name": "docker"})
+            lent += [self._keys_dir, *self._keys_dir.iterdir()]
+        if os.geteuid() == 0:
+            for path in lent:
+                os.chown(path, uid, gid)
+        for slot in self._slots:
+            self._launch(slot)
+        self._watcher = threading.Thread(target=self._watch, name="docker-workers", daemon=True)
+        self._watcher.start()
+
+    def _launch(self, slot: WorkerSlot) -> None:
+        assert self._client is not None
+        slot.launching(time.monotonic())
+        uid, gid = _container_user()
+        volumes = {str(self._run_dir / "sockets"): {"bind": SOCKET_MOUNT, "mode": "ro"}}
+        command = [
+            "worker",
+            "--connect",
+            f"ipc://{SOCKET_MOUNT}/{SOCKET_NAME}",
+            "--name",
+            slot.name,
+            "--identity",
+            slot.identity.decode(),
+            "--provider",
+            "docker",
+            *self._args,
+        ]
+        if self._keys_dir is not None:
+            volumes[str(self._keys_dir)] = {"bind": KEYS_MOUNT, "mode": "ro"}
+            command += ["--curve-dir", KEYS_MOUNT]
+        spec = self.workers
+        container = self._client.containers.run(
+            spec.image,
+            command,
+            name=f"openenv-worker-{self.id}-{slot.name}",
+            detach=True,
+            labels={**_broker_labels(self.id), LABEL_SLOT: slot.name},
+            network_mode="none",
+            read_only=True,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={spec.tmpfs_mb}m,mode=1777"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            user=f"{uid}:{gid}",
+            nano_cpus=None if spec.cpus is None else int(spec.cpus * 1e9),
+            mem_limit=None if spec.memory_mb is None else f"{spec.memory_mb}m",
+            pids_limit=spec.pids,
+            init=True,
+            environment={"HOME": "/tmp"},
+            volumes=volumes,
+        )
+        self._running[slot.index] = _Running(container, slot)
+        log.info("started worker %s (container %s)", slot.name, container.short_id)
+
+    def _watch(self) -> None:
+        try:
+            while not self._stop.wait(WATCH_SECONDS):
+                self._watch_once()
+        except BaseException as exc:  # handed to the routing thread, which stops the broker
+            self._requests.failure.append(exc)
+
+    def _watch_once(self) -> None:
+        assert self._client is not None
+        while True:
+            try:
+                identity = self._requests.kill.get_nowait()
+            except queue.Empty:
+                break
+            for running in self._running.values():
+                if running.slot.identity == identity:
+                    log.warning("killing worker %s: the broker declared it dead", running.slot.name)
+                    _quietly(running.container.kill)
+        states = {
+            c.id: c
+            for c in self._client.containers.list(
+                all=True, filters={"label": f"{LABEL_BROKER}={self.id}"}
+            )
+        }
+        now = time.monotonic()
+        for index, running in list(self._running.items()):
+            current = states.get(running.container.id)
+            if current is not None and current.status not in ("exited", "dead"):
+                continue
+            how = _how_it_ended(current)
+            log.warning("worker %s %s", running.slot.name, how)
+            _quietly(running.container.remove, force=True)
+            del self._running[index]
+            running.slot.ended(now, how)
+            self._requests.exited.put(running.slot.identity)
+        for slot in self._slots:
+            if slot.due(now):
+                self._launch(slot)
+
+    def poll(self) -> list[bytes]:
+        if self._requests.failure:
+            exc = self._requests.failure[0]
+            raise ProviderUnavailable(f"the docker provider failed: {_first_line(exc)}") from exc
+        exited = []
+        while True:
+            try:
+                exited.append(self._requests.exited.get_nowait())
+            except queue.Empty:
+                break
+        check_not_all_given_up(self._slots)
+        return exited
+
+    def worker_died(self, identity: bytes) -> None:
+        self._requests.kill.put(identity)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join()
+        try:
+            # SIGTERM to all first, so they stop together: each sends BYE and exits.
+            for running in self._running.values():
+                _quietly(running.container.kill, signal="SIGTERM")
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            for running in self._running.values():
+                _quietly(running.container.wait, timeout=max(1.0, deadline - time.monotonic()))
+                _quietly(running.container.remove, force=True)
+        finally:
+            self._running.clear()
+            for slot in self._slots:
+                slot.stopped()
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            if self._client is not None:
+                self._client.close()
+
+
+def _worker_args(
+    envs: Sequence[str],
+    capacity: int,
+    heartbeat: float,
+    max_threads: int,
+    sandbox: SandboxOptions,
+    max_message_mb: float,
+) -> list[str]:
+    """The ``worker`` command's options that say what the broker's own workers would be given."""
+    args = [f"--env={env}" for env in envs]
+    # The broker stops its containers only when it stops itself: no envs to drain for.
+    args += [f"--capacity={capacity}", f"--heartbeat={heartbeat!r}", "--drain-timeout=0"]
+    args += [f"--max-threads={max_threads}", f"--max-message-mb={max_message_mb!r}"]
+    policy = sandbox.policy
+    args += [
+        f"--sandbox-require={layer}" for layer in sorted(policy.required - REQUIRED_BY_DEFAULT)
+    ]
+    args += [
+        f"--sandbox-optional={layer}" for layer in sorted(REQUIRED_BY_DEFAULT - policy.required)
+    ]
+    args += [f"--session-memory={policy.limits.memory_mb}", f"--session-cpu={policy.limits.cpu_s}"]
+    if sandbox.unsafe_in_process:
+        args.append("--unsafe-in-process-code")
+    return args
+
+
+def _broker_labels(provider_id: str) -> dict[str, str]:
+    return {
+        LABEL_BROKER: provider_id,
+        LABEL_HOST: socket.gethostname(),
+        LABEL_PID: str(os.getpid()),
+        LABEL_PID_START: _process_start(os.getpid()) or "",
+    }
+
+
+def _process_start(pid: int) -> str | None:
+    """Process ``pid``'s start time in clock ticks since boot (``/proc/PID/stat`` field 22), or
+    ``None`` when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces: count after it.
+    return stat.rpartition(")")[2].split()[19]
+
+
+def _container_user() -> tuple[int, int]:
+    """The uid and gid containers run as: the broker's own, never root."""
+    uid, gid = os.geteuid(), os.getegid()
+    return (CONTAINER_UID_AS_ROOT, CONTAINER_UID_AS_ROOT) if uid == 0 else (uid, gid)
+
+
+def _how_it_ended(container: Container | None) -> str:
+    """How the container ended, with the last line it printed."""
+    if container is None:
+        return "is gone (removed by someone else)"
+    container.reload()  # a listed container's state is only a word
+    state: dict[str, Any] = container.attrs.get("State", {})
+    how = f"exited with code {state.get('ExitCode')}"
+    if state.get("OOMKilled"):
+        how += " (out of memory: raise --worker-memory)"
+    said = container.logs(tail=1).decode(errors="replace").strip()
+    return f"{how}; its last line: {said}" if said else how
+
+
+def _quietly(call: Any, **kwargs: Any) -> None:
+    """Call ``call``; a container already gone, or slow to stop, is no error while cleaning
+    up."""
+    import docker
+    import requests
+
+    try:
+        call(**kwargs)
+    except docker.errors.NotFound:
+        pass
+    except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+        log.warning("docker: %s", _first_line(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
