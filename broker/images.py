@@ -34,8 +34,10 @@ WHEEL_TIMEOUT = 1800.0
 
 
 def worker_extras(envs: Sequence[str]) -> list[str]:
-    """The project's extras an image for ``envs`` installs: the gateway's, and each env's own."""
-    return sorted({extra for env in envs for extra in space_extras(env)})
+    """The project's extras an image for ``envs`` installs: the gateway's, and each env's own
+    (``gym:ID`` envs need the ``gym`` extra)."""
+    names = [env.partition(":")[0] if env.startswith("gym:") else env for env in envs]
+    return sorted({extra for name in names for extra in space_extras(name)})
 
 
 def build_worker_image(

@@ -269,7 +269,8 @@ class BrokerServer:
 
 
 def _bind_more(socket: zmq.Socket[bytes], address: str) -> None:
-    """Bind ``socket`` to the ``ipc://`` ``address`` too; its folder must exist."""
+    """Bind ``socket`` to the ``ipc://`` ``address`` too (its folder created 0700)."""
+    make_private_dir(Path(address.removeprefix("ipc://")).parent)
     try:
         socket.bind(address)
     except zmq.ZMQError as exc:

@@ -27,6 +27,7 @@ from typing import Any
 
 import zmq
 
+from broker.procfs import started
 from openenv_zmq import sockets
 from openenv_zmq.protocol import Message, Op, decode, encode
 
@@ -86,16 +87,6 @@ def rss_mib(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
-
-
-def started(pid: int) -> int | None:
-    """When ``pid`` started, in clock ticks since boot (``None`` if it is gone): with the pid,
-    it names one process, where a pid alone may have been reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def age_s(pid: int) -> float:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from broker import procfs
 from broker.providers.slots import WorkerSlot, check_not_all_given_up
 from openenv_zmq.curve import CurveKeys, write_bundle
 from openenv_zmq.errors import ProviderUnavailable
@@ -166,7 +167,7 @@ def remove_orphans(client: DockerClient) -> list[str]:
         if labels.get(LABEL_HOST) != host:
             continue  # another host's broker, through a shared engine: not ours to judge
         pid, started = labels.get(LABEL_PID, ""), labels.get(LABEL_PID_START, "")
-        if pid.isdigit() and _process_start(int(pid)) == started:
+        if pid.isdigit() and str(procfs.started(int(pid))) == started:
             continue
         container.remove(force=True)
         removed.append(str(container.name))
@@ -394,19 +395,8 @@ def _broker_labels(provider_id: str) -> dict[str, str]:
         LABEL_BROKER: provider_id,
         LABEL_HOST: socket.gethostname(),
         LABEL_PID: str(os.getpid()),
-        LABEL_PID_START: _process_start(os.getpid()) or "",
+        LABEL_PID_START: str(procfs.started(os.getpid())),
     }
-
-
-def _process_start(pid: int) -> str | None:
-    """Process ``pid``'s start time in clock ticks since boot (``/proc/PID/stat`` field 22), or
-    ``None`` when there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may hold spaces: count after it.
-    return stat.rpartition(")")[2].split()[19]
 
 
 def _container_user() -> tuple[int, int]:

@@ -31,6 +31,7 @@ class Provider:
         self.died: list[bytes] = []
         self.exited: list[bytes] = []
         self.stopped = threading.Event()
+        self.extra_backend: str | None = None
 
     def start(self, connect: str) -> None:
         self.started.append(connect)
@@ -265,6 +266,27 @@ def test_ipc_socket_files_are_removed(
     client.close()
     running.stop()
     assert list(tmp_path.glob("*.sock")) == []
+
+
+def test_workers_join_at_the_providers_extra_ipc_address_too(
+    tmp_path: Path, context: zmq.Context[zmq.Socket[bytes]], provider: Provider
+) -> None:
+    # The docker provider's containers have no network: they reach the broker only there.
+    provider.extra_backend = f"ipc://{tmp_path}/private/workers.sock"
+    server = BrokerServer(
+        "tcp://127.0.0.1:*",
+        "tcp://127.0.0.1:*",
+        BrokerConfig(heartbeat_interval=HEARTBEAT),
+        provider,
+    )
+    running = Running(server)
+    assert server.backend_address.startswith("tcp://")  # still what tcp workers join at
+    assert (tmp_path / "private").stat().st_mode & 0o777 == 0o700
+    worker = dealer(context, provider.extra_backend)
+    assert join(worker) >= 0
+    worker.close()
+    running.stop()
+    assert not (tmp_path / "private" / "workers.sock").exists()
 
 
 def test_a_server_runs_once() -> None:
