@@ -19,6 +19,7 @@ import numpy as np
 from broker.cluster import ClusterSpec, run_cluster
 from broker.keys import BrokerKeys
 from broker.loop import BrokerServer
+from broker.providers.docker import DockerWorkers
 from openenv_zmq.client.sync import BatchClient
 from openenv_zmq.curve import CurveKeys
 
@@ -51,12 +52,14 @@ def embedded_cluster(
     *,
     transport: Literal["ipc", "tcp"] = "ipc",
     curve: BrokerKeys | None = None,
+    docker: DockerWorkers | None = None,
 ) -> Iterator[str]:
     """A broker process with ``workers`` local workers; yields its client address.
 
     Its sockets are private ipc sockets (in a fresh 0700 folder), or with ``transport="tcp"``
     random ports on 127.0.0.1. With ``curve`` both are CURVE servers with those keys; a client
-    connects with ``curve.local_client``. The broker runs in its own (spawned) process so that
+    connects with ``curve.local_client``. With ``docker`` the workers are containers made as it
+    says. The broker runs in its own (spawned) process so that
     it does not share the GIL with the client being measured. Everything is stopped and the
     socket files removed on exit.
     """
@@ -72,6 +75,7 @@ def embedded_cluster(
         envs=tuple(envs),
         capacity=capacity,
         curve=curve,
+        docker=docker,
     )
     context = multiprocessing.get_context("spawn")
     bound: multiprocessing.Queue[str] = context.Queue()

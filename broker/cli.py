@@ -22,7 +22,13 @@ from broker.exposure import advertised, is_wildcard, port_of, reachable_from_oth
 from broker.images import DEFAULT_BASE_IMAGE, build_worker_image
 from broker.keys import BrokerKeys, Role, add_peer, init_keys, load_broker_keys
 from broker.loop import BrokerServer
-from broker.providers.docker import DEFAULT_IMAGE, DockerWorkers, check_image, docker_client
+from broker.providers.docker import (
+    DEFAULT_IMAGE,
+    DockerWorkers,
+    check_image,
+    check_runtime,
+    docker_client,
+)
 from broker.status_view import status_view
 from broker.status_view import watch as watch_status
 from openenv_zmq.client.pulse import LIVENESS
@@ -371,6 +377,12 @@ def main(log_level: str) -> None:
     help="--provider docker: MiB each worker may use [default: no limit].",
 )
 @click.option(
+    "--worker-runtime",
+    default=None,
+    help="--provider docker: the engine's container runtime, e.g. runsc for gVisor [default: the"
+    " engine's].",
+)
+@click.option(
     "--worker-pids",
     type=_POSITIVE_INT,
     default=DockerWorkers.pids,
@@ -453,6 +465,7 @@ def start(
     worker_cpus: float | None,
     worker_memory: int | None,
     worker_pids: int,
+    worker_runtime: str | None,
     envs: tuple[str, ...],
     app_dir: str | None,
     capacity: int,
@@ -478,7 +491,9 @@ def start(
     _check_exposure({"--bind": bind, "--worker-bind": worker_bind}, curve is not None, insecure)
     docker = None
     if provider == "docker":
-        docker = DockerWorkers(image, worker_cpus, worker_memory, worker_pids)
+        docker = DockerWorkers(
+            image, worker_cpus, worker_memory, worker_pids, runtime=worker_runtime
+        )
         if workers:
             _check_docker(docker, envs, app_dir)
     elif workers:
@@ -580,7 +595,8 @@ def _check_docker(docker: DockerWorkers, envs: tuple[str, ...], app_dir: str | N
         )
     try:
         with contextlib.closing(docker_client()) as client:
-            check_image(client, docker.image, envs)
+            check_runtime(client, docker.runtime)
+            check_image(client, docker.image, envs, docker.runtime)
     except ProviderUnavailable as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -85,6 +85,8 @@ class DockerWorkers:
     """Processes and threads each container may run (the coding env's sessions count)."""
     tmpfs_mb: int = 256
     """Size of the writable ``/tmp`` (the contained sessions' working folders)."""
+    runtime: str | None = None
+    """The engine's container runtime (``runsc`` for gVisor); ``None``: the engine's default."""
 
 
 @dataclass
@@ -121,8 +123,21 @@ def docker_client() -> DockerClient:
     return client
 
 
-def check_image(client: DockerClient, image: str, envs: Sequence[str]) -> None:
-    """:class:`ProviderUnavailable` unless ``image`` is on the engine and imports every env."""
+def check_runtime(client: DockerClient, runtime: str | None) -> None:
+    """:class:`ProviderUnavailable` unless the engine knows ``runtime`` (``None``: its default)."""
+    known = sorted(client.info().get("Runtimes", {}))
+    if runtime is not None and runtime not in known:
+        raise ProviderUnavailable(
+            f"the Docker engine has no runtime {runtime!r} (it has {', '.join(known)}): install"
+            " it and name it in the engine's daemon.json (gVisor: `runsc install`)"
+        )
+
+
+def check_image(
+    client: DockerClient, image: str, envs: Sequence[str], runtime: str | None = None
+) -> None:
+    """:class:`ProviderUnavailable` unless ``image`` is on the engine and imports every env
+    (in a container of ``runtime``)."""
     import docker
 
     try:
@@ -142,6 +157,7 @@ def check_image(client: DockerClient, image: str, envs: Sequence[str]) -> None:
         network_mode="none",
         user=f"{_container_user()[0]}",
         environment={"HOME": "/tmp"},
+        runtime=runtime,
     )
     try:
         outcome = container.wait(timeout=CHECK_TIMEOUT)
@@ -228,7 +244,8 @@ class DockerProvider:
     def start(self, connect: str) -> None:
         client = self._client = docker_client()
         remove_orphans(client)
-        check_image(client, self.workers.image, self._envs)
+        check_runtime(client, self.workers.runtime)
+        check_image(client, self.workers.image, self._envs, self.workers.runtime)
         uid, gid = _container_user()
         sockets = self._run_dir / "sockets"
         # The containers' user must reach the socket: the folder and the file become theirs.
@@ -284,6 +301,7 @@ class DockerProvider:
             init=True,
             environment={"HOME": "/tmp"},
             volumes=volumes,
+            runtime=spec.runtime,
         )
         self._running[slot.index] = _Running(container, slot)
         log.info("started worker %s (container %s)", slot.name, container.short_id)

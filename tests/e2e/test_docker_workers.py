@@ -137,6 +137,7 @@ def test_bad_input_is_one_line_and_leaves_nothing_running(
         ((), {}, no_engine, "no Docker engine answers"),
         (("--env", "gym:CartPole-v1"), {}, None, "--env gym:CartPole-v1"),
         (("--app-dir", str(tmp_path)), {}, None, "--package"),
+        (("--worker-runtime", "no-such-runtime"), {}, None, "has no runtime 'no-such-runtime'"),
     ]
     for extra, options, env, hint in cases:
         image = options.get("--image", worker_image)
