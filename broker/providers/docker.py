@@ -68,6 +68,9 @@ WATCH_SECONDS = 0.25
 STOP_GRACE_SECONDS = 5
 """How long a container gets to send BYE and exit after SIGTERM before it is killed."""
 ENGINE_TIMEOUT = 30
+ENGINE_PATIENCE_SECONDS = 30.0
+"""How long the engine may keep failing before the broker stops: its workers cannot be watched
+or replaced meanwhile."""
 CHECK_TIMEOUT = 60.0
 """How long the check that the image has the envs may take (a container that imports them)."""
 
@@ -159,9 +162,15 @@ def check_image(
         environment={"HOME": "/tmp"},
         runtime=runtime,
     )
+    import requests
+
     try:
         outcome = container.wait(timeout=CHECK_TIMEOUT)
         said = container.logs().decode(errors="replace").strip()
+    except requests.RequestException:
+        raise ProviderUnavailable(
+            f"a container of {image} did not import {', '.join(envs)} within {CHECK_TIMEOUT:g} s"
+        ) from None
     finally:
         container.remove(force=True)
     if outcome.get("StatusCode") != 0:
@@ -237,10 +246,6 @@ class DockerProvider:
         # The broker creates the folder (0700) when it binds; start() lends it to the containers.
         return f"ipc://{self._run_dir / 'sockets' / SOCKET_NAME}"
 
-    @property
-    def container_names(self) -> list[str]:
-        return [str(running.container.name) for running in self._running.values()]
-
     def start(self, connect: str) -> None:
         client = self._client = docker_client()
         remove_orphans(client)
@@ -307,9 +312,23 @@ class DockerProvider:
         log.info("started worker %s (container %s)", slot.name, container.short_id)
 
     def _watch(self) -> None:
+        import docker
+        import requests
+
+        failing_since: float | None = None
         try:
             while not self._stop.wait(WATCH_SECONDS):
-                self._watch_once()
+                try:
+                    self._watch_once()
+                    failing_since = None
+                except (docker.errors.DockerException, requests.RequestException) as exc:
+                    # An engine that restarts or answers slowly is waited for, within reason.
+                    now = time.monotonic()
+                    if failing_since is None:
+                        failing_since = now
+                        log.warning("the Docker engine failed (%s); retrying", _first_line(exc))
+                    elif now - failing_since > ENGINE_PATIENCE_SECONDS:
+                        raise
         except BaseException as exc:  # handed to the routing thread, which stops the broker
             self._requests.failure.append(exc)
 
@@ -348,7 +367,9 @@ class DockerProvider:
     def poll(self) -> list[bytes]:
         if self._requests.failure:
             exc = self._requests.failure[0]
-            raise ProviderUnavailable(f"the docker provider failed: {_first_line(exc)}") from exc
+            raise ProviderUnavailable(
+                f"the docker workers can no longer be watched or replaced: {_first_line(exc)}"
+            ) from exc
         exited = []
         while True:
             try:
