@@ -1,0 +1,138 @@
+"""``python -m bench.profile``: where one batch's time goes, per process.
+
+Steps ``--num-envs`` envs (default 1 echo env) through an embedded broker with one worker,
+``--steps`` times after a warm-up, and reports the step's wall-clock p50 and the CPU each
+process spent per round trip: the client (this process, its heartbeat thread included), the
+broker and the worker (from ``/proc``). Then, as asked:
+
+- ``--cprofile``: the client's own functions by time (``cProfile``, the top 25);
+- ``--py-spy DIR``: flame graphs of the broker and the worker while they serve the same loop
+  (``py-spy record``, needs ptrace rights: root, or ``kernel.yama.ptrace_scope`` 0), written to
+  ``DIR/broker.svg`` and ``DIR/worker.svg``.
+
+CPU figures include the profilers' own cost when they run: read them from a run without.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from bench.baselines import cartpole_actions, echo_actions
+from bench.faults.cluster import descendants
+from broker.bench import embedded_cluster
+from openenv_zmq import BatchClient
+
+WARMUP_STEPS = 300
+TICKS = os.sysconf("SC_CLK_TCK")
+ACTIONS: dict[str, Callable[[int], Any]] = {"echo": echo_actions, "cartpole": cartpole_actions}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (every thread) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def broker_pid() -> int:
+    import multiprocessing
+
+    [broker] = [p for p in multiprocessing.active_children() if p.name == "openenv-broker"]
+    assert broker.pid is not None
+    return broker.pid
+
+
+def run(env: str, num_envs: int, steps: int, use_cprofile: bool, py_spy: Path | None) -> int:
+    actions = ACTIONS[env](num_envs)
+    with (
+        embedded_cluster(1, [env], max(num_envs, 1)) as address,
+        BatchClient(address, timeout=60) as client,
+    ):
+        client.wait_for_workers(1, env, 60)
+        broker = broker_pid()
+        [worker] = sorted(descendants(broker))
+        with client.make(env, num_envs) as group:
+            group.reset(seed=0)
+            for _ in range(WARMUP_STEPS):
+                group.step(actions)
+            spies = _start_py_spy(py_spy, {"broker": broker, "worker": worker}, steps)
+            profiler = cProfile.Profile() if use_cprofile else None
+            latencies = np.empty(steps)
+            before = (time.process_time(), cpu_seconds(broker), cpu_seconds(worker))
+            if profiler is not None:
+                profiler.enable()
+            for i in range(steps):
+                start = time.perf_counter()
+                group.step(actions).raise_for_errors()
+                latencies[i] = time.perf_counter() - start
+            if profiler is not None:
+                profiler.disable()
+            after = (time.process_time(), cpu_seconds(broker), cpu_seconds(worker))
+            for spy in spies:
+                spy.wait(60)
+    per_step = [(b - a) / steps * 1e6 for a, b in zip(before, after, strict=True)]
+    table = Table(title=f"{steps:,} steps of {num_envs:,} {env} env(s), 1 worker")
+    for column in ("step p50", "client CPU", "broker CPU", "worker CPU", "total CPU"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{np.median(latencies) * 1e6:,.0f} µs",
+        *(f"{value:,.0f} µs" for value in per_step),
+        f"{sum(per_step):,.0f} µs",
+    )
+    Console().print(table)
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    if py_spy is not None:
+        print(f"flame graphs: {py_spy / 'broker.svg'}, {py_spy / 'worker.svg'}")
+    return 0
+
+
+def _start_py_spy(
+    folder: Path | None, pids: dict[str, int], steps: int
+) -> list[subprocess.Popen[bytes]]:
+    if folder is None:
+        return []
+    if shutil.which("py-spy") is None:
+        raise SystemExit("--py-spy needs py-spy: pip install py-spy")
+    folder.mkdir(parents=True, exist_ok=True)
+    # Long enough for the loop at ~1 ms a step; py-spy stops on its own.
+    seconds = max(2, int(steps / 1000) + 2)
+    record = ["py-spy", "record", "--duration", str(seconds), "--rate", "500", "--nonblocking"]
+    return [
+        subprocess.Popen(
+            [*record, "--pid", str(pid), "--output", str(folder / f"{name}.svg")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    parser.add_argument("--env", choices=sorted(ACTIONS), default="echo")
+    parser.add_argument("--num-envs", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--cprofile", action="store_true", help="profile the client's functions")
+    parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR")
+    args = parser.parse_args(argv)
+    if args.num_envs < 1 or args.steps < 1:
+        parser.error("--num-envs and --steps must be at least 1")
+    return run(args.env, args.num_envs, args.steps, args.cprofile, args.py_spy)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
