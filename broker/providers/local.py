@@ -46,8 +46,8 @@ class LocalProvider:
     ``capacity``, ``heartbeat_interval``, ...); ``app_dir`` is a folder the workers import envs
     from (``--app-dir``). A worker that exits is restarted at once, or after a growing delay (up
     to 10 s) when it keeps dying right after starting, and not again after
-    :data:`~broker.providers.slots.MAX_QUICK_DEATHS` such deaths in a row; when no worker is left that way, :meth:`poll`
-    raises :class:`WorkersFailing`.
+    :data:`~broker.providers.slots.MAX_QUICK_DEATHS` such deaths in a row; when no worker is
+    left that way, :meth:`poll` raises :class:`WorkersFailing`.
     """
 
     def __init__(self, count: int, app_dir: str | None = None, **worker_kwargs: Any) -> None:
