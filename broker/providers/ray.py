@@ -133,9 +133,14 @@ def _check_gcs(address: str, timeout: float) -> None:
             check=False,
         )
     except subprocess.TimeoutExpired:
+        hint = "give the address of the head's GCS (host:6379)"
+        if _host_port(address)[0] in ("127.0.0.1", "localhost", "::1"):
+            # Ray connects to a loopback address through this host's own interface address,
+            # where a cluster started with --node-ip-address 127.0.0.1 does not listen.
+            hint += "; for a cluster bound to 127.0.0.1, set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"
         raise ProviderUnavailable(
             f"something listens at {address} but no Ray cluster answered within {timeout:g} s:"
-            " give the address of the head's GCS (host:6379)"
+            f" {hint}"
         ) from None
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]

@@ -25,8 +25,9 @@ from echo_env import EchoAction
 from broker.core import BrokerConfig
 from broker.loop import BrokerServer
 from broker.providers.ray import RayProvider, ray_preflight
+from broker.providers.slots import MAX_QUICK_DEATHS
 from openenv_zmq import BatchClient
-from openenv_zmq.errors import ProviderUnavailable, SessionLost, WorkerLost
+from openenv_zmq.errors import ProviderUnavailable, SessionLost, WorkerLost, WorkersFailing
 from tests.processes import free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -173,6 +174,37 @@ def test_workers_on_two_nodes_step_and_a_removed_node_is_replaced_on_the_spare(
         r = envs.step([EchoAction(message="back")] * 8)
         assert not r.errors, r.errors
         assert {o.echoed_message for o in r.observations} == {"back"}
+
+
+@pytest.mark.timeout(60)
+def test_workers_that_keep_failing_are_given_up_and_poll_says_so(cluster: Any) -> None:
+    # Every actor's worker fails at once (its env does not resolve): replaced after 0.5, 1, 2
+    # and 4 s, then given up, as local workers are.
+    provider = RayProvider(1, address=cluster.address, envs=["no_such_env_anywhere"])
+    provider.start("tcp://127.0.0.1:1")
+    ended: list[bytes] = []
+
+    def poll_until_it_raises() -> None:
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            ended.extend(provider.poll())
+            time.sleep(0.05)
+
+    try:
+        with pytest.raises(WorkersFailing, match="every ray worker died") as failing:
+            poll_until_it_raises()
+    finally:
+        provider.stop()
+    assert "no_such_env_anywhere" in str(failing.value)
+    # Each actor had an identity of its own; the last one's end comes with the raise, as a
+    # local worker's does.
+    assert len(set(ended)) == len(ended) == MAX_QUICK_DEATHS - 1, ended
+    assert [i.split(b"-")[1] for i in ended] == [b"0", b"0.1", b"0.2", b"0.3"]
+
+
+def test_preflight_refuses_what_is_no_address() -> None:
+    with pytest.raises(ProviderUnavailable, match="no Ray address"):
+        ray_preflight("head-node")
 
 
 def test_preflight_refuses_an_address_where_no_cluster_is_quickly() -> None:
