@@ -242,7 +242,10 @@ class RayProvider:
         self._connect = self.connect or connect
         if not ray.is_initialized():
             address = ray_preflight(self.address)
-            ray.init(address=address)
+            try:
+                ray.init(address=address)
+            except Exception as exc:  # e.g. ray:// without the client's extra dependencies
+                raise ProviderUnavailable(f"cannot connect to Ray at {address}: {exc}") from exc
             self._owns_ray = True
         options: dict[str, Any] = {
             "num_cpus": self.num_cpus,
