@@ -29,6 +29,7 @@ from broker.providers.docker import (
     check_runtime,
     docker_client,
 )
+from broker.providers.ray import RayWorkers, ray_preflight
 from broker.status_view import status_view
 from broker.status_view import watch as watch_status
 from openenv_zmq.client.pulse import LIVENESS
@@ -351,11 +352,19 @@ def main(log_level: str) -> None:
 )
 @click.option(
     "--provider",
-    type=click.Choice(["local", "docker"]),
+    type=click.Choice(["local", "docker", "ray"]),
     default="local",
     show_default=True,
-    help="How the workers are started: local processes, or containers on this host's Docker"
-    " engine (no network; they join through an ipc socket).",
+    help="How the workers are started: local processes, containers on this host's Docker"
+    " engine (no network; they join through an ipc socket), or Ray actors spread over a Ray"
+    " cluster (they join over TCP: at --advertise when not all on this host).",
+)
+@click.option(
+    "--ray-address",
+    default="auto",
+    show_default=True,
+    help="--provider ray: the cluster: auto (RAY_ADDRESS, else the one `ray start` ran here),"
+    " the head's HOST:PORT, ray://HOST:PORT, or local (a Ray of its own on this host).",
 )
 @click.option(
     "--image",
@@ -367,14 +376,16 @@ def main(log_level: str) -> None:
     "--worker-cpus",
     type=_POSITIVE_FLOAT,
     default=None,
-    help="--provider docker: CPUs each worker may use [default: no limit].",
+    help="--provider docker: CPUs each worker may use [default: no limit]; --provider ray: CPUs"
+    " each actor reserves [default: 1].",
 )
 @click.option(
     "--worker-memory",
     type=_POSITIVE_INT,
     default=None,
     metavar="MIB",
-    help="--provider docker: MiB each worker may use [default: no limit].",
+    help="--provider docker: MiB each worker may use; --provider ray: MiB each actor reserves"
+    " [default: no limit].",
 )
 @click.option(
     "--worker-runtime",
@@ -461,6 +472,7 @@ def start(
     advertise: str | None,
     workers: int,
     provider: str,
+    ray_address: str,
     image: str,
     worker_cpus: float | None,
     worker_memory: int | None,
@@ -498,6 +510,16 @@ def start(
             _check_docker(docker, envs, app_dir)
     elif workers:
         _check_envs(envs, app_dir)
+    ray = None
+    if provider == "ray":
+        ray = RayWorkers(
+            None if ray_address == "local" else ray_address,
+            worker_cpus or 1,
+            worker_memory,
+            connect=advertise,
+        )
+        if workers:
+            _check_ray(ray, app_dir)
     # Contained sessions are probed where they run: inside the containers, not here.
     sandbox = _sandbox(envs, probe=workers > 0 and docker is None, **sandbox_flags)
     gateway = None
@@ -551,6 +573,7 @@ def start(
         curve=curve,
         metrics=metrics,
         docker=docker,
+        ray=ray,
     )
 
     def ready(server: BrokerServer) -> None:
@@ -597,6 +620,19 @@ def _check_docker(docker: DockerWorkers, envs: tuple[str, ...], app_dir: str | N
         with contextlib.closing(docker_client()) as client:
             check_runtime(client, docker.runtime)
             check_image(client, docker.image, envs, docker.runtime)
+    except ProviderUnavailable as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _check_ray(ray: RayWorkers, app_dir: str | None) -> None:
+    """A usage error (exit code 2) naming what the Ray workers lack, before anything starts: the
+    ray package, or a cluster at the address. Takes at most about 20 s."""
+    if app_dir is not None:
+        raise click.UsageError(
+            "--app-dir is for local workers; Ray workers import envs installed on every node"
+        )
+    try:
+        ray_preflight(ray.address)
     except ProviderUnavailable as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -19,6 +19,7 @@ from broker.loop import BrokerServer
 from broker.providers.base import WorkerProvider
 from broker.providers.docker import DockerProvider, DockerWorkers
 from broker.providers.local import LocalProvider
+from broker.providers.ray import RayProvider, RayWorkers
 from openenv_zmq.curve import CurveKeys
 from openenv_zmq.sandbox.setup import SandboxOptions
 from openenv_zmq.worker.runner import MAX_THREADS
@@ -56,6 +57,8 @@ class ClusterSpec:
     """Serve Prometheus metrics as this says, from a thread of the broker's process."""
     docker: DockerWorkers | None = None
     """Start the workers as containers made as this says, not as local processes."""
+    ray: RayWorkers | None = None
+    """Start the workers as Ray actors as this says, not as local processes."""
 
 
 def run_cluster(
@@ -141,18 +144,27 @@ def _provider(spec: ClusterSpec) -> WorkerProvider:
             max_message_mb=spec.config.limits.max_message_bytes / 2**20,
             curve=curve,
         )
-    return LocalProvider(
-        spec.workers,
-        app_dir=spec.app_dir,
-        envs=list(spec.envs),
-        capacity=spec.capacity,
-        max_threads=spec.max_threads,
-        sandbox=spec.sandbox,
-        heartbeat_interval=spec.config.heartbeat_interval,
-        liveness=spec.config.liveness,
-        limits=spec.config.limits,
-        curve=curve,
-    )
+    worker_kwargs = {
+        "envs": list(spec.envs),
+        "capacity": spec.capacity,
+        "max_threads": spec.max_threads,
+        "sandbox": spec.sandbox,
+        "heartbeat_interval": spec.config.heartbeat_interval,
+        "liveness": spec.config.liveness,
+        "limits": spec.config.limits,
+        "curve": curve,
+    }
+    if spec.ray is not None:
+        ray = spec.ray
+        return RayProvider(
+            spec.workers,
+            address=ray.address,
+            num_cpus=ray.num_cpus,
+            memory_mb=ray.memory_mb,
+            connect=ray.connect,
+            **worker_kwargs,
+        )
+    return LocalProvider(spec.workers, app_dir=spec.app_dir, **worker_kwargs)
 
 
 def _serve_metrics(spec: MetricsSpec, server: BrokerServer) -> MetricsServer:
