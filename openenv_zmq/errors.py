@@ -7,8 +7,7 @@ OpenEnvZmqError
 ├── EnvNotFound                 an env name or ``module:Class`` that resolves to nothing
 ├── SandboxError                a contained-session layer the operator requires cannot be had
 ├── WorkersFailing              every worker the broker starts keeps dying as it starts: it stops
-├── ProviderUnavailable         the workers' engine cannot start them: no Docker engine, no image,
-│                               no Ray cluster, an image without the env
+├── ProviderUnavailable         no Docker engine, image or env in it; no ray package or cluster
 ├── CurveKeyError               a CURVE key file or folder that is missing, malformed or taken
 ├── ClientError                 misuse detected in this process before anything is sent
 │   ├── ClosedError             stepping a closed client or env group
