@@ -32,6 +32,7 @@ from coding_env import CodeAction
 from rich.console import Console
 from rich.table import Table
 
+from broker import procfs
 from broker.bench import embedded_cluster
 from openenv_zmq import BatchClient
 from openenv_zmq.sandbox.frames import RECV_BYTES, FrameReader, encode_frame
@@ -88,7 +89,6 @@ def _cpu_by_role() -> dict[str, float]:
     it started), the workers, their zygotes and the sessions."""
     parents, zygotes = _process_table()
     workers = {parents[zygote] for zygote in zygotes}
-    ticks = os.sysconf("SC_CLK_TCK")
     spent = dict.fromkeys(("broker", "workers", "zygotes", "sessions"), 0.0)
     for pid in parents:
         ancestor = pid
@@ -103,8 +103,7 @@ def _cpu_by_role() -> dict[str, float]:
         else:
             role = "workers" if pid in workers else "broker"
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            spent[role] += (int(fields[11]) + int(fields[12])) / ticks
+            spent[role] += procfs.cpu_seconds(pid)
     return spent
 
 

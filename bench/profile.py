@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
 import pstats
 import shutil
 import subprocess
@@ -33,26 +32,12 @@ from rich.table import Table
 
 from bench.baselines import cartpole_actions, echo_actions
 from bench.faults.cluster import descendants
-from broker.bench import embedded_cluster
+from broker.bench import embedded_broker_pid, embedded_cluster
+from broker.procfs import cpu_seconds
 from openenv_zmq import BatchClient
 
 WARMUP_STEPS = 300
-TICKS = os.sysconf("SC_CLK_TCK")
 ACTIONS: dict[str, Callable[[int], Any]] = {"echo": echo_actions, "cartpole": cartpole_actions}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (every thread) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def broker_pid() -> int:
-    import multiprocessing
-
-    [broker] = [p for p in multiprocessing.active_children() if p.name == "openenv-broker"]
-    assert broker.pid is not None
-    return broker.pid
 
 
 def run(env: str, num_envs: int, steps: int, use_cprofile: bool, py_spy: Path | None) -> int:
@@ -62,7 +47,7 @@ def run(env: str, num_envs: int, steps: int, use_cprofile: bool, py_spy: Path | 
         BatchClient(address, timeout=60) as client,
     ):
         client.wait_for_workers(1, env, 60)
-        broker = broker_pid()
+        broker = embedded_broker_pid()
         [worker] = sorted(descendants(broker))
         with client.make(env, num_envs) as group:
             group.reset(seed=0)

@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import json
 import multiprocessing
-import os
 import statistics
 import sys
 import threading
@@ -40,6 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.baselines import echo_actions, runtime
+from bench.ray_cluster import local_ray_cluster
 from broker.bench import embedded_cluster
 from openenv_zmq.client.sync import BatchClient
 
@@ -52,14 +52,6 @@ QUICK_DURATION = 1.0
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
 DEFAULT_OUT = Path("/tmp/openenv-zmq-ray-start.json")
-RAY_ENV = {
-    # Set explicitly: Ray 2.60 turns token authentication on for a new local cluster.
-    "RAY_AUTH_MODE": "disabled",
-    # Keep 127.0.0.1 in the addresses Ray connects to (see tests/integration/test_ray_provider).
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
-NODE_ARGS: dict[str, Any] = {"node_ip_address": "127.0.0.1", "object_store_memory": 100 * 2**20}
 
 
 @dataclass(frozen=True)
@@ -81,25 +73,6 @@ class Figures:
     @property
     def ratio(self) -> float:
         return self.ray / self.local
-
-
-@contextlib.contextmanager
-def ray_cluster() -> Iterator[str]:
-    """The local Ray cluster's GCS address; the cluster is removed on the way out."""
-    os.environ.update(RAY_ENV)  # before ray is imported: it reads them then
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={**NODE_ARGS, "num_cpus": 0, "include_dashboard": False},
-    )
-    try:
-        for _ in range(NODES):
-            cluster.add_node(wait=False, num_cpus=NODE_CPUS, **NODE_ARGS)
-        cluster.wait_for_nodes()
-        yield str(cluster.address)
-    finally:
-        cluster.shutdown()  # type: ignore[no-untyped-call]
 
 
 def _run_ray_broker(
@@ -172,7 +145,8 @@ def _next(report: multiprocessing.Queue[Any], process: multiprocessing.process.B
 
 
 def measure(duration: float) -> Figures:
-    with ray_cluster() as ray_address:
+    with local_ray_cluster(NODES, NODE_CPUS, object_store_mb=100) as cluster:
+        ray_address = str(cluster.address)
         local_began = time.time()
         with embedded_cluster(WORKERS, ["echo"], NUM_ENVS, transport="tcp") as local:
             with BatchClient(local, connect_timeout=START_TIMEOUT) as client:

@@ -11,7 +11,6 @@ memory after ``make`` minus before, divided by the instances).
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,15 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import docker
 from echo_env import EchoAction
 from rich.console import Console
 from rich.table import Table
 
 from bench.faults.cluster import descendants
-from broker.bench import embedded_cluster
-from broker.providers.docker import DEFAULT_IMAGE, DockerWorkers
-from broker.providers.docker import LABEL_BROKER as LABEL
+from broker.bench import embedded_broker_pid, embedded_cluster
+from broker.providers.docker import DEFAULT_IMAGE, LABEL_PID, DockerWorkers
 from openenv_zmq import BatchClient
 
 T = TypeVar("T")
@@ -65,20 +62,19 @@ class Figures:
 def worker_pids(provider: str) -> list[int]:
     """The host pids of the broker's worker processes: the broker's children, or for docker the
     processes under each container's init."""
+    broker = embedded_broker_pid()
     if provider == "local":
-        return sorted(descendants(broker_pid()))
+        return sorted(descendants(broker))
+    import docker  # only for --providers docker: the bench extra does not install it
+
     engine = docker.from_env()
     try:
-        inits = [c.attrs["State"]["Pid"] for c in engine.containers.list(filters={"label": LABEL})]
+        ours = f"{LABEL_PID}={broker}"
+        containers = engine.containers.list(filters={"label": ours})
+        inits = [c.attrs["State"]["Pid"] for c in containers]
     finally:
         engine.close()
     return sorted(pid for init in inits for pid in descendants(init))
-
-
-def broker_pid() -> int:
-    broker = next(p for p in multiprocessing.active_children() if p.name == "openenv-broker")
-    assert broker.pid is not None
-    return broker.pid
 
 
 def measure(provider: str, num_envs: int, workers: int, image: str) -> Figures:
@@ -97,7 +93,7 @@ def measure(provider: str, num_envs: int, workers: int, image: str) -> Figures:
         after = {pid: rss_bytes(pid) for pid in pids}
         reset, reset_s = timed(lambda: envs.reset(seed=0))
         step, step_s = timed(lambda: envs.step([EchoAction(message="hi")] * num_envs))
-        broker_mb = rss_bytes(broker_pid()) / 2**20
+        broker_mb = rss_bytes(embedded_broker_pid()) / 2**20
         per_instance = sum(after[p] - before[p] for p in pids) / num_envs
         failures = len(reset.errors) + len(step.errors)
         envs.close()

@@ -44,6 +44,17 @@ class BenchReport:
         return asdict(self)
 
 
+EMBEDDED_BROKER = "openenv-broker"
+"""The name of :func:`embedded_cluster`'s broker process."""
+
+
+def embedded_broker_pid() -> int:
+    """The pid of the broker :func:`embedded_cluster` runs for this process."""
+    [broker] = [p for p in multiprocessing.active_children() if p.name == EMBEDDED_BROKER]
+    assert broker.pid is not None
+    return broker.pid
+
+
 @contextlib.contextmanager
 def embedded_cluster(
     workers: int,
@@ -80,7 +91,7 @@ def embedded_cluster(
     context = multiprocessing.get_context("spawn")
     bound: multiprocessing.Queue[str] = context.Queue()
     process = context.Process(
-        target=run_cluster, args=(spec, partial(_report_address, bound)), name="openenv-broker"
+        target=run_cluster, args=(spec, partial(_report_address, bound)), name=EMBEDDED_BROKER
     )
     process.start()
     try:

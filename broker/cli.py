@@ -507,19 +507,14 @@ def start(
             image, worker_cpus, worker_memory, worker_pids, runtime=worker_runtime
         )
         if workers:
-            _check_docker(docker, envs, app_dir)
+            _check_docker(docker, envs, app_dir, sandbox_flags["sandbox_require"])
     elif workers:
         _check_envs(envs, app_dir)
     ray = None
     if provider == "ray":
-        ray = RayWorkers(
-            None if ray_address == "local" else ray_address,
-            worker_cpus or 1,
-            worker_memory,
-            connect=advertise,
-        )
+        ray = RayWorkers(ray_address, worker_cpus or 1, worker_memory, connect=advertise)
         if workers:
-            _check_ray(ray, app_dir)
+            _check_ray(ray, worker_bind, app_dir)
     # Contained sessions are probed where they run: inside the containers, not here.
     sandbox = _sandbox(envs, probe=workers > 0 and docker is None, **sandbox_flags)
     gateway = None
@@ -608,9 +603,22 @@ def _wildcard_hint(bound: str) -> str:
     )
 
 
-def _check_docker(docker: DockerWorkers, envs: tuple[str, ...], app_dir: str | None) -> None:
+def _check_docker(
+    docker: DockerWorkers,
+    envs: tuple[str, ...],
+    app_dir: str | None,
+    sandbox_require: Sequence[str],
+) -> None:
     """A usage error (exit code 2) naming what the docker workers lack, before anything starts:
-    the docker package, an engine, the image, or an env in it."""
+    a sandbox layer no container gives, the docker package, an engine, the image, or an env in
+    it."""
+    beyond = sorted(set(sandbox_require) & CONTAINERS_LACK)
+    if beyond:
+        raise click.UsageError(
+            f"docker workers cannot have the sandbox layer(s) {', '.join(beyond)} (their user is"
+            " not root and may not make namespaces or cgroups); the container stands in for them:"
+            " drop --sandbox-require for those"
+        )
     if app_dir is not None:
         raise click.UsageError(
             "--app-dir is for local workers; docker workers import envs from their image:"
@@ -624,12 +632,30 @@ def _check_docker(docker: DockerWorkers, envs: tuple[str, ...], app_dir: str | N
         raise click.UsageError(str(exc)) from None
 
 
-def _check_ray(ray: RayWorkers, app_dir: str | None) -> None:
-    """A usage error (exit code 2) naming what the Ray workers lack, before anything starts: the
-    ray package, or a cluster at the address. Takes at most about 20 s."""
+CONTAINERS_LACK = frozenset({Layer.UID, Layer.NETNS, Layer.PIDS_CGROUP})
+"""Sandbox layers a docker worker cannot have: it runs unprivileged, under Docker's default
+seccomp profile, with a read-only cgroup file system."""
+
+
+def _check_ray(ray: RayWorkers, worker_bind: str, app_dir: str | None) -> None:
+    """A usage error (exit code 2) naming what the Ray workers lack, before anything starts: an
+    address they can join at, the ray package, or a cluster at the address. Takes at most about
+    20 s."""
     if app_dir is not None:
         raise click.UsageError(
             "--app-dir is for local workers; Ray workers import envs installed on every node"
+        )
+    if not worker_bind.startswith("tcp://"):
+        raise click.UsageError(
+            f"Ray workers join over TCP, and --worker-bind {worker_bind} is not tcp://HOST:PORT"
+        )
+    head = ray.address.removeprefix("ray://").rpartition(":")[0] if ray.address else ""
+    remote = ray.address not in ("auto", "local") and reachable_from_other_hosts(f"tcp://{head}:1")
+    unreachable = is_wildcard(worker_bind) or not reachable_from_other_hosts(worker_bind)
+    if remote and unreachable and ray.connect is None:
+        raise click.UsageError(
+            f"the Ray cluster at {ray.address} may have nodes on other hosts, which cannot join at"
+            f" {worker_bind}: bind an address they reach and pass it as --advertise tcp://HOST:PORT"
         )
     try:
         ray_preflight(ray.address)

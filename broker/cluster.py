@@ -75,7 +75,12 @@ def run_cluster(
     """
     provider = _provider(spec) if spec.workers else None
     server = BrokerServer(spec.frontend, spec.backend, spec.config, provider, spec.curve)
-    server.bind()
+    try:
+        server.bind()
+    except BaseException:
+        if provider is not None:  # it may hold a folder for its workers' socket already
+            provider.stop()
+        raise
     exporter = None
     if spec.metrics is not None:
         try:
@@ -133,6 +138,7 @@ def run_cluster(
 def _provider(spec: ClusterSpec) -> WorkerProvider:
     curve = None if spec.curve is None else spec.curve.local_worker
     if spec.docker is not None:
+        curve = None if spec.curve is None else spec.curve.container_worker
         return DockerProvider(
             spec.workers,
             spec.docker,

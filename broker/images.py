@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from broker.hub import PROJECT_ROOT, space_extras, stage_source
-from broker.providers.docker import DEFAULT_IMAGE, check_image, docker_client
+from broker.providers.docker import DEFAULT_IMAGE, check_image, docker_client, run_once
 from openenv_zmq.errors import ProviderUnavailable
 
 if TYPE_CHECKING:
@@ -101,12 +101,15 @@ def _check_base_image(client: DockerClient, base_image: str) -> None:
                 f" {sys.version_info.major}.{sys.version_info.minor} (docker/base-image.sh"
                 " makes one from Debian packages)"
             ) from None
-    probe = "import sys; print('%d.%d' % sys.version_info[:2])"
-    said = client.containers.run(
-        base_image, ["python", "-c", probe], remove=True, network_mode="none"
-    )
-    theirs = bytes(said).decode().strip()
     ours = f"{sys.version_info.major}.{sys.version_info.minor}"
+    probe = "import sys; print('%d.%d' % sys.version_info[:2])"
+    code, said = run_once(client, base_image, ["python", "-c", probe])
+    if code != 0:
+        raise ProviderUnavailable(
+            f"{base_image} runs no python ({said.splitlines()[-1] if said else 'no output'}):"
+            f" pass --base-image with Python {ours}"
+        )
+    theirs = said.strip()
     if theirs != ours:
         raise ProviderUnavailable(
             f"{base_image} has Python {theirs}, but the wheels are built here by Python {ours}:"
@@ -127,9 +130,12 @@ def _build_wheels(context: Path, extras: Sequence[str], packages: Sequence[str])
     if packages:
         runs.append([*pip_wheel, str(own), "--no-deps", *packages])
     for run in runs:
-        done = subprocess.run(
-            run, capture_output=True, text=True, timeout=WHEEL_TIMEOUT, check=False
-        )
+        try:
+            done = subprocess.run(
+                run, capture_output=True, text=True, timeout=WHEEL_TIMEOUT, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise ProviderUnavailable(f"pip wheel took over {WHEEL_TIMEOUT:g} s") from None
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise ProviderUnavailable(f"pip wheel failed: {last}")

@@ -18,7 +18,9 @@ only ``NAME.key``; nothing here needs its secret after the bundle is written.
 
 Workers and a gateway that ``start`` runs itself get keys made afresh each time the broker starts
 (:attr:`BrokerKeys.local_worker`, :attr:`BrokerKeys.local_client`), admitted in memory only:
-nothing is written for them and nothing outlives the broker.
+nothing is written for them and nothing outlives the broker. Its worker containers get a key of
+their own (:attr:`BrokerKeys.container_worker`), written for them into a 0700 folder the broker
+removes (or, after ``kill -9``, its next start), and admitted over ``ipc://`` only.
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ class BrokerKeys:
     """Held by the workers the broker starts itself; admitted on the backend for this run only."""
     local_client: CurveKeys
     """Held by the gateway the broker starts itself; admitted on the frontend for this run only."""
+    container_worker: CurveKeys
+    """Held by the worker containers the broker starts itself; admitted on the backend for this
+    run only, and only over ``ipc://``. A contained session shares its worker's uid in a
+    container, so it could read the key file: over TCP the key admits nobody."""
 
     def allowlist(self, role: Role) -> Path:
         return self.folder / role.folder
@@ -168,6 +174,7 @@ def load_broker_keys(folder: str | os.PathLike[str]) -> BrokerKeys:
         secret=secret,
         local_worker=CurveKeys.generate(public),
         local_client=CurveKeys.generate(public),
+        container_worker=CurveKeys.generate(public),
     )
 
 

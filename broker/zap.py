@@ -19,6 +19,7 @@ The allowlists are re-read when their folder changes (:class:`Allowlist`), check
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import threading
@@ -54,6 +55,7 @@ POLL_MS = 100
 """Longest the handler waits before it checks whether it must stop."""
 LOCAL_PEER = "started by this broker"
 """How the log names the in-memory key of the broker's own workers or gateway."""
+CONTAINER_PEER = "a worker container of this broker"
 
 _HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 _NOT_CURVE = zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
@@ -195,10 +197,16 @@ class Gatekeeper:
     """
 
     def __init__(
-        self, allowlists: Mapping[str, Allowlist], limiter: RepeatLimiter | None = None
+        self,
+        allowlists: Mapping[str, Allowlist],
+        limiter: RepeatLimiter | None = None,
+        ipc_only: frozenset[bytes] = frozenset(),
     ) -> None:
         self.allowlists = dict(allowlists)
         self.limiter = limiter or RepeatLimiter()
+        self.ipc_only = ipc_only
+        """z85 keys admitted only from peers without an IP address: libzmq names a TCP peer by
+        its IP address, an ``ipc://`` peer by its credentials (``localhost:uid:gid:pid``)."""
 
     def answer(self, frames: list[bytes]) -> list[bytes]:
         """The reply to the ZAP request ``frames``; admitted peers get their key as user id."""
@@ -217,6 +225,9 @@ class Gatekeeper:
         if name is None:
             self._refused(request, key.decode(), self._elsewhere(key, request.domain))
             return reply(request.request_id, b"400", "key not admitted")
+        if key in self.ipc_only and _is_ip_address(request.address):
+            self._refused(request, key.decode(), f" ({name}: admitted over ipc:// only)")
+            return reply(request.request_id, b"400", "key not admitted here")
         log.info(
             "admitted key %s (%s) from %s on %s",
             key.decode(),
@@ -357,7 +368,22 @@ class ZapHandler:
 def gatekeeper_for(keys: BrokerKeys) -> Gatekeeper:
     """A gatekeeper admitting the keys of ``keys``' allowlists, and the keys of the workers and
     gateway the broker starts itself on their own domain."""
-    local = {Role.WORKER: keys.local_worker.public, Role.CLIENT: keys.local_client.public}
+    local = {
+        Role.WORKER: {
+            keys.local_worker.public: LOCAL_PEER,
+            keys.container_worker.public: CONTAINER_PEER,
+        },
+        Role.CLIENT: {keys.local_client.public: LOCAL_PEER},
+    }
     return Gatekeeper(
-        {DOMAINS[role]: Allowlist(keys.allowlist(role), {local[role]: LOCAL_PEER}) for role in Role}
+        {DOMAINS[role]: Allowlist(keys.allowlist(role), local[role]) for role in Role},
+        ipc_only=frozenset({keys.container_worker.public}),
     )
+
+
+def _is_ip_address(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True

@@ -26,3 +26,9 @@ class WorkerProvider(Protocol):
 
     def stop(self) -> None:
         """Stop every worker and wait for it; leave no process behind."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none): engines' errors
+    run to many lines, a provider's log and error messages take one."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

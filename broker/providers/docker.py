@@ -32,12 +32,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from broker import procfs
+from broker.providers.base import first_line
 from broker.providers.slots import WorkerSlot, check_not_all_given_up
 from openenv_zmq.curve import CurveKeys, write_bundle
 from openenv_zmq.errors import ProviderUnavailable
@@ -58,10 +59,17 @@ LABEL_PID = "openenv-zmq.broker-pid"
 LABEL_PID_START = "openenv-zmq.broker-pid-start"
 """The broker process's start time in clock ticks since boot: with the pid, a process that
 cannot have been reused."""
+LABEL_BOOT = "openenv-zmq.broker-boot"
+LABEL_PID_NS = "openenv-zmq.broker-pid-ns"
+"""With the host name and boot, where the pid can be looked up: a broker in a container of its
+own has pids this host cannot see."""
+LABEL_RUN_DIR = "openenv-zmq.run-dir"
+"""The folder of the broker's socket and the workers' keys, removed with its orphans."""
 LABEL_SLOT = "openenv-zmq.worker"
 SOCKET_MOUNT = "/run/openenv-zmq/broker"
 KEYS_MOUNT = "/run/openenv-zmq/keys"
 SOCKET_NAME = "workers.sock"
+RUN_DIR_PREFIX = "openenv-zmq-docker-"
 CONTAINER_UID_AS_ROOT = 1000
 """The user containers run as when the broker runs as root (the image's ``user``)."""
 WATCH_SECONDS = 0.25
@@ -121,7 +129,7 @@ def docker_client() -> DockerClient:
         client.ping()
     except docker.errors.DockerException as exc:
         raise ProviderUnavailable(
-            f"no Docker engine answers ({_first_line(exc)}): start dockerd, or set DOCKER_HOST"
+            f"no Docker engine answers ({first_line(exc)}): start dockerd, or set DOCKER_HOST"
         ) from None
     return client
 
@@ -152,28 +160,8 @@ def check_image(
         ) from None
     probe = "import sys\nfrom openenv_zmq.registry import resolve_env\nfor env in sys.argv[1:]:\n"
     probe += "    resolve_env(env)\n"
-    container = client.containers.run(
-        image,
-        ["-c", probe, *envs],
-        entrypoint="python",
-        detach=True,
-        network_mode="none",
-        user=f"{_container_user()[0]}",
-        environment={"HOME": "/tmp"},
-        runtime=runtime,
-    )
-    import requests
-
-    try:
-        outcome = container.wait(timeout=CHECK_TIMEOUT)
-        said = container.logs().decode(errors="replace").strip()
-    except requests.RequestException:
-        raise ProviderUnavailable(
-            f"a container of {image} did not import {', '.join(envs)} within {CHECK_TIMEOUT:g} s"
-        ) from None
-    finally:
-        container.remove(force=True)
-    if outcome.get("StatusCode") != 0:
+    code, said = run_once(client, image, ["python", "-c", probe, *envs], runtime=runtime)
+    if code != 0:
         last = said.splitlines()[-1] if said else "no output"
         raise ProviderUnavailable(
             f"image {image} cannot host {', '.join(envs)} ({last}): rebuild it with"
@@ -182,20 +170,70 @@ def check_image(
         )
 
 
+def run_once(
+    client: DockerClient, image: str, command: Sequence[str], runtime: str | None = None
+) -> tuple[int, str]:
+    """Run ``command`` in a throwaway container of ``image``, made as the workers' are (no
+    network, read-only, no capabilities, labelled), to its end: its exit code and what it
+    printed. The container is removed whatever happens; an engine that cannot run it, or a
+    command that takes over :data:`CHECK_TIMEOUT`, is :class:`ProviderUnavailable`."""
+    import docker
+    import requests
+
+    options = _hardened(DockerWorkers(image=image, runtime=runtime, pids=256, tmpfs_mb=64))
+    labels = {**_broker_labels(f"probe-{uuid.uuid4().hex[:12]}"), LABEL_SLOT: "probe"}
+    try:
+        container = client.containers.create(
+            image, list(command[1:]), entrypoint=command[0], labels=labels, **options
+        )
+    except docker.errors.DockerException as exc:
+        raise ProviderUnavailable(
+            f"cannot make a container of {image}: {first_line(exc)}"
+        ) from None
+    try:
+        container.start()
+        outcome = container.wait(timeout=CHECK_TIMEOUT)
+        said = container.logs().decode(errors="replace").strip()
+    except requests.RequestException:
+        raise ProviderUnavailable(
+            f"a container of {image} did not finish {command[0]} within {CHECK_TIMEOUT:g} s"
+        ) from None
+    except docker.errors.DockerException as exc:
+        raise ProviderUnavailable(
+            f"a container of {image} cannot run {command[0]}: {first_line(exc)}"
+        ) from None
+    finally:
+        _quietly(container.remove, force=True)
+    return int(outcome.get("StatusCode", -1)), said
+
+
 def remove_orphans(client: DockerClient) -> list[str]:
     """Remove the containers of brokers on this host that are gone (killed without stopping
-    them); the names removed."""
+    them), and the folders holding their sockets and keys; the names removed.
+
+    A broker is gone when it ran on this host (same host name) and either in an earlier boot,
+    or in this boot and this pid namespace with no process of its pid and start time left. A
+    broker in another pid namespace (a container of its own) cannot be looked up here: its
+    containers are left alone."""
     removed = []
-    host = socket.gethostname()
+    here = _broker_labels("")
     for container in client.containers.list(all=True, filters={"label": LABEL_BROKER}):
         labels = container.labels
-        if labels.get(LABEL_HOST) != host:
+        if labels.get(LABEL_HOST) != here[LABEL_HOST]:
             continue  # another host's broker, through a shared engine: not ours to judge
-        pid, started = labels.get(LABEL_PID, ""), labels.get(LABEL_PID_START, "")
-        if pid.isdigit() and str(procfs.started(int(pid))) == started:
-            continue
-        container.remove(force=True)
+        if labels.get(LABEL_BOOT) == here[LABEL_BOOT]:
+            if labels.get(LABEL_PID_NS) != here[LABEL_PID_NS]:
+                continue
+            pid, started = labels.get(LABEL_PID, ""), labels.get(LABEL_PID_START, "")
+            if pid.isdigit() and str(procfs.started(int(pid))) == started:
+                continue
+        _quietly(container.remove, force=True)
         removed.append(str(container.name))
+        run_dir = Path(labels.get(LABEL_RUN_DIR, ""))
+        if run_dir.name.startswith(RUN_DIR_PREFIX) and run_dir.parent == Path(
+            tempfile.gettempdir()
+        ):
+            shutil.rmtree(run_dir, ignore_errors=True)  # the dead broker's sockets and keys
     if removed:
         log.warning(
             "removed %d worker container(s) left by a broker that is gone: %s",
@@ -226,7 +264,6 @@ class DockerProvider:
         max_message_mb: float,
         curve: CurveKeys | None = None,
     ) -> None:
-        self.count = count
         self.workers = workers
         self.id = uuid.uuid4().hex[:12]
         self._args = _worker_args(envs, capacity, heartbeat, max_threads, sandbox, max_message_mb)
@@ -238,7 +275,7 @@ class DockerProvider:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._client: DockerClient | None = None
-        self._run_dir = Path(tempfile.gettempdir()) / f"openenv-zmq-docker-{self.id}"
+        self._run_dir = Path(tempfile.gettempdir()) / f"{RUN_DIR_PREFIX}{self.id}"
         self._keys_dir: Path | None = None
 
     @property
@@ -247,6 +284,16 @@ class DockerProvider:
         return f"ipc://{self._run_dir / 'sockets' / SOCKET_NAME}"
 
     def start(self, connect: str) -> None:
+        import docker
+
+        try:
+            self._start()
+        except docker.errors.DockerException as exc:
+            raise ProviderUnavailable(
+                f"the Docker engine cannot start the workers: {first_line(exc)}"
+            ) from None
+
+    def _start(self) -> None:
         client = self._client = docker_client()
         remove_orphans(client)
         check_runtime(client, self.workers.runtime)
@@ -270,7 +317,6 @@ class DockerProvider:
     def _launch(self, slot: WorkerSlot) -> None:
         assert self._client is not None
         slot.launching(time.monotonic())
-        uid, gid = _container_user()
         volumes = {str(self._run_dir / "sockets"): {"bind": SOCKET_MOUNT, "mode": "ro"}}
         command = [
             "worker",
@@ -287,27 +333,20 @@ class DockerProvider:
         if self._keys_dir is not None:
             volumes[str(self._keys_dir)] = {"bind": KEYS_MOUNT, "mode": "ro"}
             command += ["--curve-dir", KEYS_MOUNT]
-        spec = self.workers
-        container = self._client.containers.run(
-            spec.image,
-            command,
-            name=f"openenv-worker-{self.id}-{slot.name}",
-            detach=True,
-            labels={**_broker_labels(self.id), LABEL_SLOT: slot.name},
-            network_mode="none",
-            read_only=True,
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={spec.tmpfs_mb}m,mode=1777"},
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            user=f"{uid}:{gid}",
-            nano_cpus=None if spec.cpus is None else int(spec.cpus * 1e9),
-            mem_limit=None if spec.memory_mb is None else f"{spec.memory_mb}m",
-            pids_limit=spec.pids,
-            init=True,
-            environment={"HOME": "/tmp"},
-            volumes=volumes,
-            runtime=spec.runtime,
-        )
+        try:
+            container = self._client.containers.run(
+                self.workers.image,
+                command,
+                name=f"openenv-worker-{self.id}-{slot.name}",
+                detach=True,
+                labels={**_broker_labels(self.id, self._run_dir), LABEL_SLOT: slot.name},
+                volumes=volumes,
+                **_hardened(self.workers),
+            )
+        except BaseException:
+            # The position waits for its next try (the watcher retries an engine that fails).
+            slot.ended(time.monotonic(), "could not be started")
+            raise
         self._running[slot.index] = _Running(container, slot)
         log.info("started worker %s (container %s)", slot.name, container.short_id)
 
@@ -326,7 +365,7 @@ class DockerProvider:
                     now = time.monotonic()
                     if failing_since is None:
                         failing_since = now
-                        log.warning("the Docker engine failed (%s); retrying", _first_line(exc))
+                        log.warning("the Docker engine failed (%s); retrying", first_line(exc))
                     elif now - failing_since > ENGINE_PATIENCE_SECONDS:
                         raise
         except BaseException as exc:  # handed to the routing thread, which stops the broker
@@ -368,7 +407,7 @@ class DockerProvider:
         if self._requests.failure:
             exc = self._requests.failure[0]
             raise ProviderUnavailable(
-                f"the docker workers can no longer be watched or replaced: {_first_line(exc)}"
+                f"the docker workers can no longer be watched or replaced: {first_line(exc)}"
             ) from exc
         exited = []
         while True:
@@ -393,7 +432,11 @@ class DockerProvider:
             deadline = time.monotonic() + STOP_GRACE_SECONDS
             for running in self._running.values():
                 _quietly(running.container.wait, timeout=max(1.0, deadline - time.monotonic()))
-                _quietly(running.container.remove, force=True)
+            if self._client is not None:
+                # By label, not only those known: a start that failed half-way leaves some.
+                mine = f"{LABEL_BROKER}={self.id}"
+                for container in self._client.containers.list(all=True, filters={"label": mine}):
+                    _quietly(container.remove, force=True)
         finally:
             self._running.clear()
             for slot in self._slots:
@@ -429,12 +472,50 @@ def _worker_args(
     return args
 
 
-def _broker_labels(provider_id: str) -> dict[str, str]:
-    return {
+def _broker_labels(provider_id: str, run_dir: Path | None = None) -> dict[str, str]:
+    labels = {
         LABEL_BROKER: provider_id,
         LABEL_HOST: socket.gethostname(),
+        LABEL_BOOT: _read("/proc/sys/kernel/random/boot_id"),
+        LABEL_PID_NS: _pid_namespace(),
         LABEL_PID: str(os.getpid()),
         LABEL_PID_START: str(procfs.started(os.getpid())),
+    }
+    if run_dir is not None:
+        labels[LABEL_RUN_DIR] = str(run_dir)
+    return labels
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _hardened(spec: DockerWorkers) -> dict[str, Any]:
+    """``containers.run`` / ``create`` options every container of this provider gets."""
+    uid, gid = _container_user()
+    return {
+        "network_mode": "none",
+        "read_only": True,
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={spec.tmpfs_mb}m,mode=1777"},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "user": f"{uid}:{gid}",
+        "nano_cpus": None if spec.cpus is None else int(spec.cpus * 1e9),
+        "mem_limit": None if spec.memory_mb is None else f"{spec.memory_mb}m",
+        "pids_limit": spec.pids,
+        "init": True,
+        "environment": {"HOME": "/tmp"},
+        "runtime": spec.runtime,
     }
 
 
@@ -457,7 +538,7 @@ def _how_it_ended(container: Container | None) -> str:
     return f"{how}; its last line: {said}" if said else how
 
 
-def _quietly(call: Any, **kwargs: Any) -> None:
+def _quietly(call: Callable[..., object], **kwargs: Any) -> None:
     """Call ``call``; a container already gone, or slow to stop, is no error while cleaning
     up."""
     import docker
@@ -468,8 +549,4 @@ def _quietly(call: Any, **kwargs: Any) -> None:
     except docker.errors.NotFound:
         pass
     except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-        log.warning("docker: %s", _first_line(exc))
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.warning("docker: %s", first_line(exc))

@@ -68,16 +68,17 @@ def ray_preflight(address: str | None = "auto", timeout: float = PREFLIGHT_SECON
     """Check that Ray can start workers at ``address`` and return what to pass to ``ray.init``.
 
     ``address``: ``"auto"`` (``RAY_ADDRESS``, else the cluster ``ray start`` last started on
-    this host), a GCS ``host:port``, a Ray Client ``ray://host:port``, or ``None``: no cluster,
-    the provider starts a Ray instance of its own on this host (only the package is checked).
+    this host), a GCS ``host:port``, a Ray Client ``ray://host:port``, or ``"local"``: no
+    cluster, the provider starts a Ray instance of its own on this host (only the package is
+    checked; ``None``, ``ray.init``'s default, is ``RAY_ADDRESS`` or such an instance).
     Takes at most about ``timeout`` seconds and leaves nothing running. Raises
     :class:`ProviderUnavailable` with one line naming what is missing: the ``ray`` package, a
     cluster at the address.
     """
     if importlib.util.find_spec("ray") is None:
         raise ProviderUnavailable(RAY_MISSING)
-    if address is None:
-        return None
+    if address is None or address == "local":
+        return address
     if address == "auto":
         address = _resolve_auto()
     host, port = _host_port(address)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import uuid
@@ -73,6 +74,7 @@ def worker_image(base_image: str, engine: docker.DockerClient) -> Iterator[str]:
 class DockerBroker:
     process: subprocess.Popen[bytes]
     frontend: str
+    backend: str
     log: Path
 
     def client(self, **kwargs: Any) -> BatchClient:
@@ -102,10 +104,10 @@ def docker_broker(
         process = python(*args, stdout=subprocess.PIPE, stderr=stderr, bufsize=0)
     try:
         try:
-            frontend, _ = read_addresses(process, START_TIMEOUT)
+            frontend, backend = read_addresses(process, START_TIMEOUT)
         except BrokerGone as exc:
             raise AssertionError(f"{exc}\n{log.read_text(errors='replace')}") from None
-        yield DockerBroker(process, frontend, log)
+        yield DockerBroker(process, frontend, backend, log)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -201,6 +203,25 @@ def test_containers_host_envs_die_are_replaced_and_leave_with_the_broker(
             [secret_key] = re.findall(r'secret-key = "(.+)"', secret)
             seen = " ".join([*config["Env"], *config["Cmd"], *container.attrs["Args"]])
             assert secret_key not in seen
+
+        # A session in a container shares the worker's uid and could read its key: a worker
+        # that brings that key over TCP is refused.
+        stolen = tmp_path / "stolen"
+        shutil.copytree(mounts[KEYS_MOUNT]["Source"], stolen)
+        thief = python(
+            *("-m", "broker", "worker", "--connect", broker.backend, "--env", "echo"),
+            *("--curve-dir", str(stolen), "--name", "thief"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(
+                lambda: "admitted over ipc:// only" in broker.said(), 20, "the key's refusal"
+            )
+            assert "thief" not in {w["name"] for w in client.workers()}
+        finally:
+            thief.kill()
+            thief.wait()
 
         # A container that dies: its envs are lost, a new container takes its place.
         victim = next(iter(containers.values()))

@@ -25,6 +25,7 @@ import pytest
 from echo_env import EchoAction
 
 from bench.faults.cluster import python, read_addresses
+from bench.ray_cluster import local_ray_cluster
 from broker.core import BrokerConfig
 from broker.loop import BrokerServer
 from broker.providers.ray import RayProvider, ray_preflight
@@ -33,7 +34,8 @@ from openenv_zmq import BatchClient
 from openenv_zmq.errors import ProviderUnavailable, SessionLost, WorkerLost, WorkersFailing
 from tests.processes import REPO_ROOT, cli, free_port, wait_until
 
-pytestmark = pytest.mark.integration
+# The module's cluster starts in the first test's setup: the timeouts count the test alone.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60, func_only=True)]
 
 HEARTBEAT = 0.5
 SLOW = "tests.integration.fixture_envs:SlowEchoEnv"
@@ -41,47 +43,18 @@ START_WITHIN = 60.0
 """From the broker's start to its Ray workers live: the first actors start Ray worker processes
 (about 2 s each on 2 cores)."""
 REPLACED_WITHIN = 30.0
-RAY_ENV = {
-    # Ray 2.5x turns token authentication on by default for a cluster it starts, and keeps the
-    # token in ~/.ray: this cluster lives on loopback for one test module, so it is off, said
-    # explicitly rather than left to the version's default.
-    "RAY_AUTH_MODE": "disabled",
-    # Ray replaces 127.0.0.1 in an address it connects to with this host's own interface
-    # address, where no node of this cluster listens; with "cluster mode" off (the variable's
-    # name is about macOS and Windows, where it is off by default) it keeps loopback.
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    # No dashboard, usage reports or metrics exporter: seconds of start-up and CPU on 2 cores.
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
-NODE_ARGS: dict[str, Any] = {"node_ip_address": "127.0.0.1", "object_store_memory": 80 * 2**20}
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     """The running cluster (a :class:`ray.cluster_utils.Cluster`), removed at the end."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in RAY_ENV.items():
-            patch.setenv(name, value)
-        # After the variables: Ray reads them when it is imported.
+    with local_ray_cluster(nodes=3, cpus_per_node=1) as cluster:
         import ray
-        from ray.cluster_utils import Cluster
 
         assert ray.util.get_node_ip_address() == "127.0.0.1", (  # type: ignore[no-untyped-call]
             "Ray was imported before this module set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"
         )
-        cluster = Cluster(
-            initialize_head=True,
-            head_node_args={**NODE_ARGS, "num_cpus": 0, "include_dashboard": False},
-        )
-        try:
-            for _ in range(3):
-                cluster.add_node(wait=False, num_cpus=1, **NODE_ARGS)
-            cluster.wait_for_nodes()
-            yield cluster
-        finally:
-            if ray.is_initialized():
-                ray.shutdown()
-            cluster.shutdown()  # type: ignore[no-untyped-call]
+        yield cluster
 
 
 @contextlib.contextmanager
@@ -112,7 +85,7 @@ def ray_workers(client: BatchClient) -> list[dict[str, Any]]:
     return [w for w in client.workers() if w.get("provider") == "ray"]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120, func_only=True)
 def test_workers_on_two_nodes_step_and_a_removed_node_is_replaced_on_the_spare(
     cluster: Any,
 ) -> None:
@@ -179,7 +152,7 @@ def test_workers_on_two_nodes_step_and_a_removed_node_is_replaced_on_the_spare(
         assert {o.echoed_message for o in r.observations} == {"back"}
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, func_only=True)
 def test_workers_that_keep_failing_are_given_up_and_poll_says_so(cluster: Any) -> None:
     # Every actor's worker fails at once (its env does not resolve): replaced after 0.5, 1, 2
     # and 4 s, then given up, as local workers are.
@@ -258,14 +231,14 @@ def test_no_ray_package_is_one_line_naming_the_extra(monkeypatch: pytest.MonkeyP
         ray_preflight("auto")
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(90, func_only=True)
 def test_start_provider_ray_serves_and_stops_on_sigterm(cluster: Any) -> None:
     # Ray's core replaces the driver's SIGTERM handler with one that ends the process: the
     # broker must still stop its actors and say so.
     args = ["--log-level", "INFO", "start", "--provider", "ray", "--workers", "1"]
     args += ["--ray-address", cluster.address, "--bind", f"tcp://127.0.0.1:{free_port()}"]
     args += ["--worker-bind", f"tcp://127.0.0.1:{free_port()}"]
-    # The cluster fixture keeps RAY_ENV in this process's environment, which the broker inherits.
+    # The cluster keeps RAY_ENV in this process's environment, which the broker inherits.
     process = python("-m", "broker", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         frontend, _ = read_addresses(process, START_WITHIN)

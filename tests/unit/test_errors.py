@@ -77,7 +77,8 @@ NEVER_SENT = [
 """Raised by the client itself, before sending or for want of an answer, or (EnvServerError) from
 an OpenEnv server's JSON error frame rather than this protocol, or (SandboxError) by a worker's
 sandbox at its start, or (WorkersFailing, ProviderUnavailable) by the broker's own process as it
-stops or starts its workers, or (CurveKeyError) by whichever process reads or writes its own key files."""
+starts or stops its workers, or (CurveKeyError) by whichever process reads or writes its own key
+files."""
 
 
 def test_drawing_has_the_expected_shape() -> None:

@@ -124,6 +124,22 @@ def test_the_brokers_own_peers_are_admitted_in_their_domain_only(folder: Path) -
     assert status(gatekeeper.answer(request(WORKERS, local_client)))[0] == b"400"
 
 
+def test_the_worker_containers_key_is_admitted_over_ipc_only(folder: Path) -> None:
+    # Sessions in a container can read its key file: over TCP it must admit nobody.
+    gatekeeper = gatekeeper_for(keys := load_broker_keys(folder))
+    key = keys.container_worker.public
+    over_ipc = request(WORKERS, key)
+    over_ipc[3] = b"localhost:1000:1000:4242"  # what libzmq names an ipc:// peer by
+    assert status(gatekeeper.answer(over_ipc)) == (b"200", key)
+    for address in (b"127.0.0.1", b"10.0.0.9", b"::1"):
+        over_tcp = request(WORKERS, key)
+        over_tcp[3] = address
+        assert status(gatekeeper.answer(over_tcp))[0] == b"400"
+    assert status(gatekeeper.answer(request(CLIENTS, key)))[0] == b"400"
+    # The other workers' keys are not bound to a transport.
+    assert status(gatekeeper.answer(request(WORKERS, keys.local_worker.public)))[0] == b"200"
+
+
 def test_a_stranger_is_refused_and_logged_with_its_key_and_domain(
     folder: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
