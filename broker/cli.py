@@ -376,16 +376,15 @@ def main(log_level: str) -> None:
     "--worker-cpus",
     type=_POSITIVE_FLOAT,
     default=None,
-    help="--provider docker: CPUs each worker may use [default: no limit]; --provider ray: CPUs"
-    " each actor reserves [default: 1].",
+    help="CPUs each docker worker may use, or each Ray actor reserves [default: 1].",
 )
 @click.option(
     "--worker-memory",
     type=_POSITIVE_INT,
     default=None,
     metavar="MIB",
-    help="--provider docker: MiB each worker may use; --provider ray: MiB each actor reserves"
-    " [default: no limit].",
+    help="MiB each docker worker may use [default: 4096], or each Ray actor reserves [default:"
+    " none].",
 )
 @click.option(
     "--worker-runtime",
@@ -504,7 +503,11 @@ def start(
     docker = None
     if provider == "docker":
         docker = DockerWorkers(
-            image, worker_cpus, worker_memory, worker_pids, runtime=worker_runtime
+            image,
+            worker_cpus or DockerWorkers.cpus,
+            worker_memory or DockerWorkers.memory_mb,
+            worker_pids,
+            runtime=worker_runtime,
         )
         if workers:
             _check_docker(docker, envs, app_dir, sandbox_flags["sandbox_require"])

@@ -88,9 +88,10 @@ class DockerWorkers:
     """How the worker containers are made."""
 
     image: str = DEFAULT_IMAGE
-    cpus: float | None = None
-    """CPUs each container may use (``--cpus``); ``None``: no limit."""
-    memory_mb: int | None = None
+    cpus: float | None = 1.0
+    """CPUs each container may use (``--cpus``); ``None``: no limit. One, as a Ray actor's: a
+    worker steps its envs on one thread; more workers use more CPUs."""
+    memory_mb: int | None = 4096
     """Memory each container may use, its page cache included; ``None``: no limit."""
     pids: int = 4096
     """Processes and threads each container may run (the coding env's sessions count)."""
