@@ -103,8 +103,8 @@ def measure(provider: str, num_envs: int, workers: int, image: str) -> Figures:
 def run(num_envs: int, workers: int, providers: Sequence[str], image: str) -> int:
     table = Table(
         title=f"{num_envs:,} echo envs over {workers} workers",
-        caption=f"targets: broker RSS < {BROKER_RSS_TARGET_MB:.0f} MB; aim: worker bytes per idle env"
-        f" (B/env) < {INSTANCE_TARGET_BYTES}",
+        caption=f"targets: broker RSS < {BROKER_RSS_TARGET_MB:.0f} MB; aim: worker bytes per"
+        f" idle env (B/env) < {INSTANCE_TARGET_BYTES}",
     )
     columns = ["workers", "start", "make", "reset", "step", "steps/s", "broker RSS", "B/env"]
     for column in columns:
