@@ -350,7 +350,7 @@ def _median_round_trip(call: Callable[[], object], duration: float) -> float:
     return float(np.median(latencies))
 
 
-def _one_env_step() -> list[bytes]:
+def one_env_step_frames() -> list[bytes]:
     """The frames a client sends for a 1-env echo step (its session and group included)."""
     message = Message(
         Op.STEP,
@@ -399,7 +399,7 @@ def direct_dealer_router_p50(duration: float = DEFAULT_DURATION) -> float:
                 f"the echoing ROUTER did not start within {CHILD_START_TIMEOUT:g} s"
             ) from None
         dealer.connect(f"tcp://127.0.0.1:{port}")
-        frames = _one_env_step()
+        frames = one_env_step_frames()
 
         def round_trip() -> None:
             dealer.send_multipart(frames)

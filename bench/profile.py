@@ -8,7 +8,11 @@ broker and the worker (from ``/proc``). Then, as asked:
 - ``--cprofile``: the client's own functions by time (``cProfile``, the top 25);
 - ``--py-spy DIR``: flame graphs of the broker and the worker while they serve the same loop
   (``py-spy record``, needs ptrace rights: root, or ``kernel.yama.ptrace_scope`` 0), written to
-  ``DIR/broker.svg`` and ``DIR/worker.svg``.
+  ``DIR/broker.svg`` and ``DIR/worker.svg``;
+- ``--floor``: the same path with our code removed, for one echo env: the client's 1-env step
+  frames over a DEALER to a bare pyzmq relay (ROUTER to ROUTER, the broker's socket recipe) and
+  a bare DEALER that sends every message back, each in its own process. Four socket hops, as
+  through the broker; what the runtime costs past them is ours.
 
 CPU figures include the profilers' own cost when they run: read them from a run without.
 """
@@ -17,30 +21,112 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import multiprocessing
 import pstats
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zmq
 from rich.console import Console
 from rich.table import Table
 
-from bench.baselines import cartpole_actions, echo_actions
+from bench.baselines import cartpole_actions, echo_actions, one_env_step_frames
 from bench.faults.cluster import descendants
 from broker.bench import embedded_broker_pid, embedded_cluster
 from broker.procfs import cpu_seconds
-from openenv_zmq import BatchClient
+from openenv_zmq import BatchClient, sockets
 
 WARMUP_STEPS = 300
 ACTIONS: dict[str, Callable[[int], Any]] = {"echo": echo_actions, "cartpole": cartpole_actions}
 
 
-def run(env: str, num_envs: int, steps: int, use_cprofile: bool, py_spy: Path | None) -> int:
+def _relay(ports: multiprocessing.Queue[int], stop: Event) -> None:
+    """The broker with our code removed: forward client messages to the one worker and its
+    answers back, nothing read but the routing frames."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    front = sockets.router(context, "tcp://127.0.0.1:*")
+    back = sockets.router(context, "tcp://127.0.0.1:*")
+    for socket in (front, back):
+        ports.put(int(sockets.endpoint(socket).rsplit(":", 1)[1]))
+    worker, _ = back.recv_multipart()  # its hello
+    poller = zmq.Poller()
+    poller.register(front, zmq.POLLIN)
+    poller.register(back, zmq.POLLIN)
+    while not stop.is_set():
+        ready = dict(poller.poll(100))
+        if front in ready:
+            back.send_multipart([worker, *front.recv_multipart()])
+        if back in ready:
+            back_frames = back.recv_multipart()
+            front.send_multipart(back_frames[1:])
+    context.destroy(linger=0)
+
+
+def _echo(port: int, stop: Event) -> None:
+    """The worker with our code removed: every message goes back as it came."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    dealer = sockets.configure(context.socket(zmq.DEALER))
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    dealer.send_multipart([b"hello"])
+    while not stop.is_set():
+        if dealer.poll(100, zmq.POLLIN):
+            dealer.send_multipart(dealer.recv_multipart())
+    context.destroy(linger=0)
+
+
+def floor(steps: int) -> list[float]:
+    """Wall-clock p50 and CPU per round trip of client, relay and echo (µs), as :func:`run`."""
+    spawn = multiprocessing.get_context("spawn")
+    ports: multiprocessing.Queue[int] = spawn.Queue()
+    stop = spawn.Event()
+    relay = spawn.Process(target=_relay, args=(ports, stop), daemon=True)
+    relay.start()
+    front, back = ports.get(timeout=30), ports.get(timeout=30)
+    echo = spawn.Process(target=_echo, args=(back, stop), daemon=True)
+    echo.start()
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    dealer = sockets.configure(context.socket(zmq.DEALER))
+    dealer.connect(f"tcp://127.0.0.1:{front}")
+    frames = one_env_step_frames()
+    try:
+        for _ in range(WARMUP_STEPS):
+            dealer.send_multipart(frames)
+            dealer.recv_multipart()
+        assert relay.pid is not None and echo.pid is not None
+        latencies = np.empty(steps)
+        before = (time.process_time(), cpu_seconds(relay.pid), cpu_seconds(echo.pid))
+        for i in range(steps):
+            start = time.perf_counter()
+            dealer.send_multipart(frames)
+            dealer.recv_multipart()
+            latencies[i] = time.perf_counter() - start
+        after = (time.process_time(), cpu_seconds(relay.pid), cpu_seconds(echo.pid))
+    finally:
+        stop.set()
+        context.destroy(linger=0)
+        for process in (relay, echo):
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+    per_step = [(b - a) / steps * 1e6 for a, b in zip(before, after, strict=True)]
+    return [float(np.median(latencies)) * 1e6, *per_step]
+
+
+def run(
+    env: str,
+    num_envs: int,
+    steps: int,
+    use_cprofile: bool,
+    py_spy: Path | None,
+    with_floor: bool = False,
+) -> int:
     actions = ACTIONS[env](num_envs)
     with (
         embedded_cluster(1, [env], max(num_envs, 1)) as address,
@@ -70,13 +156,15 @@ def run(env: str, num_envs: int, steps: int, use_cprofile: bool, py_spy: Path | 
                 spy.wait(60)
     per_step = [(b - a) / steps * 1e6 for a, b in zip(before, after, strict=True)]
     table = Table(title=f"{steps:,} steps of {num_envs:,} {env} env(s), 1 worker")
-    for column in ("step p50", "client CPU", "broker CPU", "worker CPU", "total CPU"):
+    for column in ("path", "step p50", "client CPU", "broker CPU", "worker CPU", "total CPU"):
         table.add_column(column, justify="right")
-    table.add_row(
-        f"{np.median(latencies) * 1e6:,.0f} µs",
-        *(f"{value:,.0f} µs" for value in per_step),
-        f"{sum(per_step):,.0f} µs",
-    )
+    rows = {"runtime": [float(np.median(latencies)) * 1e6, *per_step]}
+    if with_floor:
+        rows["floor"] = floor(steps)
+    for name, (p50, *cpu) in rows.items():
+        table.add_row(
+            name, f"{p50:,.0f} µs", *(f"{value:,.0f} µs" for value in cpu), f"{sum(cpu):,.0f} µs"
+        )
     Console().print(table)
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
@@ -113,10 +201,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--cprofile", action="store_true", help="profile the client's functions")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR")
+    parser.add_argument(
+        "--floor", action="store_true", help="also the same path with our code removed"
+    )
     args = parser.parse_args(argv)
     if args.num_envs < 1 or args.steps < 1:
         parser.error("--num-envs and --steps must be at least 1")
-    return run(args.env, args.num_envs, args.steps, args.cprofile, args.py_spy)
+    if args.floor and (args.env, args.num_envs) != ("echo", 1):
+        parser.error("--floor is measured for one echo env")
+    return run(args.env, args.num_envs, args.steps, args.cprofile, args.py_spy, args.floor)
 
 
 if __name__ == "__main__":
