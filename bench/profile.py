@@ -12,7 +12,9 @@ broker and the worker (from ``/proc``). Then, as asked:
 - ``--floor``: the same path with our code removed, for one echo env: the client's 1-env step
   frames over a DEALER to a bare pyzmq relay (ROUTER to ROUTER, the broker's socket recipe) and
   a bare DEALER that sends every message back, each in its own process. Four socket hops, as
-  through the broker; what the runtime costs past them is ours.
+  through the broker; what the runtime costs past them is ours. ``--relay-work US`` makes the
+  relay busy-wait that long per message, standing in for a broker's own work: on few cores,
+  the sockets' cost grows with it (each message then wakes a sleeping I/O thread).
 
 CPU figures include the profilers' own cost when they run: read them from a run without.
 """
@@ -47,9 +49,15 @@ WARMUP_STEPS = 300
 ACTIONS: dict[str, Callable[[int], Any]] = {"echo": echo_actions, "cartpole": cartpole_actions}
 
 
-def _relay(ports: multiprocessing.Queue[int], stop: Event) -> None:
+def _busy(seconds: float) -> None:
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        pass
+
+
+def _relay(ports: multiprocessing.Queue[int], stop: Event, work_s: float) -> None:
     """The broker with our code removed: forward client messages to the one worker and its
-    answers back, nothing read but the routing frames."""
+    answers back, nothing read but the routing frames (after ``work_s`` of busy-waiting)."""
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     front = sockets.router(context, "tcp://127.0.0.1:*")
     back = sockets.router(context, "tcp://127.0.0.1:*")
@@ -62,10 +70,13 @@ def _relay(ports: multiprocessing.Queue[int], stop: Event) -> None:
     while not stop.is_set():
         ready = dict(poller.poll(100))
         if front in ready:
-            back.send_multipart([worker, *front.recv_multipart()])
+            request = front.recv_multipart()
+            _busy(work_s)
+            back.send_multipart([worker, *request])
         if back in ready:
-            back_frames = back.recv_multipart()
-            front.send_multipart(back_frames[1:])
+            answer = back.recv_multipart()
+            _busy(work_s)
+            front.send_multipart(answer[1:])
     context.destroy(linger=0)
 
 
@@ -81,12 +92,12 @@ def _echo(port: int, stop: Event) -> None:
     context.destroy(linger=0)
 
 
-def floor(steps: int) -> list[float]:
+def floor(steps: int, work_s: float = 0.0) -> list[float]:
     """Wall-clock p50 and CPU per round trip of client, relay and echo (µs), as :func:`run`."""
     spawn = multiprocessing.get_context("spawn")
     ports: multiprocessing.Queue[int] = spawn.Queue()
     stop = spawn.Event()
-    relay = spawn.Process(target=_relay, args=(ports, stop), daemon=True)
+    relay = spawn.Process(target=_relay, args=(ports, stop, work_s), daemon=True)
     relay.start()
     front, back = ports.get(timeout=30), ports.get(timeout=30)
     echo = spawn.Process(target=_echo, args=(back, stop), daemon=True)
@@ -126,6 +137,7 @@ def run(
     use_cprofile: bool,
     py_spy: Path | None,
     with_floor: bool = False,
+    relay_work_s: float = 0.0,
 ) -> int:
     actions = ACTIONS[env](num_envs)
     with (
@@ -160,7 +172,7 @@ def run(
         table.add_column(column, justify="right")
     rows = {"runtime": [float(np.median(latencies)) * 1e6, *per_step]}
     if with_floor:
-        rows["floor"] = floor(steps)
+        rows["floor"] = floor(steps, relay_work_s)
     for name, (p50, *cpu) in rows.items():
         table.add_row(
             name, f"{p50:,.0f} µs", *(f"{value:,.0f} µs" for value in cpu), f"{sum(cpu):,.0f} µs"
@@ -204,12 +216,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--floor", action="store_true", help="also the same path with our code removed"
     )
+    parser.add_argument(
+        "--relay-work",
+        type=float,
+        default=0.0,
+        metavar="US",
+        help="with --floor: µs the relay busy-waits per message",
+    )
     args = parser.parse_args(argv)
     if args.num_envs < 1 or args.steps < 1:
         parser.error("--num-envs and --steps must be at least 1")
     if args.floor and (args.env, args.num_envs) != ("echo", 1):
         parser.error("--floor is measured for one echo env")
-    return run(args.env, args.num_envs, args.steps, args.cprofile, args.py_spy, args.floor)
+    if args.relay_work < 0:
+        parser.error("--relay-work must be 0 or more")
+    return run(
+        args.env,
+        args.num_envs,
+        args.steps,
+        args.cprofile,
+        args.py_spy,
+        args.floor,
+        args.relay_work / 1e6,
+    )
 
 
 if __name__ == "__main__":
