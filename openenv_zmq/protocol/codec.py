@@ -36,6 +36,10 @@ ALLOWED_DTYPES = frozenset(
     {"|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f2", "<f4", "<f8"}
 )
 MAX_ARRAY_DIMS = 8
+_OPS: dict[int, Op] = {int(op): op for op in Op}
+"""Ops by wire value: ``Op(value)`` goes through the enum machinery, a dict does not."""
+ITEM_SIZES = {dtype: np.dtype(dtype).itemsize for dtype in ALLOWED_DTYPES}
+"""Bytes per item of each dtype a part may have: ``np.dtype()`` costs a microsecond a call."""
 
 EnvIds = npt.NDArray[np.int64]
 Frame: TypeAlias = Any
@@ -136,7 +140,8 @@ def unpack(frame: Frame, what: str) -> Any:
 
 
 def _nbytes(frame: Frame) -> int:
-    return memoryview(frame).nbytes
+    # bytes (what senders build, and copied receives) answer len() without a memoryview.
+    return len(frame) if type(frame) is bytes else memoryview(frame).nbytes
 
 
 def _check_size(what: str, size: int, limit: int) -> None:
@@ -146,8 +151,8 @@ def _check_size(what: str, size: int, limit: int) -> None:
 
 def _check_header(header: dict[str, Any]) -> tuple[Op, tuple[tuple[str, ArraySpec | None], ...]]:
     """Validate a header map (decoded or about to be encoded); return its op and part specs."""
-    unknown = set(header) - HEADER_FIELDS
-    if unknown:
+    if not HEADER_FIELDS.issuperset(header):
+        unknown = set(header) - HEADER_FIELDS
         raise ProtocolError(f"unknown header field(s): {', '.join(sorted(map(str, unknown)))}")
     version = header.get("v")
     if version != PROTOCOL_VERSION or type(version) is not int:
@@ -155,9 +160,9 @@ def _check_header(header: dict[str, Any]) -> tuple[Op, tuple[tuple[str, ArraySpe
             f"unsupported protocol version {version!r} (this side speaks {PROTOCOL_VERSION})"
         )
     raw_op = header.get("op")
-    if type(raw_op) is not int or raw_op not in Op._value2member_map_:
+    op = _OPS.get(raw_op) if type(raw_op) is int else None
+    if op is None:
         raise ProtocolError(f"unknown op {raw_op!r}")
-    op = Op(raw_op)
     schema = SCHEMAS[op]
     request_id = header.get("id", 0)
     if type(request_id) is not int or not 0 <= request_id <= MAX_REQUEST_ID:
@@ -201,15 +206,17 @@ def _check_part_specs(
     if type(raw) is not list:
         raise ProtocolError("'pl' must be a list of part descriptors")
     specs: list[tuple[str, ArraySpec | None]] = []
+    seen: set[str] = set()
     for entry in raw:
         if type(entry) is not list or not entry or type(entry[0]) is not str:
             raise ProtocolError(f"malformed part descriptor {entry!r}")
         name = entry[0]
         if name not in allowed:
             raise ProtocolError(f"{op.name} carries no part named {name!r}")
-        if any(name == seen for seen, _ in specs):
+        if name in seen:
             raise ProtocolError(f"part {name!r} appears twice")
-        if entry[1:] == ["m"]:
+        seen.add(name)
+        if len(entry) == 2 and entry[1] == "m":
             specs.append((name, None))
             continue
         if len(entry) != 4 or entry[1] != "a":
@@ -217,12 +224,11 @@ def _check_part_specs(
         dtype, shape = entry[2], entry[3]
         if type(dtype) is not str or dtype not in ALLOWED_DTYPES:
             raise ProtocolError(f"part {name!r}: unsupported dtype {dtype!r}")
-        if (
-            type(shape) is not list
-            or len(shape) > MAX_ARRAY_DIMS
-            or not all(type(d) is int and 0 <= d < 2**40 for d in shape)
-        ):
+        if type(shape) is not list or len(shape) > MAX_ARRAY_DIMS:
             raise ProtocolError(f"part {name!r}: malformed shape {shape!r}")
+        for d in shape:
+            if type(d) is not int or not 0 <= d < 2**40:
+                raise ProtocolError(f"part {name!r}: malformed shape {shape!r}")
         specs.append((name, ArraySpec(dtype, tuple(shape))))
     return tuple(specs)
 
@@ -234,8 +240,8 @@ def _decode(
         raise ProtocolError("empty message")
     header_size = _nbytes(frames[0])
     _check_size("header", header_size, limits.max_header_bytes)
-    total = header_size + sum(_nbytes(f) for f in frames[1:])
-    _check_size("message", total, limits.max_message_bytes)
+    sizes = [_nbytes(f) for f in frames[1:]]
+    _check_size("message", header_size + sum(sizes), limits.max_message_bytes)
     header = unpack(frames[0], "header")
     if type(header) is not dict:
         raise ProtocolError(f"header must be a msgpack map, got {type(header).__name__}")
@@ -244,12 +250,12 @@ def _decode(
         raise ProtocolError(
             f"header describes {len(specs)} payload frame(s) but {len(frames) - 1} arrived"
         )
-    for (name, spec), frame in zip(specs, frames[1:], strict=True):
+    for (name, spec), size in zip(specs, sizes, strict=True):
         if spec is not None:
-            expected = math.prod(spec.shape) * np.dtype(spec.dtype).itemsize
-            if _nbytes(frame) != expected:
+            expected = math.prod(spec.shape) * ITEM_SIZES[spec.dtype]
+            if size != expected:
                 raise ProtocolError(
-                    f"part {name!r}: {_nbytes(frame)} bytes for {spec.dtype}{list(spec.shape)}"
+                    f"part {name!r}: {size} bytes for {spec.dtype}{list(spec.shape)}"
                     f" which needs {expected}"
                 )
     ids = header.get("ids")
