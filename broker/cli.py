@@ -23,6 +23,7 @@ from broker.images import DEFAULT_BASE_IMAGE, build_worker_image
 from broker.keys import BrokerKeys, Role, add_peer, init_keys, load_broker_keys
 from broker.loop import BrokerServer
 from broker.providers.docker import (
+    CONTAINERS_LACK,
     DEFAULT_IMAGE,
     DockerWorkers,
     check_image,
@@ -633,11 +634,6 @@ def _check_docker(
             check_image(client, docker.image, envs, docker.runtime)
     except ProviderUnavailable as exc:
         raise click.UsageError(str(exc)) from None
-
-
-CONTAINERS_LACK = frozenset({Layer.UID, Layer.NETNS, Layer.PIDS_CGROUP})
-"""Sandbox layers a docker worker cannot have: it runs unprivileged, under Docker's default
-seccomp profile, with a read-only cgroup file system."""
 
 
 def _check_ray(ray: RayWorkers, worker_bind: str, app_dir: str | None) -> None:

@@ -42,7 +42,7 @@ from broker.providers.base import first_line
 from broker.providers.slots import WorkerSlot, check_not_all_given_up
 from openenv_zmq.curve import CurveKeys, write_bundle
 from openenv_zmq.errors import ProviderUnavailable
-from openenv_zmq.sandbox.layers import REQUIRED_BY_DEFAULT
+from openenv_zmq.sandbox.layers import REQUIRED_BY_DEFAULT, Layer
 from openenv_zmq.sandbox.setup import SandboxOptions
 
 if TYPE_CHECKING:
@@ -76,6 +76,9 @@ WATCH_SECONDS = 0.25
 STOP_GRACE_SECONDS = 5
 """How long a container gets to send BYE and exit after SIGTERM before it is killed."""
 ENGINE_TIMEOUT = 30
+CONTAINERS_LACK = frozenset({Layer.UID, Layer.NETNS, Layer.PIDS_CGROUP})
+"""Sandbox layers a docker worker cannot have: it runs unprivileged, under Docker's default
+seccomp profile, with a read-only cgroup file system."""
 ENGINE_PATIENCE_SECONDS = 30.0
 """How long the engine may keep failing before the broker stops: its workers cannot be watched
 or replaced meanwhile."""

@@ -427,7 +427,8 @@ class RayProvider:
         except ray.exceptions.RayActorError as exc:
             how = f"ended: its actor died ({type(exc).__name__})"
         except ray.exceptions.RayError as exc:
-            how = f"failed: {str(exc).strip().splitlines()[-1]}"
+            # A task error's last line is the exception itself; a message may also be empty.
+            how = f"failed: {(str(exc).strip().splitlines() or [type(exc).__name__])[-1]}"
         log.warning("worker %s %s", slot.name, how)
         del self._runs[index], self._actors[index]
         self._wheres.pop(index, None)
