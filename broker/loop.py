@@ -35,7 +35,7 @@ from broker.zap import DOMAINS, ZapHandler, gatekeeper_for
 from openenv_zmq.curve import make_private_dir
 from openenv_zmq.errors import TransportError
 from openenv_zmq.protocol import Frame, Limits
-from openenv_zmq.sockets import endpoint, router
+from openenv_zmq.sockets import endpoint, queued, router
 
 log = logging.getLogger(__name__)
 
@@ -221,11 +221,7 @@ class BrokerServer:
     def _drain(socket: zmq.Socket[bytes]) -> Iterator[tuple[zmq.Frame, list[Frame]]]:
         """Up to :data:`DRAIN_BATCH` waiting messages as (peer identity frame, frames), without
         copies; the identity frame carries the connection's properties (``User-Id``)."""
-        for _ in range(DRAIN_BATCH):
-            try:
-                peer, *frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for peer, *frames in queued(socket, DRAIN_BATCH):
             # zmq.Frame exposes the buffer protocol; its type stubs do not declare it.
             yield peer, cast("list[Frame]", frames)
 

@@ -11,7 +11,8 @@ proves its key; the broker's ZAP handler (``broker/zap.py``) decides which keys 
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Iterator
+from typing import TypeVar, cast
 
 import zmq
 
@@ -139,3 +140,20 @@ def endpoint(socket: zmq.Socket[bytes]) -> str:
     value = socket.getsockopt(zmq.LAST_ENDPOINT)
     assert isinstance(value, bytes)
     return value.decode()
+
+
+def queued(socket: zmq.Socket[bytes], limit: int) -> Iterator[list[zmq.Frame]]:
+    """Up to ``limit`` messages already queued on ``socket`` (a poll said it is readable),
+    without copies or blocking.
+
+    Between messages it asks ``ZMQ_EVENTS`` whether another is waiting: ending on a receive that
+    fails raises ``zmq.Again``, which costs three times as much, once per poll on every hop.
+    """
+    for _ in range(limit):
+        try:
+            frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        yield frames
+        if not cast(int, socket.get(zmq.EVENTS)) & zmq.POLLIN:
+            return

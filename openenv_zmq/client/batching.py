@@ -35,7 +35,10 @@ class Placement:
     @classmethod
     def of(cls, env_ids: EnvIds, workers: npt.NDArray[np.int64]) -> Placement:
         order = np.argsort(env_ids, kind="stable")
-        return cls(env_ids[order].astype(np.int64), workers[order].astype(np.int64))
+        ids = env_ids[order].astype(np.int64)
+        # Read-only: whole-group calls hand this array on (a result's env_ids) without a copy.
+        ids.setflags(write=False)
+        return cls(ids, workers[order].astype(np.int64))
 
     def locate(self, env_ids: EnvIds) -> npt.NDArray[np.int64]:
         """The worker of each env id; raises :class:`EnvIdsNotInGroup` for ids not in the group."""
@@ -78,10 +81,17 @@ class Targets:
 
 def split_by_worker(env_ids: EnvIds, workers: npt.NDArray[np.int64]) -> list[SubBatch]:
     """Group a request's env ids by worker, keeping each group in request order."""
+    n = len(workers)
+    if n == 0:
+        return []
+    first = workers[0]
+    if n == 1 or not (workers != first).any():  # one worker: the usual small batch
+        return [SubBatch(int(first), env_ids, np.arange(n))]
     order = np.argsort(workers, kind="stable")
     sorted_workers = workers[order]
-    starts = np.flatnonzero(np.r_[True, sorted_workers[1:] != sorted_workers[:-1]])
-    ends = np.r_[starts[1:], len(order)]
+    starts = np.flatnonzero(np.diff(sorted_workers)) + 1
+    starts = np.concatenate(([0], starts))
+    ends = np.append(starts[1:], n)
     return [
         SubBatch(int(sorted_workers[s]), env_ids[order[s:e]], order[s:e])
         for s, e in zip(starts, ends, strict=True)
@@ -248,7 +258,7 @@ def sub_result(
             errors,
         )
     parts = message.parts
-    if message.env_ids is None or not np.array_equal(message.env_ids, sub.env_ids):
+    if message.env_ids is None or not _same_ids(message.env_ids, sub.env_ids):
         raise ProtocolError("answer names other env ids than its request")
     final = parts.get("final_obs")
     if isinstance(final, list):
@@ -265,6 +275,13 @@ def sub_result(
         errors,
         final,
     )
+
+
+def _same_ids(answered: EnvIds, asked: EnvIds) -> bool:
+    # Both int64 as a rule: comparing their bytes skips array_equal's temporaries.
+    if answered.dtype == asked.dtype:
+        return len(answered) == len(asked) and answered.tobytes() == asked.tobytes()
+    return bool(np.array_equal(answered, asked))
 
 
 def assemble(

@@ -28,7 +28,7 @@ from openenv_zmq.client.transport import DEFAULT_TIMEOUT, late_answers, no_answe
 from openenv_zmq.curve import CurveKeys
 from openenv_zmq.errors import BrokerLost, TransportError
 from openenv_zmq.protocol import DEFAULT_LIMITS, Frame, Limits, Message
-from openenv_zmq.sockets import HIGH_WATER_MARK, configure, curve_client
+from openenv_zmq.sockets import HIGH_WATER_MARK, configure, curve_client, queued
 
 SocketT = TypeVar("SocketT", zmq.Socket[bytes], zmq.asyncio.Socket)
 
@@ -55,6 +55,8 @@ def _dealer(address: str, limits: Limits, curve: CurveKeys | None) -> zmq.Socket
 HEARTBEATS_QUEUED = 1
 """A ping that cannot go now is dropped, not queued: pings piled up during an outage would reach
 the next broker in a burst."""
+RECEIVE_BATCH = 1_000
+"""Answers read per wake-up at most before the call checks its deadline again."""
 
 
 def _heartbeat(
@@ -138,9 +140,10 @@ class ZmqTransport:
             if self._pulse is not None:
                 self._pulse.check(start, len(request_ids) - done)
                 remaining = min(remaining, STOP_CHECK_S)
-            if self._socket.poll(int(remaining * 1000) + 1, zmq.POLLIN):
-                while self._socket.poll(0, zmq.POLLIN):
-                    self._table.receive(self._socket.recv_multipart(copy=False))
+            # zmq_poll itself: Socket.poll builds a Poller on every call.
+            if zmq.zmq_poll([(self._socket, zmq.POLLIN)], int(remaining * 1000) + 1):
+                for frames in queued(self._socket, RECEIVE_BATCH):
+                    self._table.receive(frames)
         return True
 
     def exchange(self, messages: list[Message], timeout: float | None = None) -> list[Message]:

@@ -48,7 +48,7 @@ from openenv_zmq.protocol import (
 )
 from openenv_zmq.sandbox import host as sandbox_host
 from openenv_zmq.sandbox.setup import SandboxOptions, start_sandbox
-from openenv_zmq.sockets import worker_dealer
+from openenv_zmq.sockets import queued, worker_dealer
 from openenv_zmq.worker.core import Pending, WorkerCore
 from openenv_zmq.worker.health import HealthFile
 from openenv_zmq.worker.link import NOT_SERVING, BrokerLink, LinkOutput, WorkerLifecycle
@@ -264,13 +264,7 @@ class _Pump:
                 os.read(self._wake_read, 4096)
             if self.dealer not in ready:
                 return []
-            received = []
-            for _ in range(_RECV_BATCH):
-                try:
-                    received.append(self.dealer.recv_multipart(zmq.NOBLOCK, copy=False))
-                except zmq.Again:
-                    break
-            return received
+            return list(queued(self.dealer, _RECV_BATCH))
 
     def _dispatch(self, frames: list[zmq.Frame]) -> None:
         now = time.monotonic()
