@@ -256,8 +256,10 @@ class Recorder:
             self._keep(measurement, seconds)
             seconds = 0.0
 
-    def unavailable(self, env: str, system: str, num_envs: int, error: Exception) -> None:
-        self._keep(Measurement(env, system, num_envs, None, error=_describe(error)), 0.0)
+    def unavailable(
+        self, env: str, system: str, num_envs: int, error: Exception, unit: str = STEPS_PER_S
+    ) -> None:
+        self._keep(Measurement(env, system, num_envs, None, unit, _describe(error)), 0.0)
 
     def _keep(self, measurement: Measurement, seconds: float) -> None:
         self.results.append(measurement)
@@ -302,12 +304,13 @@ def _runtime_series(
 ) -> None:
     """One cluster for every size of one (env, workers) series; ``latency``: step p50s."""
     label = runtime_label(env, workers)
+    unit = SECONDS if latency else STEPS_PER_S
     with contextlib.ExitStack() as stack:
         try:
             address = stack.enter_context(baselines.cluster(env, workers, max(sizes)))
         except Exception as exc:  # the env cannot be hosted here: every size is n/a
             for n in sizes:
-                recorder.unavailable(family, label, n, exc)
+                recorder.unavailable(family, label, n, exc, unit)
             return
         for n in sizes:
             run = partial(
@@ -320,7 +323,7 @@ def _runtime_series(
                 address=address,
                 latency=latency,
             )
-            recorder.measure(family, label, n, run, SECONDS if latency else STEPS_PER_S)
+            recorder.measure(family, label, n, run, unit)
 
 
 def _forking(recorder: Recorder, grid: Grid) -> None:
