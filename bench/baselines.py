@@ -1,10 +1,11 @@
 """Throughput baselines and this runtime, each measured on this machine in env-steps per second.
 
 Every function builds what it measures, steps it for a short warm-up and then for ``duration``
-seconds, stops everything it started (processes, servers, sockets) and returns env-steps/s; the
-two latency functions return a median round trip in seconds. Batches are full (every env steps
-every time), and every CartPole system gets fresh random 0/1 actions from :func:`cartpole_actions`
-each step, so the action source costs all of them the same.
+seconds, stops everything it started (processes, servers, sockets) and returns env-steps/s; with
+``latency=True``, and for the functions named for a latency, the median seconds of one step call
+(one batch) instead. Batches are full (every env steps every time), and every CartPole system gets
+fresh random 0/1 actions from :func:`cartpole_actions` each step, so the action source costs all
+of them the same.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import importlib
 import multiprocessing
 import os
 import queue
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
 from multiprocessing.synchronize import Event
+from pathlib import Path
 from typing import Any
 
 import gymnasium
@@ -31,6 +34,7 @@ from echo_env import EchoAction
 from echo_env.server.echo_environment import EchoEnvironment
 
 from broker.bench import embedded_cluster
+from broker.keys import BrokerKeys, init_keys, load_broker_keys
 from openenv_zmq import sockets
 from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client.sync import BatchClient
@@ -87,6 +91,27 @@ def _rate(step: Callable[[], int], duration: float) -> float:
     _run_for(step, WARMUP)
     steps, elapsed = _run_for(step, duration)
     return steps / elapsed
+
+
+def _median_seconds(call: Callable[[], object], duration: float) -> float:
+    """The median seconds of one ``call``, called for ``duration`` seconds after the warm-up."""
+    latencies: list[float] = []
+
+    def timed() -> int:
+        start = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - start)
+        return 1
+
+    _run_for(timed, WARMUP)
+    latencies.clear()
+    _run_for(timed, duration)
+    return float(np.median(latencies))
+
+
+def _measure(step: Callable[[], int], duration: float, latency: bool) -> float:
+    """env-steps/s of ``step`` or, with ``latency``, the median seconds of one call."""
+    return _median_seconds(step, duration) if latency else _rate(step, duration)
 
 
 # ---------------------------------------------------------------------- in-process loops
@@ -148,7 +173,9 @@ def inprocess_cartpole(num_envs: int, duration: float = DEFAULT_DURATION) -> flo
 # ---------------------------------------------------------------------- Gymnasium and EnvPool
 
 
-def _gym_rate(envs: gymnasium.vector.VectorEnv[Any, Any, Any], duration: float) -> float:
+def _gym_measure(
+    envs: gymnasium.vector.VectorEnv[Any, Any, Any], duration: float, latency: bool
+) -> float:
     """Step a Gymnasium vector env (default autoreset, ``next_step``) with random actions."""
     try:
         envs.reset(seed=0)
@@ -158,51 +185,64 @@ def _gym_rate(envs: gymnasium.vector.VectorEnv[Any, Any, Any], duration: float) 
             envs.step(cartpole_actions(n))
             return n
 
-        return _rate(step, duration)
+        return _measure(step, duration, latency)
     finally:
         envs.close()
 
 
-def gym_sync(num_envs: int, duration: float = DEFAULT_DURATION) -> float:
+def gym_sync(num_envs: int, duration: float = DEFAULT_DURATION, *, latency: bool = False) -> float:
     """Gymnasium's ``SyncVectorEnv`` of CartPole-v1: ``num_envs`` envs stepped in one loop."""
     _check_envs(num_envs)
     make = partial(gymnasium.make, GYM_ID)
-    return _gym_rate(gymnasium.vector.SyncVectorEnv([make] * num_envs), duration)
+    return _gym_measure(gymnasium.vector.SyncVectorEnv([make] * num_envs), duration, latency)
 
 
-def gym_async(num_envs: int, duration: float = DEFAULT_DURATION) -> float:
-    """Gymnasium's ``AsyncVectorEnv`` of CartPole-v1: one process per env (at most 256)."""
+def gym_async(num_envs: int, duration: float = DEFAULT_DURATION, *, latency: bool = False) -> float:
+    """Gymnasium's ``AsyncVectorEnv`` of CartPole-v1: one process per env (at most 256).
+
+    Its processes are forked from this one: run it before this process holds sockets, threads or
+    child processes, which every fork would inherit.
+    """
     _check_envs(num_envs, ASYNC_MAX_ENVS)
     make = partial(gymnasium.make, GYM_ID)
-    return _gym_rate(gymnasium.vector.AsyncVectorEnv([make] * num_envs), duration)
+    return _gym_measure(gymnasium.vector.AsyncVectorEnv([make] * num_envs), duration, latency)
 
 
 def envpool_cartpole(
-    num_envs: int, num_threads: int = 0, duration: float = DEFAULT_DURATION
+    num_envs: int,
+    num_threads: int = 0,
+    duration: float = DEFAULT_DURATION,
+    *,
+    latency: bool = False,
 ) -> float:
     """EnvPool's CartPole-v1 (Gymnasium API): the best of its synchronous mode
     (``batch_size = num_envs``) and asynchronous mode (``batch_size = num_envs // 2``, EnvPool's
     ``send`` / ``recv``), each with ``num_threads`` threads (0: EnvPool's default, one per core)
-    and with one thread. ``duration`` is shared among the settings.
+    and with one thread. ``duration`` is shared among the settings. With ``latency``, the lowest
+    median seconds of one synchronous ``step`` of all ``num_envs`` envs, of the two thread counts.
 
     Raises :class:`ImportError` when EnvPool is not installed.
     """
     _check_envs(num_envs)
     envpool = importlib.import_module("envpool")
+    batches = (num_envs,) if latency else (num_envs, num_envs // 2)
     settings = sorted(
-        {
-            (batch, threads)
-            for batch in (num_envs, num_envs // 2)
-            for threads in (num_threads, 1)
-            if batch > 0
-        }
+        {(batch, threads) for batch in batches for threads in (num_threads, 1) if batch > 0}
     )
     per_setting = duration / len(settings)
-    return max(_envpool_rate(envpool, num_envs, b, t, per_setting) for b, t in settings)
+    best = min if latency else max
+    return best(
+        _envpool_measure(envpool, num_envs, b, t, per_setting, latency) for b, t in settings
+    )
 
 
-def _envpool_rate(
-    envpool: Any, num_envs: int, batch_size: int, num_threads: int, duration: float
+def _envpool_measure(
+    envpool: Any,
+    num_envs: int,
+    batch_size: int,
+    num_threads: int,
+    duration: float,
+    latency: bool,
 ) -> float:
     with warnings.catch_warnings():
         # EnvPool 1.2.5 builds Gymnasium Box spaces from float64 bounds, which Gymnasium 1.x
@@ -232,7 +272,7 @@ def _envpool_rate(
                     pool.send(cartpole_actions(batch_size), info["env_id"])
                     return batch_size
 
-            return _rate(step, duration)
+            return _measure(step, duration, latency)
         finally:
             pool.close()
 
@@ -285,12 +325,13 @@ def runtime(
     address: str | None = None,
     autoreset: AutoresetMode | str = AutoresetMode.NEXT_STEP,
     curve: CurveKeys | None = None,
+    latency: bool = False,
 ) -> float:
     """This runtime: ``num_envs`` envs stepped in full batches through a broker and ``workers``
     local workers. Starts an embedded cluster unless ``address`` names a running broker (which
     must have ``workers`` workers hosting ``env``; ``curve``: the client's keys when it requires
     them). Array envs must answer with one array of observations; any env error fails the
-    measurement.
+    measurement. With ``latency``, the median seconds of one step call instead of env-steps/s.
     """
     _check_envs(num_envs)
     with (
@@ -316,38 +357,28 @@ def runtime(
                     )
                 return num_envs
 
-            return _rate(step, duration)
+            return _measure(step, duration, latency)
 
 
-def runtime_latency_batch1(
-    workers: int = 1, duration: float = DEFAULT_DURATION, *, address: str | None = None
-) -> float:
-    """Median seconds of a 1-env echo step through the broker (client -> broker -> worker and
-    back)."""
-    with (
-        _cluster_address(address, "echo", workers, 1) as broker,
-        BatchClient(broker, connect_timeout=CLUSTER_START_TIMEOUT, timeout=STEP_TIMEOUT) as client,
-    ):
-        client.wait_for_workers(workers, "echo", CLUSTER_START_TIMEOUT)
-        with client.make("echo", 1) as group:
-            group.reset(seed=0)
-            actions = echo_actions(1)
-            return _median_round_trip(lambda: group.step(actions).raise_for_errors(), duration)
+@contextlib.contextmanager
+def broker_keys() -> Iterator[BrokerKeys]:
+    """A throwaway broker key folder; a client uses the broker's own client key."""
+    with tempfile.TemporaryDirectory(prefix="openenv-curve-") as folder:
+        init_keys(Path(folder) / "keys")
+        yield load_broker_keys(Path(folder) / "keys")
 
 
-def _median_round_trip(call: Callable[[], object], duration: float) -> float:
-    latencies: list[float] = []
-
-    def timed() -> int:
-        start = time.perf_counter()
-        call()
-        latencies.append(time.perf_counter() - start)
-        return 1
-
-    _run_for(timed, WARMUP)
-    latencies.clear()
-    _run_for(timed, duration)
-    return float(np.median(latencies))
+def runtime_batch1_tcp(duration: float = DEFAULT_DURATION, *, with_curve: bool) -> float:
+    """Median seconds of a 1-env echo step through a broker and one worker on 127.0.0.1 TCP
+    ports, where CURVE is used (ipc sockets need none): plain, or ``with_curve`` on both sockets
+    and the client, as :mod:`bench.curve` sets them up."""
+    with contextlib.ExitStack() as stack:
+        keys = stack.enter_context(broker_keys()) if with_curve else None
+        address = stack.enter_context(embedded_cluster(1, ["echo"], 1, transport="tcp", curve=keys))
+        client_keys = None if keys is None else keys.local_client
+        return runtime(
+            "echo", 1, 1, echo_actions, duration, address=address, curve=client_keys, latency=True
+        )
 
 
 def one_env_step_frames() -> list[bytes]:
@@ -407,7 +438,7 @@ def direct_dealer_router_p50(duration: float = DEFAULT_DURATION) -> float:
                 raise TimeoutError(f"no echo within {STEP_TIMEOUT:g} s")
             dealer.recv_multipart(copy=False)
 
-        return _median_round_trip(round_trip, duration)
+        return _median_seconds(round_trip, duration)
     finally:
         dealer.close(linger=0)
         stop.set()

@@ -1,8 +1,10 @@
-"""The comparison behind ``python bench/compare.py``: every system, in one run, on one machine.
+"""The comparison behind ``python -m bench.compare``: every system, in one run, on one machine.
 
-Runs the baselines of :mod:`bench.baselines` and this runtime over a grid of env counts, then
-prints the measurements and the target ratios (runtime ÷ baseline), and writes ``compare.json``
-and ``compare.png``. A system that cannot run here (a missing package or adapter, an error) is
+Runs the baselines of :mod:`bench.baselines` and this runtime over a grid of env counts (env-steps
+per second) and of CartPole batch sizes (the seconds of one step call), then one echo env's step
+p50 and CPU per process (:func:`bench.profile.one_env_cost`); prints the measurements and the
+targets (runtime ÷ baseline, or an absolute goal), and writes ``compare.json``, ``compare.png``
+and ``latency.png``. A system that cannot run here (a missing package or adapter, an error) is
 reported as n/a with its error; it never stops the comparison.
 """
 
@@ -15,7 +17,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,17 +28,25 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-from bench import baselines
+from bench import baselines, profile
 
 ECHO = "echo"
 CARTPOLE = "cartpole"
 GYM_CARTPOLE = f"gym:{baselines.GYM_ID}"
-LATENCY = "latency"
 FAMILIES = (ECHO, CARTPOLE)
-"""Each family is one group of rows in the table and one subplot."""
+"""The throughput families: each is one group of rows in the first table and one subplot of
+``compare.png``."""
+CARTPOLE_P50 = "cartpole p50"
+"""Seconds of one step call of a full CartPole batch against its size: ``latency.png``."""
+LATENCY = "latency"
+"""One echo env: the runtime's step p50 (ipc; tcp with CURVE off and on) and the direct floor."""
+CPU = "cpu"
+"""CPU seconds per one-env round trip, per process of the runtime and in all."""
 
 STEPS_PER_S = "env-steps/s"
 SECONDS = "s"
+RATIO = "x"
+"""The unit of a target that divides by a baseline."""
 
 IN_PROCESS_ECHO = "in-process loop (validate, step, dump)"
 IN_PROCESS_ECHO_RAW = "in-process loop (raw env.step)"
@@ -45,8 +55,15 @@ IN_PROCESS_CARTPOLE = "in-process CartPoleVectorEnv"
 GYM_SYNC = "gym SyncVectorEnv"
 GYM_ASYNC = "gym AsyncVectorEnv"
 ENVPOOL = "EnvPool (best setting)"
+ENVPOOL_SYNC = "EnvPool sync step (best thread count)"
 BATCH_OF_1 = "runtime batch-of-1 step p50"
+BATCH_OF_1_TCP = "runtime batch-of-1 step p50, tcp, CURVE off"
+BATCH_OF_1_CURVE = "runtime batch-of-1 step p50, tcp, CURVE on"
 DIRECT = "direct DEALER<->ROUTER p50"
+CPU_PROCESSES = tuple(f"runtime {p} CPU per round trip" for p in ("client", "broker", "worker"))
+CPU_TOTAL = "runtime CPU per round trip (client + broker + worker)"
+LATENCY_WORKERS = 1
+"""Workers of the runtime in ``latency.png``: one batch on one worker, nothing split."""
 
 
 def runtime_label(env: str, workers: int) -> str:
@@ -61,12 +78,31 @@ class Grid:
     cartpole: tuple[int, ...]
     gym: tuple[int, ...]
     """Env counts of the runtime hosting ``gym:CartPole-v1``."""
+    latency: tuple[int, ...]
+    """Batch sizes of ``latency.png`` (CartPole, step p50)."""
+    round_trips: int
+    """One-env round trips timed for the batch-of-1 p50 and the CPU per process
+    (:func:`bench.profile.one_env_cost`, after its warm-up)."""
     workers: tuple[int, ...] = (1, 2)
     sessions: int = 64
 
 
-FULL = Grid(duration=3.0, echo=(64, 256, 1024, 4096), cartpole=(256, 1024, 8192), gym=(256, 1024))
-QUICK = Grid(duration=1.0, echo=(64, 1024), cartpole=(256, 8192), gym=(256,))
+FULL = Grid(
+    duration=3.0,
+    echo=(64, 256, 1024, 4096),
+    cartpole=(4, 16, 256, 1024, 8192),
+    gym=(256, 1024),
+    latency=(1, 4, 16, 64, 256, 1024),
+    round_trips=5000,
+)
+QUICK = Grid(
+    duration=1.0,
+    echo=(64, 1024),
+    cartpole=(4, 16, 256, 1024, 8192),
+    gym=(256,),
+    latency=(1, 16, 256),
+    round_trips=2000,
+)
 
 
 @dataclass(frozen=True)
@@ -86,30 +122,51 @@ Key = tuple[str, str, int]
 
 @dataclass(frozen=True)
 class Target:
+    """``ours`` divided by ``baseline`` must reach ``goal``; with no ``baseline``, ``ours`` itself
+    must (an absolute goal, in the unit of ``ours``)."""
+
     text: str
     ours: Key
-    baseline: Key
+    baseline: Key | None
     goal: float
     at_most: bool = False
-    """The ratio must stay at or below ``goal`` (latency) rather than reach it."""
+    """The ratio or value must stay at or below ``goal`` (latency, CPU) rather than reach it."""
 
     def judge(self, results: dict[Key, Measurement]) -> dict[str, Any]:
-        ours, baseline = results.get(self.ours), results.get(self.baseline)
-        ratio = None
+        """This target's row of the report: ``ratio`` is ``None`` for an absolute goal; ``unit``
+        is :data:`RATIO` for a ratio, else the unit of ``ours`` (``None`` if it was not run)."""
+        ours = results.get(self.ours)
+        baseline = None if self.baseline is None else results.get(self.baseline)
+        measured = None
+        if ours is not None and ours.value:
+            if self.baseline is None:
+                measured = ours.value
+            elif baseline is not None and baseline.value:
+                measured = ours.value / baseline.value
         status = "n/a"
-        if ours is not None and baseline is not None and ours.value and baseline.value:
-            ratio = ours.value / baseline.value
-            met = ratio <= self.goal if self.at_most else ratio >= self.goal
+        if measured is not None:
+            met = measured <= self.goal if self.at_most else measured >= self.goal
             status = "met" if met else "not met"
+        unit = RATIO if self.baseline is not None else None if ours is None else ours.unit
         return {
             "target": self.text,
             "ours": None if ours is None else ours.value,
             "baseline": None if baseline is None else baseline.value,
-            "ratio": ratio,
+            "ratio": None if self.baseline is None else measured,
             "goal": self.goal,
             "at_most": self.at_most,
+            "unit": unit,
             "status": status,
         }
+
+
+def _envpool_target(num_envs: int, goal: float) -> Target:
+    return Target(
+        f"cartpole {num_envs} envs, 2 workers >= {goal:g}x EnvPool best",
+        (CARTPOLE, runtime_label(CARTPOLE, 2), num_envs),
+        (CARTPOLE, ENVPOOL, num_envs),
+        goal,
+    )
 
 
 TARGETS = (
@@ -120,17 +177,14 @@ TARGETS = (
         100.0,
     ),
     Target(
-        "echo 1024 envs, 2 workers >= 0.25x the in-process loop",
+        "echo 1024 envs, 2 workers >= 0.8x the in-process loop",
         (ECHO, runtime_label(ECHO, 2), 1024),
         (ECHO, IN_PROCESS_ECHO, 1024),
-        0.25,
+        0.8,
     ),
-    Target(
-        "cartpole 8192 envs, 2 workers >= 3x EnvPool best",
-        (CARTPOLE, runtime_label(CARTPOLE, 2), 8192),
-        (CARTPOLE, ENVPOOL, 8192),
-        3.0,
-    ),
+    _envpool_target(256, 0.5),
+    _envpool_target(1024, 1.0),
+    _envpool_target(8192, 3.0),
     Target(
         "gym:CartPole-v1 256 envs, 2 workers >= 10x AsyncVectorEnv(256)",
         (CARTPOLE, runtime_label(GYM_CARTPOLE, 2), 256),
@@ -144,10 +198,17 @@ TARGETS = (
         0.5,
     ),
     Target(
-        "batch-of-1 p50 <= 2x direct DEALER<->ROUTER p50",
+        "batch-of-1 p50 <= 3x direct DEALER<->ROUTER p50",
         (LATENCY, BATCH_OF_1, 1),
         (LATENCY, DIRECT, 1),
-        2.0,
+        3.0,
+        at_most=True,
+    ),
+    Target(
+        "CPU per one-env round trip (client + broker + worker) <= 250 us",
+        (CPU, CPU_TOTAL, 1),
+        None,
+        250e-6,
         at_most=True,
     ),
 )
@@ -168,22 +229,44 @@ class Recorder:
         run: Callable[[], float],
         unit: str = STEPS_PER_S,
     ) -> None:
+        self.measure_each([(env, system)], num_envs, lambda: [run()], unit)
+
+    def measure_each(
+        self,
+        systems: Sequence[tuple[str, str]],
+        num_envs: int,
+        run: Callable[[], Sequence[float]],
+        unit: str = STEPS_PER_S,
+    ) -> None:
+        """Several measurements from one run: ``run`` returns one value per (env, system)."""
         start = time.perf_counter()
         try:
-            measurement = Measurement(env, system, num_envs, run(), unit)
+            values = run()
+            measurements = [
+                Measurement(env, system, num_envs, value, unit)
+                for (env, system), value in zip(systems, values, strict=True)
+            ]
         except Exception as exc:  # any failure is this system's n/a, not the comparison's end
-            measurement = Measurement(env, system, num_envs, None, unit, _describe(exc))
-        self._keep(measurement, time.perf_counter() - start)
+            error = _describe(exc)
+            measurements = [
+                Measurement(env, system, num_envs, None, unit, error) for env, system in systems
+            ]
+        seconds = time.perf_counter() - start
+        for measurement in measurements:
+            self._keep(measurement, seconds)
+            seconds = 0.0
 
-    def unavailable(self, env: str, system: str, num_envs: int, error: Exception) -> None:
-        self._keep(Measurement(env, system, num_envs, None, error=_describe(error)), 0.0)
+    def unavailable(
+        self, env: str, system: str, num_envs: int, error: Exception, unit: str = STEPS_PER_S
+    ) -> None:
+        self._keep(Measurement(env, system, num_envs, None, unit, _describe(error)), 0.0)
 
     def _keep(self, measurement: Measurement, seconds: float) -> None:
         self.results.append(measurement)
         m = measurement
         shown = _format_value(m.value, m.unit) if m.value is not None else f"n/a ({m.error})"
         self.console.print(
-            f"  [dim]{seconds:5.1f} s[/dim]  {m.env:>8} {m.num_envs:>6,}  {m.system}: {shown}",
+            f"  [dim]{seconds:5.1f} s[/dim]  {m.env:>12} {m.num_envs:>6,}  {m.system}: {shown}",
             highlight=False,
         )
 
@@ -201,6 +284,8 @@ def _format_value(value: float | None, unit: str) -> str:
         return "n/a"
     if unit == SECONDS:
         return f"{value * 1e6:,.0f} us"
+    if unit == RATIO:
+        return f"{value:,.2f}x"
     return f"{value:,.0f}"
 
 
@@ -215,32 +300,49 @@ def _runtime_series(
     workers: int,
     actions: baselines.ActionsFactory,
     duration: float,
+    latency: bool = False,
 ) -> None:
-    """One cluster for every size of one (env, workers) series; the batch-of-1 latency is
-    measured on the 1-worker echo cluster."""
+    """One cluster for every size of one (env, workers) series; ``latency``: step p50s."""
     label = runtime_label(env, workers)
+    unit = SECONDS if latency else STEPS_PER_S
     with contextlib.ExitStack() as stack:
         try:
             address = stack.enter_context(baselines.cluster(env, workers, max(sizes)))
         except Exception as exc:  # the env cannot be hosted here: every size is n/a
             for n in sizes:
-                recorder.unavailable(family, label, n, exc)
+                recorder.unavailable(family, label, n, exc, unit)
             return
         for n in sizes:
-            run = partial(baselines.runtime, env, n, workers, actions, duration, address=address)
-            recorder.measure(family, label, n, run)
-        if env == ECHO and workers == 1:
-            latency = partial(baselines.runtime_latency_batch1, workers, duration, address=address)
-            recorder.measure(LATENCY, BATCH_OF_1, 1, latency, SECONDS)
+            run = partial(
+                baselines.runtime,
+                env,
+                n,
+                workers,
+                actions,
+                duration,
+                address=address,
+                latency=latency,
+            )
+            recorder.measure(family, label, n, run, unit)
+
+
+def _forking(recorder: Recorder, grid: Grid) -> None:
+    """AsyncVectorEnv, throughput and latency. It forks one process per env, so it runs first,
+    before this process holds zmq sockets, threads and child processes that every fork would
+    inherit; and to at most :data:`baselines.ASYNC_MAX_ENVS` envs, past which it would measure
+    the OS more than Gymnasium."""
+    d = grid.duration
+    for n in grid.cartpole:
+        if n <= baselines.ASYNC_MAX_ENVS:
+            recorder.measure(CARTPOLE, GYM_ASYNC, n, partial(baselines.gym_async, n, d))
+    for n in grid.latency:
+        if n <= baselines.ASYNC_MAX_ENVS:
+            run = partial(baselines.gym_async, n, d, latency=True)
+            recorder.measure(CARTPOLE_P50, GYM_ASYNC, n, run, SECONDS)
 
 
 def _cartpole(recorder: Recorder, grid: Grid) -> None:
     d = grid.duration
-    # AsyncVectorEnv forks one process per env: it runs first, before this process holds zmq
-    # sockets and child processes that every fork would inherit.
-    for n in grid.cartpole:
-        if n <= baselines.ASYNC_MAX_ENVS:
-            recorder.measure(CARTPOLE, GYM_ASYNC, n, partial(baselines.gym_async, n, d))
     for n in grid.cartpole:
         recorder.measure(CARTPOLE, GYM_SYNC, n, partial(baselines.gym_sync, n, d))
     for n in grid.cartpole:
@@ -258,6 +360,47 @@ def _cartpole(recorder: Recorder, grid: Grid) -> None:
         )
 
 
+def _cartpole_latency(recorder: Recorder, grid: Grid) -> None:
+    """Step p50 against batch size (AsyncVectorEnv's points are in :func:`_forking`)."""
+    d = grid.duration
+    for n in grid.latency:
+        run = partial(baselines.gym_sync, n, d, latency=True)
+        recorder.measure(CARTPOLE_P50, GYM_SYNC, n, run, SECONDS)
+    for n in grid.latency:
+        run = partial(baselines.envpool_cartpole, n, duration=d, latency=True)
+        recorder.measure(CARTPOLE_P50, ENVPOOL_SYNC, n, run, SECONDS)
+    _runtime_series(
+        recorder,
+        CARTPOLE_P50,
+        CARTPOLE,
+        grid.latency,
+        LATENCY_WORKERS,
+        baselines.cartpole_actions,
+        d,
+        latency=True,
+    )
+
+
+def _one_env_cost(steps: int) -> list[float]:
+    """Step p50, CPU of each process and CPU in all per round trip of one echo env (seconds)."""
+    with baselines.cluster(ECHO, 1, 1) as address:
+        p50, *cpu = profile.one_env_cost(address, steps)
+    return [p50, *cpu, sum(cpu)]
+
+
+def _one_env(recorder: Recorder, grid: Grid) -> None:
+    """One echo env: the step p50 and CPU per process on a 1-worker cluster of its own (the
+    only one running, as :func:`bench.profile.warm_group` needs), then over tcp with CURVE off
+    and on, then the direct DEALER<->ROUTER floor."""
+    systems = [(LATENCY, BATCH_OF_1), *((CPU, name) for name in (*CPU_PROCESSES, CPU_TOTAL))]
+    recorder.measure_each(systems, 1, partial(_one_env_cost, grid.round_trips), SECONDS)
+    for system, with_curve in ((BATCH_OF_1_TCP, False), (BATCH_OF_1_CURVE, True)):
+        run = partial(baselines.runtime_batch1_tcp, grid.duration, with_curve=with_curve)
+        recorder.measure(LATENCY, system, 1, run, SECONDS)
+    direct = partial(baselines.direct_dealer_router_p50, grid.duration)
+    recorder.measure(LATENCY, DIRECT, 1, direct, SECONDS)
+
+
 def _echo(recorder: Recorder, grid: Grid) -> None:
     d = grid.duration
     for n in grid.echo:
@@ -267,47 +410,80 @@ def _echo(recorder: Recorder, grid: Grid) -> None:
         _runtime_series(recorder, ECHO, ECHO, grid.echo, workers, baselines.echo_actions, d)
     openenv = partial(baselines.openenv_server_echo, grid.sessions, d)
     recorder.measure(ECHO, OPENENV_WS, grid.sessions, openenv)
-    recorder.measure(LATENCY, DIRECT, 1, partial(baselines.direct_dealer_router_p50, d), SECONDS)
 
 
 # ---------------------------------------------------------------------- reporting
 
 
-def measurements_table(results: Sequence[Measurement]) -> Table:
-    """Every throughput point, with this runtime's 2-worker rate divided by it."""
+def _measurements_table(
+    results: Sequence[Measurement],
+    title: str,
+    value_column: str,
+    references: dict[str, str | None],
+    ratio_column: str,
+) -> Table:
+    """One section per family of ``references``; a row's ratio is the family's reference
+    system (``None``: none) at the same env count divided by it."""
     by_key = {(m.env, m.system, m.num_envs): m for m in results}
-    table = Table(title="env-steps/s (higher is better)")
-    for column in ("env", "num_envs", "system", "env-steps/s", "runtime 2w ÷ this"):
+    table = Table(title=title)
+    for column in ("env", "num_envs", "system", value_column, ratio_column):
         table.add_column(column, justify="left" if column in ("env", "system") else "right")
-    for family in FAMILIES:
+    for family, reference_system in references.items():
         # stable: within one env count, systems keep the order they ran in
         rows = sorted((m for m in results if m.env == family), key=lambda m: m.num_envs)
         for m in rows:
-            reference = by_key.get((family, runtime_label(family, 2), m.num_envs))
+            reference = by_key.get((family, reference_system or "", m.num_envs))
             ratio = (
-                f"{reference.value / m.value:,.2f}x"
+                _format_value(reference.value / m.value, RATIO)
                 if reference is not None and reference.value and m.value and reference is not m
                 else ""
             )
             table.add_row(m.env, f"{m.num_envs:,}", m.system, _format_value(m.value, m.unit), ratio)
         table.add_section()
-    for m in results:
-        if m.env == LATENCY:
-            table.add_row(m.env, "1", m.system, _format_value(m.value, m.unit), "")
     return table
+
+
+def measurements_table(results: Sequence[Measurement]) -> Table:
+    """Every throughput point, with this runtime's 2-worker rate divided by it."""
+    return _measurements_table(
+        results,
+        "env-steps/s (higher is better)",
+        STEPS_PER_S,
+        {family: runtime_label(family, 2) for family in FAMILIES},
+        "runtime 2w ÷ this",
+    )
+
+
+def seconds_table(results: Sequence[Measurement]) -> Table:
+    """Every latency and CPU point; a CartPole step p50 with the runtime's divided by it."""
+    return _measurements_table(
+        results,
+        "seconds per step call (p50) and CPU per round trip (lower is better)",
+        "p50 or CPU",
+        {CARTPOLE_P50: runtime_label(CARTPOLE, LATENCY_WORKERS), LATENCY: None, CPU: None},
+        f"runtime {LATENCY_WORKERS}w ÷ this",
+    )
 
 
 def targets_table(judged: Sequence[dict[str, Any]]) -> Table:
-    table = Table(title="targets (runtime ÷ baseline)")
-    for column in ("target", "ratio", "goal", "status"):
+    table = Table(title="targets (runtime ÷ baseline, or the runtime's own figure)")
+    for column in ("target", "measured", "goal", "status"):
         table.add_column(column, justify="left" if column == "target" else "right")
     colours = {"met": "green", "not met": "red", "n/a": "yellow"}
     for row in judged:
-        ratio = "n/a" if row["ratio"] is None else f"{row['ratio']:,.2f}x"
-        goal = f"{'<=' if row['at_most'] else '>='} {row['goal']:g}x"
+        unit = row["unit"]
+        measured = row["ratio"] if unit == RATIO else row["ours"]
+        goal = f"{'<=' if row['at_most'] else '>='} {_format_goal(row['goal'], unit)}"
         status = row["status"]
-        table.add_row(row["target"], ratio, goal, f"[{colours[status]}]{status}[/]")
+        shown = "n/a" if status == "n/a" else _format_value(measured, unit)
+        table.add_row(row["target"], shown, goal, f"[{colours[status]}]{status}[/]")
     return table
+
+
+def _format_goal(goal: float, unit: str | None) -> str:
+    if unit is None:
+        return f"{goal:g}"
+    return f"{goal:g}x" if unit == RATIO else _format_value(goal, unit)
 
 
 def errors_table(results: Sequence[Measurement]) -> Table | None:
@@ -322,30 +498,57 @@ def errors_table(results: Sequence[Measurement]) -> Table | None:
     return table
 
 
+def _plot_family(
+    axes: Any, results: Sequence[Measurement], family: str, scale: float = 1.0
+) -> None:
+    """One line per system of ``family`` (its values times ``scale``) against num_envs."""
+    systems = dict.fromkeys(m.system for m in results if m.env == family)
+    for system in systems:
+        points = sorted(
+            (m.num_envs, m.value * scale)
+            for m in results
+            if m.env == family and m.system == system and m.value
+        )
+        if points:
+            x, y = zip(*points, strict=True)
+            style = "-" if system.startswith("runtime") else "--"
+            axes.plot(x, y, style, marker="o", label=system)
+    axes.set_xscale("log", base=2)
+    axes.set_yscale("log")
+    axes.grid(True, which="both", alpha=0.3)
+
+
 def plot(results: Sequence[Measurement], path: Path) -> None:
     """env-steps/s against num_envs, log-log, one subplot per env family, one line per system."""
     figure = Figure(figsize=(6.5 * len(FAMILIES), 5.0), layout="constrained")
     FigureCanvasAgg(figure)
     for axes, family in zip(figure.subplots(1, len(FAMILIES)), FAMILIES, strict=True):
-        systems = dict.fromkeys(m.system for m in results if m.env == family)
-        for system in systems:
-            points = sorted(
-                (m.num_envs, m.value)
-                for m in results
-                if m.env == family and m.system == system and m.value
-            )
-            if points:
-                x, y = zip(*points, strict=True)
-                style = "-" if system.startswith("runtime") else "--"
-                axes.plot(x, y, style, marker="o", label=system)
-        axes.set_xscale("log", base=2)
-        axes.set_yscale("log")
+        _plot_family(axes, results, family)
         axes.set_title(family)
         axes.set_xlabel("num_envs (OpenEnv: concurrent sessions)")
         axes.set_ylabel("env-steps/s")
-        axes.grid(True, which="both", alpha=0.3)
         axes.legend(fontsize="small")
     figure.suptitle(f"openenv-zmq vs baselines on {os.cpu_count()} cores")
+    figure.savefig(path, dpi=120)
+
+
+def plot_latency(results: Sequence[Measurement], path: Path) -> None:
+    """The step p50 of a full CartPole batch against its size, log-log, one line per system,
+    and the direct DEALER<->ROUTER p50 (one echo env) as a floor."""
+    figure = Figure(figsize=(7.0, 5.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    _plot_family(axes, results, CARTPOLE_P50, scale=1e6)
+    direct = next((m.value for m in results if (m.env, m.system) == (LATENCY, DIRECT)), None)
+    if direct:
+        axes.axhline(direct * 1e6, linestyle=":", color="grey", label=f"{DIRECT} (1 env)")
+    axes.set_title(
+        f"the cost of one batch: CartPole-v1 (runtime: {LATENCY_WORKERS} worker),"
+        f" {os.cpu_count()} cores"
+    )
+    axes.set_xlabel("num_envs (one step call steps them all)")
+    axes.set_ylabel("step p50 (µs)")
+    axes.legend(fontsize="small")
     figure.savefig(path, dpi=120)
 
 
@@ -359,10 +562,13 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run_comparison(quick: bool, out: Path) -> int:
-    """Measure the whole grid, print the tables, write ``compare.json`` and ``compare.png`` under
-    ``out``. Returns 0 (targets not met are results, not failures)."""
+def run_comparison(quick: bool, out: Path, duration: float | None = None) -> int:
+    """Measure the whole grid (``duration``: seconds per point instead of the grid's), print the
+    tables, write ``compare.json``, ``compare.png`` and ``latency.png`` under ``out``. Returns 0
+    (targets not met are results, not failures)."""
     grid = QUICK if quick else FULL
+    if duration is not None:
+        grid = replace(grid, duration=duration)
     console = Console()
     if not console.is_terminal:
         # piped to a file or a log: rich would assume 80 columns and wrap every row
@@ -373,13 +579,17 @@ def run_comparison(quick: bool, out: Path) -> int:
     )
     started = time.perf_counter()
     recorder = Recorder(console)
+    _forking(recorder, grid)
     _cartpole(recorder, grid)
+    _cartpole_latency(recorder, grid)
+    _one_env(recorder, grid)
     _echo(recorder, grid)
     results = recorder.results
     by_key = recorder.by_key()
     judged = [target.judge(by_key) for target in TARGETS]
 
     console.print(measurements_table(results))
+    console.print(seconds_table(results))
     console.print(targets_table(judged))
     errors = errors_table(results)
     if errors is not None:
@@ -393,10 +603,9 @@ def run_comparison(quick: bool, out: Path) -> int:
         "measurements": [asdict(m) for m in results],
         "targets": judged,
     }
-    (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(results, out / "compare.png")
-    console.print(
-        f"wrote {out / 'compare.json'} and {out / 'compare.png'}"
-        f" in {time.perf_counter() - started:.0f} s"
-    )
+    written = [out / "compare.json", out / "compare.png", out / "latency.png"]
+    written[0].write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, written[1])
+    plot_latency(results, written[2])
+    console.print(f"wrote {', '.join(map(str, written))} in {time.perf_counter() - started:.0f} s")
     return 0

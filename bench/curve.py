@@ -17,21 +17,17 @@ large array batches the per-byte cost.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from bench.baselines import ActionsFactory, cartpole_actions, echo_actions, runtime
+from bench.baselines import ActionsFactory, broker_keys, cartpole_actions, echo_actions, runtime
 from broker.bench import embedded_cluster
-from broker.keys import BrokerKeys, init_keys, load_broker_keys
 from openenv_zmq.client.sync import BatchClient
 
 WORKERS = 2
@@ -55,14 +51,6 @@ class Cost:
     @property
     def ratio(self) -> float:
         return self.curve / self.plain
-
-
-@contextlib.contextmanager
-def broker_keys() -> Iterator[BrokerKeys]:
-    """A throwaway broker key folder; the bench's client uses the broker's own client key."""
-    with tempfile.TemporaryDirectory(prefix="openenv-curve-") as folder:
-        init_keys(Path(folder) / "keys")
-        yield load_broker_keys(Path(folder) / "keys")
 
 
 def measure(cases: dict[str, Sequence[int]], duration: float) -> list[Cost]:

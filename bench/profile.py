@@ -22,6 +22,7 @@ CPU figures include the profilers' own cost when they run: read them from a run 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import multiprocessing
 import pstats
@@ -29,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,22 @@ def _echo(port: int, stop: Event) -> None:
     context.destroy(linger=0)
 
 
+def time_steps(step: Callable[[], object], steps: int, pids: Sequence[int]) -> list[float]:
+    """Call ``step`` ``steps`` times; return its wall-clock p50, then the CPU per call of this
+    process (every thread) and of each process in ``pids`` (from ``/proc``), all in seconds."""
+    latencies = np.empty(steps)
+    before = (time.process_time(), *map(cpu_seconds, pids))
+    for i in range(steps):
+        start = time.perf_counter()
+        step()
+        latencies[i] = time.perf_counter() - start
+    after = (time.process_time(), *map(cpu_seconds, pids))
+    per_step = [(b - a) / steps for a, b in zip(before, after, strict=True)]
+    return [float(np.median(latencies)), *per_step]
+
+
 def floor(steps: int, work_s: float = 0.0) -> list[float]:
-    """Wall-clock p50 and CPU per round trip of client, relay and echo (µs), as :func:`run`."""
+    """Wall-clock p50 and CPU per round trip of client, relay and echo (s): :func:`time_steps`."""
     spawn = multiprocessing.get_context("spawn")
     ports: multiprocessing.Queue[int] = spawn.Queue()
     stop = spawn.Event()
@@ -106,19 +121,16 @@ def floor(steps: int, work_s: float = 0.0) -> list[float]:
     dealer = sockets.configure(context.socket(zmq.DEALER))
     dealer.connect(f"tcp://127.0.0.1:{front}")
     frames = one_env_step_frames()
+
+    def round_trip() -> None:
+        dealer.send_multipart(frames)
+        dealer.recv_multipart()
+
     try:
         for _ in range(WARMUP_STEPS):
-            dealer.send_multipart(frames)
-            dealer.recv_multipart()
+            round_trip()
         assert relay.pid is not None and echo.pid is not None
-        latencies = np.empty(steps)
-        before = (time.process_time(), cpu_seconds(relay.pid), cpu_seconds(echo.pid))
-        for i in range(steps):
-            start = time.perf_counter()
-            dealer.send_multipart(frames)
-            dealer.recv_multipart()
-            latencies[i] = time.perf_counter() - start
-        after = (time.process_time(), cpu_seconds(relay.pid), cpu_seconds(echo.pid))
+        return time_steps(round_trip, steps, (relay.pid, echo.pid))
     finally:
         stop.set()
         context.destroy(linger=0)
@@ -126,8 +138,38 @@ def floor(steps: int, work_s: float = 0.0) -> list[float]:
             process.join(5)
             if process.is_alive():
                 process.kill()
-    per_step = [(b - a) / steps * 1e6 for a, b in zip(before, after, strict=True)]
-    return [float(np.median(latencies)) * 1e6, *per_step]
+
+
+@contextlib.contextmanager
+def warm_group(
+    address: str, env: str, num_envs: int
+) -> Iterator[tuple[Callable[[], None], tuple[int, int]]]:
+    """A group of ``num_envs`` ``env`` envs on the :func:`~broker.bench.embedded_cluster` at
+    ``address``, which must be the only one this process runs and have one worker. Steps it
+    :data:`WARMUP_STEPS` times, then yields its step (the same actions every time; raises the
+    envs' errors) and the pids of the broker and the worker; closes the group and client after.
+    """
+    actions = ACTIONS[env](num_envs)
+    with BatchClient(address, timeout=60) as client:
+        client.wait_for_workers(1, env, 60)
+        broker = embedded_broker_pid()
+        [worker] = sorted(descendants(broker))
+        with client.make(env, num_envs) as group:
+            group.reset(seed=0)
+
+            def step() -> None:
+                group.step(actions).raise_for_errors()
+
+            for _ in range(WARMUP_STEPS):
+                step()
+            yield step, (broker, worker)
+
+
+def one_env_cost(address: str, steps: int) -> list[float]:
+    """:func:`time_steps` of one echo env on the 1-worker embedded cluster at ``address``: the
+    step's p50, then the CPU per round trip of the client, the broker and the worker (s)."""
+    with warm_group(address, "echo", 1) as (step, pids):
+        return time_steps(step, steps, pids)
 
 
 def run(
@@ -139,44 +181,27 @@ def run(
     with_floor: bool = False,
     relay_work_s: float = 0.0,
 ) -> int:
-    actions = ACTIONS[env](num_envs)
     with (
         embedded_cluster(1, [env], max(num_envs, 1)) as address,
-        BatchClient(address, timeout=60) as client,
+        warm_group(address, env, num_envs) as (step, pids),
     ):
-        client.wait_for_workers(1, env, 60)
-        broker = embedded_broker_pid()
-        [worker] = sorted(descendants(broker))
-        with client.make(env, num_envs) as group:
-            group.reset(seed=0)
-            for _ in range(WARMUP_STEPS):
-                group.step(actions)
-            spies = _start_py_spy(py_spy, {"broker": broker, "worker": worker}, steps)
-            profiler = cProfile.Profile() if use_cprofile else None
-            latencies = np.empty(steps)
-            before = (time.process_time(), cpu_seconds(broker), cpu_seconds(worker))
-            if profiler is not None:
-                profiler.enable()
-            for i in range(steps):
-                start = time.perf_counter()
-                group.step(actions).raise_for_errors()
-                latencies[i] = time.perf_counter() - start
-            if profiler is not None:
-                profiler.disable()
-            after = (time.process_time(), cpu_seconds(broker), cpu_seconds(worker))
-            for spy in spies:
-                spy.wait(60)
-    per_step = [(b - a) / steps * 1e6 for a, b in zip(before, after, strict=True)]
+        broker, worker = pids
+        spies = _start_py_spy(py_spy, {"broker": broker, "worker": worker}, steps)
+        profiler = cProfile.Profile() if use_cprofile else None
+        if profiler is not None:
+            profiler.enable()
+        rows = {"runtime": time_steps(step, steps, pids)}
+        if profiler is not None:
+            profiler.disable()
+        for spy in spies:
+            spy.wait(60)
     table = Table(title=f"{steps:,} steps of {num_envs:,} {env} env(s), 1 worker")
     for column in ("path", "step p50", "client CPU", "broker CPU", "worker CPU", "total CPU"):
         table.add_column(column, justify="right")
-    rows = {"runtime": [float(np.median(latencies)) * 1e6, *per_step]}
     if with_floor:
         rows["floor"] = floor(steps, relay_work_s)
     for name, (p50, *cpu) in rows.items():
-        table.add_row(
-            name, f"{p50:,.0f} µs", *(f"{value:,.0f} µs" for value in cpu), f"{sum(cpu):,.0f} µs"
-        )
+        table.add_row(name, *(f"{seconds * 1e6:,.0f} µs" for seconds in (p50, *cpu, sum(cpu))))
     Console().print(table)
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
