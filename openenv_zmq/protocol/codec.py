@@ -368,25 +368,29 @@ def encode(message: Message, limits: Limits | None = None) -> list[Frame]:
             if name not in schema.parts:
                 raise ProtocolError(f"{op.name} carries no part named {name!r}")
             if isinstance(value, np.ndarray):
-                array = (
-                    value  # the usual case: nothing to convert
-                    if value.dtype.str in ALLOWED_DTYPES and value.flags.c_contiguous
-                    else np.asarray(value, dtype=value.dtype.newbyteorder("<"), order="C")
-                )
-                if array.dtype.str not in ALLOWED_DTYPES:
-                    raise ProtocolError(f"part {name!r}: unsupported dtype {array.dtype}")
-                shape = list(array.shape)
-                if len(shape) > MAX_ARRAY_DIMS or max(shape, default=0) >= 2**40:
+                dtype = value.dtype.str
+                if dtype not in ALLOWED_DTYPES or not value.flags.c_contiguous:
+                    value = np.asarray(value, dtype=value.dtype.newbyteorder("<"), order="C")
+                    dtype = value.dtype.str
+                    if dtype not in ALLOWED_DTYPES:
+                        raise ProtocolError(f"part {name!r}: unsupported dtype {value.dtype}")
+                shape = list(value.shape)
+                # An array holding items has every dimension within its size; only an empty
+                # one can name a dimension past what the wire allows.
+                if len(shape) > MAX_ARRAY_DIMS or (not value.size and max(shape) >= 2**40):
                     raise ProtocolError(f"part {name!r}: malformed shape {shape!r}")
-                descriptors.append([name, "a", array.dtype.str, shape])
-                payload.append(array.reshape(-1).view(np.uint8).data)
-            elif isinstance(value, Repeated):
-                descriptors.append([name, "m"])
-                payload.append(_pack_repeated(value, size, limit))
+                descriptors.append([name, "a", dtype, shape])
+                payload.append(value.data.cast("B") if value.size else b"")
+                size += value.nbytes
             else:
                 descriptors.append([name, "m"])
-                payload.append(pack(value))
-            size += _nbytes(payload[-1])
+                packed = (
+                    _pack_repeated(value, size, limit)
+                    if isinstance(value, Repeated)
+                    else pack(value)
+                )
+                payload.append(packed)
+                size += len(packed)
             _check_size("message", size, limit)
         header["pl"] = descriptors
     frame0 = pack(header)
