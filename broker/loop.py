@@ -35,7 +35,7 @@ from broker.zap import DOMAINS, ZapHandler, gatekeeper_for
 from openenv_zmq.curve import make_private_dir
 from openenv_zmq.errors import TransportError
 from openenv_zmq.protocol import Frame, Limits
-from openenv_zmq.sockets import endpoint, queued, router
+from openenv_zmq.sockets import endpoint, queued, router, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ class BrokerServer:
         """Send without blocking; 0, or why not: ``EHOSTUNREACH`` (the ROUTER knows no such
         peer: its connection is gone) or ``EAGAIN`` (its queue is full)."""
         try:
-            socket.send_multipart([peer, *frames], zmq.NOBLOCK, copy=False)
+            send_frames(socket, [peer, *frames])
         except zmq.ZMQError as exc:
             if exc.errno in _UNSENDABLE:
                 return exc.errno

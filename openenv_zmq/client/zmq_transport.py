@@ -28,7 +28,7 @@ from openenv_zmq.client.transport import DEFAULT_TIMEOUT, late_answers, no_answe
 from openenv_zmq.curve import CurveKeys
 from openenv_zmq.errors import BrokerLost, TransportError
 from openenv_zmq.protocol import DEFAULT_LIMITS, Frame, Limits, Message
-from openenv_zmq.sockets import HIGH_WATER_MARK, configure, curve_client, queued
+from openenv_zmq.sockets import HIGH_WATER_MARK, configure, curve_client, queued, send_frames
 
 SocketT = TypeVar("SocketT", zmq.Socket[bytes], zmq.asyncio.Socket)
 
@@ -111,7 +111,7 @@ class ZmqTransport:
     def _send_stamped(self, stamped: list[tuple[int, list[Frame]]]) -> list[int]:
         for _, frames in stamped:
             try:
-                self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                send_frames(self._socket, frames)
             except zmq.Again:
                 self._table.forget([rid for rid, _ in stamped])
                 raise TransportError(f"send queue to {self.address} is full") from None

@@ -48,7 +48,7 @@ from openenv_zmq.protocol import (
 )
 from openenv_zmq.sandbox import host as sandbox_host
 from openenv_zmq.sandbox.setup import SandboxOptions, start_sandbox
-from openenv_zmq.sockets import queued, worker_dealer
+from openenv_zmq.sockets import queued, send_frames, worker_dealer
 from openenv_zmq.worker.core import Pending, WorkerCore
 from openenv_zmq.worker.health import HealthFile
 from openenv_zmq.worker.link import NOT_SERVING, BrokerLink, LinkOutput, WorkerLifecycle
@@ -328,7 +328,7 @@ class _Pump:
     def send(self, frames: Sequence[zmq.Frame | Frame]) -> bool:
         """Send without blocking (the lock is held); ``False`` when no broker is connected."""
         try:
-            self.dealer.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            send_frames(self.dealer, frames)
         except zmq.Again:
             return False
         return True
