@@ -10,6 +10,7 @@ import pytest
 from echo_env import EchoAction, EchoObservation
 
 from openenv_zmq import AsyncBatchClient, BatchClient, State
+from openenv_zmq.client.zmq_transport import AsyncZmqTransport, ZmqTransport
 from openenv_zmq.errors import (
     ActionValidationError,
     AlreadyPendingCall,
@@ -22,8 +23,11 @@ from openenv_zmq.errors import (
     NoPendingCall,
     NoWorkerAvailable,
     RequestTimeout,
+    TransportError,
 )
-from tests.processes import Processes
+from openenv_zmq.protocol import Message, Op
+from openenv_zmq.sockets import HIGH_WATER_MARK
+from tests.processes import Processes, free_port
 
 FRAGILE = "tests.integration.fixture_envs:FragileEchoEnv"
 SLOW = "tests.integration.fixture_envs:SlowEchoEnv"
@@ -239,3 +243,40 @@ def test_wait_for_workers_lists_live_hosts_or_says_how_many_joined(procs: Proces
         assert client.workers(env="nope") == []
         with pytest.raises(NoWorkerAvailable, match="0 of 1 workers hosting 'nope' joined"):
             client.wait_for_workers(1, env="nope", timeout=0.2)
+
+
+def test_a_full_send_queue_is_a_transport_error_in_both_transports() -> None:
+    """Nobody listens, so requests queue up to the high-water mark; the next send is refused at
+    once and nothing of it stays awaited."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    ping = [Message(Op.PING)] * 1_000
+    rounds = 4 * HIGH_WATER_MARK // len(ping)  # the queue holds at most two high-water marks
+    sent: list[int] = []
+
+    def fill(transport: ZmqTransport) -> None:
+        for _ in range(rounds):
+            sent.extend(transport.send(ping))
+
+    sync = ZmqTransport(address)
+    try:
+        with pytest.raises(TransportError, match=r"send queue to .* is full"):
+            fill(sync)
+        assert sync._table.awaited == set(sent)
+    finally:
+        sync.close()
+
+    async def fill_async(transport: AsyncZmqTransport) -> None:
+        for _ in range(rounds):
+            sent.extend(await transport.send(ping))
+
+    async def main() -> None:
+        transport = AsyncZmqTransport(address)
+        try:
+            with pytest.raises(TransportError, match=r"send queue to .* is full"):
+                await fill_async(transport)
+            assert transport._table.awaited == set(transport._waiters) == set(sent)
+        finally:
+            await transport.close()
+
+    sent.clear()
+    asyncio.run(main())
