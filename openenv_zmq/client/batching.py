@@ -23,6 +23,8 @@ from openenv_zmq.errors import (
 from openenv_zmq.protocol import EnvIds, Message, Op
 
 Positions = npt.NDArray[np.intp]
+FEW_IDS = 16
+"""Up to this many env ids, plain Python beats numpy's fixed cost per call."""
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Placement:
 
     env_ids: EnvIds
     workers: npt.NDArray[np.int64]
+    _row_of: dict[int, int] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def of(cls, env_ids: EnvIds, workers: npt.NDArray[np.int64]) -> Placement:
@@ -42,6 +45,15 @@ class Placement:
 
     def locate(self, env_ids: EnvIds) -> npt.NDArray[np.int64]:
         """The worker of each env id; raises :class:`EnvIdsNotInGroup` for ids not in the group."""
+        if len(env_ids) <= FEW_IDS:
+            # A session's own env, a handful of slots: a dict beats numpy's fixed costs.
+            rows = self._rows()
+            try:
+                found = [rows[i] for i in env_ids.tolist()]
+            except KeyError:
+                pass  # the general path names every unknown id
+            else:
+                return self.workers[found]
         index = np.searchsorted(self.env_ids, env_ids)
         index[index >= len(self.env_ids)] = 0
         unknown = self.env_ids[index] != env_ids if len(self.env_ids) else np.ones_like(env_ids)
@@ -49,6 +61,12 @@ class Placement:
             bad = np.asarray(env_ids)[np.asarray(unknown, dtype=bool)]
             raise EnvIdsNotInGroup(f"env ids not in this group: {bad[:10].tolist()}")
         return self.workers[index]
+
+    def _rows(self) -> dict[int, int]:
+        """Each env id's row in :attr:`env_ids` (which never change), built on first use."""
+        if self._row_of is None:
+            self._row_of = {env_id: row for row, env_id in enumerate(self.env_ids.tolist())}
+        return self._row_of
 
     def move(self, env_ids: EnvIds, workers: npt.NDArray[np.int64]) -> None:
         """Record that ``env_ids`` now live on ``workers`` (after a re-placement)."""
@@ -100,7 +118,11 @@ def split_by_worker(env_ids: EnvIds, workers: npt.NDArray[np.int64]) -> list[Sub
 
 def in_order(positions: Positions, n: int) -> bool:
     """Whether ``positions`` are ``0 .. n-1`` in order: the rows need not move."""
-    return len(positions) == n and bool((positions == np.arange(n)).all())
+    if len(positions) != n:
+        return False
+    if n <= FEW_IDS:
+        return bool(positions.tolist() == list(range(n)))
+    return bool((positions == np.arange(n)).all())
 
 
 def take(values: Any, positions: Positions) -> Any:
