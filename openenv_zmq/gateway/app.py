@@ -107,7 +107,9 @@ async def serve_session(
     try:
         while True:
             try:
-                message = await asyncio.wait_for(websocket.receive(), idle_timeout_s)
+                # asyncio.timeout, not wait_for: no task wrapped around every frame's receive
+                async with asyncio.timeout(idle_timeout_s):
+                    message = await websocket.receive()
             except TimeoutError:
                 # OpenEnv's reaper frees the env but leaves the socket open; closing it tells
                 # the client at once instead of at its next request.
