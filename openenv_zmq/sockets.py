@@ -11,13 +11,14 @@ proves its key; the broker's ZAP handler (``broker/zap.py``) decides which keys 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import zmq
 
 from openenv_zmq.curve import CurveKeys
-from openenv_zmq.protocol import DEFAULT_LIMITS, Limits
+from openenv_zmq.protocol import DEFAULT_LIMITS, Frame, Limits
 
 HIGH_WATER_MARK = 100_000
 """Messages queued per peer and direction before a send would block (or fail, non-blocking)."""
@@ -145,20 +146,41 @@ def endpoint(socket: zmq.Socket[bytes]) -> str:
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 _POLLIN = int(zmq.POLLIN)
+_FRAMES_KNOW_MORE = zmq.backend.Frame.__module__.startswith("zmq.backend.cython")
+"""pyzmq's Cython backend sets ``Frame.more`` on every receive; its cffi backend (PyPy) never
+does, so there a receive asks ``RCVMORE`` instead."""
 
 
-def send_frames(socket: zmq.Socket[bytes], frames: Sequence[Any]) -> None:
+def readable(socket: zmq.Socket[bytes], timeout_ms: int = 0) -> bool:
+    """Whether a message waits on ``socket``, waiting up to ``timeout_ms`` for one.
+    ``zmq_poll`` itself: ``Socket.poll`` builds a ``Poller`` on every call."""
+    return bool(zmq.zmq_poll([(socket, _POLLIN)], timeout_ms))
+
+
+def send_frames(socket: zmq.Socket[bytes], frames: Sequence[Frame]) -> None:
     """``socket.send_multipart(frames, zmq.NOBLOCK, copy=False)`` for the frames the codec
     builds (bytes, buffers, received ``zmq.Frame`` s), without pyzmq's checks of every part's
     type and its flag enums: half the cost of a small message's send.
 
-    As atomic as ``send_multipart``: libzmq refuses a message (``zmq.Again``, or
-    ``EHOSTUNREACH`` from a ROUTER) at its first frame or not at all.
+    libzmq refuses a message (``zmq.Again``, or ``EHOSTUNREACH`` from a ROUTER) at its first
+    frame or not at all. Anything raised after the first frame went out (a frame of a type
+    pyzmq cannot send, an interrupt) ends the message with an empty frame before it propagates:
+    a half-sent message would otherwise take the next one's frames as its own, and an empty
+    last frame makes it one that no decoder accepts.
     """
     *head, last = frames
-    for frame in head:
-        socket.send(frame, _MORE, copy=False)
-    socket.send(last, _NOBLOCK, copy=False)
+    if not head:
+        socket.send(last, _NOBLOCK, copy=False)
+        return
+    socket.send(head[0], _MORE, copy=False)
+    try:
+        for frame in head[1:]:
+            socket.send(frame, _MORE, copy=False)
+        socket.send(last, _NOBLOCK, copy=False)
+    except BaseException:
+        with contextlib.suppress(zmq.ZMQError):
+            socket.send(b"", _NOBLOCK)
+        raise
 
 
 def receive_frames(socket: zmq.Socket[bytes]) -> list[zmq.Frame]:
@@ -166,7 +188,8 @@ def receive_frames(socket: zmq.Socket[bytes]) -> list[zmq.Frame]:
     is. ``recv_multipart`` asks ``RCVMORE`` through pyzmq's enums; a frame knows it itself."""
     frame = socket.recv(_NOBLOCK, copy=False)
     frames = [frame]
-    while frame.more:  # the rest of a message arrives with its first frame
+    while frame.more if _FRAMES_KNOW_MORE else socket.get(zmq.RCVMORE):
+        # the rest of a message arrives with its first frame
         frame = socket.recv(_NOBLOCK, copy=False)
         frames.append(frame)
     return frames
@@ -185,5 +208,5 @@ def queued(socket: zmq.Socket[bytes], limit: int) -> Iterator[list[zmq.Frame]]:
         except zmq.Again:
             return
         yield frames
-        if not zmq.zmq_poll([(socket, _POLLIN)], 0):
+        if not readable(socket):
             return

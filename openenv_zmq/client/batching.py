@@ -33,14 +33,13 @@ class Placement:
 
     env_ids: EnvIds
     workers: npt.NDArray[np.int64]
-    _row_of: dict[int, int] | None = field(default=None, init=False, repr=False)
+    _row_of: dict[int, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, env_ids: EnvIds, workers: npt.NDArray[np.int64]) -> Placement:
         order = np.argsort(env_ids, kind="stable")
         ids = env_ids[order].astype(np.int64)
-        # Read-only: whole-group calls hand this array on (a result's env_ids) without a copy.
-        ids.setflags(write=False)
+        ids.setflags(write=False)  # the rows of _row_of: they never change
         return cls(ids, workers[order].astype(np.int64))
 
     def locate(self, env_ids: EnvIds) -> npt.NDArray[np.int64]:
@@ -337,7 +336,7 @@ def assemble(
             place_rows(final, positions, part.final_observations)
         errors.update(part.errors)
     return BatchResult(
-        np.asarray(env_ids, np.int64), observations, rewards, terminated, truncated, errors, final
+        np.array(env_ids, np.int64), observations, rewards, terminated, truncated, errors, final
     )
 
 
@@ -349,7 +348,7 @@ def _as_request(env_ids: EnvIds, part: BatchResult, layout: ArrayLayout | None) 
         if final is not None:
             final = np.asarray(final, layout.dtype)
     return BatchResult(
-        np.asarray(env_ids, np.int64),
+        np.array(env_ids, np.int64),  # the caller's own: never the group's or the request's
         observations,
         np.asarray(part.rewards, np.float32),
         np.asarray(part.terminated, np.bool_),

@@ -45,14 +45,14 @@ def unknown_session(answers: Sequence[Message]) -> list[int]:
 def _stamped(message: Message, request_id: int, session: bytes | None) -> Message:
     # By hand: dataclasses.replace costs three times as much, once per request.
     return Message(
-        message.op,
-        request_id,
-        message.worker,
-        message.env_ids,
-        message.meta,
-        message.parts,
-        session,
-        message.group,
+        op=message.op,
+        request_id=request_id,
+        worker=message.worker,
+        env_ids=message.env_ids,
+        meta=message.meta,
+        parts=message.parts,
+        session=session,
+        group=message.group,
     )
 
 

@@ -146,7 +146,8 @@ class GroupState:
         """
         if env_ids is None:
             return Targets(self.placement.env_ids, self.placement.workers)
-        ids = np.asarray(env_ids, dtype=np.int64).reshape(-1)
+        # A copy: a request in flight (send()) must not see the caller change its array.
+        ids = np.array(env_ids, dtype=np.int64).reshape(-1)
         return Targets(ids, self.placement.locate(ids))
 
     def note_lost(self, pieces: Sequence[tuple[Positions, BatchResult]]) -> None:

@@ -26,7 +26,14 @@ from openenv_zmq.client.transport import DEFAULT_TIMEOUT, late_answers, no_answe
 from openenv_zmq.curve import CurveKeys
 from openenv_zmq.errors import BrokerLost, TransportError
 from openenv_zmq.protocol import DEFAULT_LIMITS, Frame, Limits, Message
-from openenv_zmq.sockets import HIGH_WATER_MARK, configure, curve_client, queued, send_frames
+from openenv_zmq.sockets import (
+    HIGH_WATER_MARK,
+    configure,
+    curve_client,
+    queued,
+    readable,
+    send_frames,
+)
 
 
 def _connected(
@@ -52,7 +59,29 @@ HEARTBEATS_QUEUED = 1
 """A ping that cannot go now is dropped, not queued: pings piled up during an outage would reach
 the next broker in a burst."""
 RECEIVE_BATCH = 1_000
-"""Answers read per wake-up at most before the call checks its deadline again."""
+"""Answers read at most before the sync client checks its call's deadline again, and between
+two polls of the async reader."""
+
+
+def _send_all(
+    socket: zmq.Socket[bytes],
+    stamped: list[tuple[int, list[Frame]]],
+    table: RequestTable,
+    address: str,
+) -> None:
+    """Send each stamped request; when one cannot go (a full queue, a closed socket), none of
+    them is awaited any more and :class:`TransportError` says how many went out before it:
+    their envs step, and their answers are dropped."""
+    for sent, (_, frames) in enumerate(stamped):
+        try:
+            send_frames(socket, frames)
+        except zmq.ZMQError as exc:
+            table.forget([request_id for request_id, _ in stamped])
+            why = "is full" if isinstance(exc, zmq.Again) else f"failed: {exc}"
+            raise TransportError(
+                f"send queue to {address} {why} ({sent} of {len(stamped)} request(s) went out"
+                " before it; their answers are dropped)"
+            ) from None
 
 
 def _heartbeat(
@@ -105,12 +134,7 @@ class ZmqTransport:
         return self._send_stamped(self._table.stamp_all(messages))
 
     def _send_stamped(self, stamped: list[tuple[int, list[Frame]]]) -> list[int]:
-        for _, frames in stamped:
-            try:
-                send_frames(self._socket, frames)
-            except zmq.Again:
-                self._table.forget([rid for rid, _ in stamped])
-                raise TransportError(f"send queue to {self.address} is full") from None
+        _send_all(self._socket, stamped, self._table, self.address)
         return [request_id for request_id, _ in stamped]
 
     def _open_session(self, timeout: float) -> None:
@@ -136,8 +160,7 @@ class ZmqTransport:
             if self._pulse is not None:
                 self._pulse.check(start, len(request_ids) - done)
                 remaining = min(remaining, STOP_CHECK_S)
-            # zmq_poll itself: Socket.poll builds a Poller on every call.
-            if zmq.zmq_poll([(self._socket, zmq.POLLIN)], int(remaining * 1000) + 1):
+            if readable(self._socket, int(remaining * 1000) + 1):
                 for frames in queued(self._socket, RECEIVE_BATCH):
                     self._table.receive(frames)
         return True
@@ -211,10 +234,12 @@ class AsyncZmqTransport:
         # A plain socket watched by the event loop (see _read): zmq.asyncio builds futures and
         # flag enums for every message, which cost a third of an async step's CPU.
         self._socket = _dealer(address, limits, curve)
+        self._fd = self._socket.FD
         self._changed = asyncio.Event()
         """Set when the socket may have answers: its FD signalled, or a send may have taken
         that signal."""
         self._reader: asyncio.Task[None] | None = None
+        """Reads answers on the event loop the transport was first used from."""
         self._opening: asyncio.Future[None] | None = None
         """The HELLO under way, which every coroutine needing a session awaits."""
         self._pulse: Pulse | None = None
@@ -232,7 +257,7 @@ class AsyncZmqTransport:
         socket, changed = self._socket, self._changed
         while True:
             changed.clear()
-            while zmq.zmq_poll([(socket, zmq.POLLIN)], 0):
+            while readable(socket):
                 for frames in queued(socket, RECEIVE_BATCH):
                     answer = self._table.read(frames)
                     if answer is not None:
@@ -256,23 +281,41 @@ class AsyncZmqTransport:
 
     async def _send_stamped(self, stamped: list[tuple[int, list[Frame]]]) -> list[int]:
         loop = asyncio.get_running_loop()
-        if self._reader is None:
-            loop.add_reader(self._socket.FD, self._changed.set)
-            self._reader = loop.create_task(self._read())
-        for request_id, _ in stamped:
+        if self._reader is None or self._reader.done():
+            self._start_reader(loop)
+        request_ids = [request_id for request_id, _ in stamped]
+        for request_id in request_ids:
             self._waiters[request_id] = loop.create_future()
         try:
-            for _, frames in stamped:
-                send_frames(self._socket, frames)
-        except zmq.Again:
-            request_ids = [rid for rid, _ in stamped]
-            self._table.forget(request_ids)
-            for rid in request_ids:
-                self._waiters.pop(rid, None)
-            raise TransportError(f"send queue to {self.address} is full") from None
+            _send_all(self._socket, stamped, self._table, self.address)
+        except TransportError:
+            for request_id in request_ids:
+                self._waiters.pop(request_id, None)
+            raise
         finally:
             self._changed.set()
-        return [request_id for request_id, _ in stamped]
+        return request_ids
+
+    def _start_reader(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Watch the socket's FD on ``loop`` and read answers there. A reader that ended
+        (it raised) stops watching and fails the requests it would have answered."""
+        self._changed = asyncio.Event()  # an Event belongs to the loop that first waits on it
+        loop.add_reader(self._fd, self._changed.set)
+        reader = loop.create_task(self._read())
+
+        def ended(task: asyncio.Task[None]) -> None:
+            loop.remove_reader(self._fd)
+            if task.cancelled():
+                return
+            error = TransportError(
+                f"the answer reader of {self.address} failed: {task.exception()}"
+            )
+            for waiter in self._waiters.values():
+                if not waiter.done():
+                    waiter.set_exception(error)
+
+        reader.add_done_callback(ended)
+        self._reader = reader
 
     async def _open_session(self, timeout: float) -> None:
         """HELLO, then the heartbeat. Raises :class:`RequestTimeout` when nobody answers."""
@@ -366,10 +409,10 @@ class AsyncZmqTransport:
         if self._pulse is not None:
             self._pulse.close()
         if self._reader is not None:
-            self._reader.get_loop().remove_reader(self._socket.FD)
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+            self._reader = None
         for waiter in self._waiters.values():
             waiter.cancel()
         self._socket.close(linger=0)

@@ -273,14 +273,14 @@ def _decode(frames: Sequence[Frame], limits: Limits) -> tuple[dict[str, Any], Op
 def _message(header: dict[str, Any], op: Op, parts: dict[str, Any]) -> Message:
     ids = header.get("ids")
     return Message(
-        op,
-        header.get("id", 0),
-        header.get("w"),
-        None if ids is None else np.frombuffer(ids, dtype="<i8"),
-        header.get("meta", {}),
-        parts,
-        header.get("s"),
-        header.get("g"),
+        op=op,
+        request_id=header.get("id", 0),
+        worker=header.get("w"),
+        env_ids=None if ids is None else np.frombuffer(ids, dtype="<i8"),
+        meta=header.get("meta", {}),
+        parts=parts,
+        session=header.get("s"),
+        group=header.get("g"),
     )
 
 
@@ -380,7 +380,8 @@ def encode(message: Message, limits: Limits | None = None) -> list[Frame]:
                 if len(shape) > MAX_ARRAY_DIMS or (not value.size and max(shape) >= 2**40):
                     raise ProtocolError(f"part {name!r}: malformed shape {shape!r}")
                 descriptors.append([name, "a", dtype, shape])
-                payload.append(value.data.cast("B") if value.size else b"")
+                # memoryview(), not .data: an ndarray subclass (a masked array) may hide .data
+                payload.append(memoryview(value).cast("B") if value.size else b"")
                 size += value.nbytes
             else:
                 descriptors.append([name, "m"])

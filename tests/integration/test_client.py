@@ -280,3 +280,21 @@ def test_a_full_send_queue_is_a_transport_error_in_both_transports() -> None:
 
     sent.clear()
     asyncio.run(main())
+
+
+def test_an_async_transport_moves_to_a_new_event_loop_and_closes_twice(procs: Processes) -> None:
+    broker = procs.broker(workers=1)
+    transport = AsyncZmqTransport(broker.frontend)
+
+    async def ping() -> Op:
+        [answer] = await transport.exchange([Message(Op.PING)], timeout=10)
+        return answer.op
+
+    assert asyncio.run(ping()) is Op.REPLY
+    assert asyncio.run(ping()) is Op.REPLY  # another loop: the reader follows
+
+    async def close_twice() -> None:
+        await transport.close()
+        await transport.close()
+
+    asyncio.run(close_twice())

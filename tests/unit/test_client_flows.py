@@ -9,11 +9,13 @@ import pytest
 from echo_env import EchoAction, EchoObservation
 
 from openenv_zmq.client.batching import (
+    FEW_IDS,
     ArrayLayout,
     EnvModels,
     Placement,
     assemble,
     build_models,
+    in_order,
     split_by_worker,
 )
 from openenv_zmq.client.flows import (
@@ -105,13 +107,31 @@ def test_split_by_worker_keeps_request_order_within_each_worker() -> None:
     ]
 
 
-def test_placement_locates_moves_and_refuses_strangers() -> None:
-    placement = Placement.of(np.array([5, 3, 9]), np.array([1, 0, 1]))
-    assert placement.locate(np.array([9, 3])).tolist() == [1, 0]
-    placement.move(np.array([9]), np.array([4]))
-    assert placement.locate(np.array([9, 5])).tolist() == [4, 1]
-    with pytest.raises(EnvIdsNotInGroup, match=r"\[4, 100\]"):
-        placement.locate(np.array([3, 4, 100]))
+def test_split_by_worker_of_one_worker_or_no_env_ids() -> None:
+    [sub] = split_by_worker(np.array([4, 2, 3]), np.array([7, 7, 7]))
+    assert (sub.worker, sub.env_ids.tolist(), sub.positions.tolist()) == (7, [4, 2, 3], [0, 1, 2])
+    assert split_by_worker(np.array([], np.int64), np.array([], np.int64)) == []
+
+
+@pytest.mark.parametrize("asked", [2, FEW_IDS, FEW_IDS + 1, 40], ids=lambda n: f"{n}-ids")
+def test_placement_locates_moves_and_refuses_strangers(asked: int) -> None:
+    """Up to FEW_IDS ids are located through a dict, more with numpy: the same answers."""
+    ids = np.arange(100, 140)
+    placement = Placement.of(ids[::-1], ids[::-1] % 3)
+    wanted = ids[:asked][::-1]
+    assert placement.locate(wanted).tolist() == (wanted % 3).tolist()
+    placement.move(wanted[:1], np.array([9]))
+    assert placement.locate(wanted).tolist() == [9, *(wanted[1:] % 3).tolist()]
+    strangers = np.concatenate([wanted[: asked - 2], [4, 1000]])
+    with pytest.raises(EnvIdsNotInGroup, match=r"\[4, 1000\]"):
+        placement.locate(strangers)
+
+
+@pytest.mark.parametrize("n", [1, FEW_IDS, FEW_IDS + 1, 40])
+def test_in_order_is_the_same_for_few_and_many_positions(n: int) -> None:
+    assert in_order(np.arange(n), n)
+    assert not in_order(np.arange(n)[::-1], n) or n == 1
+    assert not in_order(np.arange(n), n + 1)
 
 
 def test_step_answers_come_back_in_request_order_as_models() -> None:
@@ -332,9 +352,13 @@ def test_one_sub_batch_in_request_order_is_returned_without_a_copy() -> None:
         np.zeros(n, np.bool_),
         np.ones(n, np.bool_),
     )
-    whole = assemble(np.array([5, 6, 7]), [(np.arange(n), part)])
+    asked = np.array([5, 6, 7])
+    asked.setflags(write=False)  # as a group's own env ids are
+    whole = assemble(asked, [(np.arange(n), part)])
     assert whole.observations is part.observations and whole.rewards is part.rewards
     assert whole.truncated is part.truncated and whole.env_ids.tolist() == [5, 6, 7]
+    # the result's env ids are the caller's own: writable, and not the request's array
+    assert whole.env_ids.flags.writeable and not np.shares_memory(whole.env_ids, asked)
     moved = assemble(np.array([7, 6, 5]), [(np.array([2, 1, 0]), part)])
     assert moved.rewards is not part.rewards and moved.rewards.tolist() == [2, 1, 0]
     assert moved.observations == [{"o": 2}, {"o": 1}, {"o": 0}]

@@ -295,15 +295,29 @@ def test_contiguous_array_is_encoded_without_a_copy() -> None:
         np.arange(12, dtype=np.float64).reshape(3, 4).T,
         np.arange(4, dtype=">f4"),
         np.arange(4, dtype=">i8").reshape(2, 2)[::-1],
+        np.ma.masked_array(np.arange(4, dtype=np.int64), mask=[False, True, False, False]),
+        np.zeros((), np.float32),
     ],
-    ids=["strided", "fortran", "big-endian", "big-endian-reversed"],
+    ids=["strided", "fortran", "big-endian", "big-endian-reversed", "masked", "0-d"],
 )
 def test_awkward_arrays_arrive_as_little_endian_copies(array: np.ndarray) -> None:
-    message = Message(Op.STEP, worker=0, env_ids=IDS[: len(array)], parts={"actions": array})
+    message = Message(
+        Op.STEP, worker=0, env_ids=IDS[: max(array.size, 1)], parts={"actions": array}
+    )
     got = decode(as_received(encode(message))).parts["actions"]
     assert got.dtype == array.dtype.newbyteorder("<")
     assert got.shape == array.shape
-    assert np.array_equal(got, array)
+    assert np.array_equal(got, np.asarray(array))  # a masked array's data, as np.asarray has it
+
+
+def test_an_empty_array_naming_a_dimension_past_the_wire_is_refused() -> None:
+    empty = np.zeros((0, 2**40), np.uint8)
+    with pytest.raises(ProtocolError, match="malformed shape"):
+        encode(Message(Op.STEP, worker=0, env_ids=IDS[:0], parts={"actions": empty}))
+    got = decode(
+        encode(Message(Op.STEP, worker=0, env_ids=IDS[:0], parts={"actions": empty[:, :3]}))
+    )
+    assert got.parts["actions"].shape == (0, 3)
 
 
 def test_numpy_values_inside_structured_parts_become_plain_values() -> None:
