@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+import openenv_zmq
 from broker.bench import BenchReport, embedded_cluster, run_bench
 from broker.cluster import ClusterSpec, run_cluster
 from broker.core import BrokerConfig
@@ -308,6 +309,7 @@ def _sandbox(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(openenv_zmq.__version__, prog_name="openenv-broker")
 @click.option(
     "--log-level",
     default="WARNING",

@@ -18,3 +18,8 @@ class AutoresetMode(StrEnum):
     DISABLED = "disabled"
     NEXT_STEP = "next_step"
     SAME_STEP = "same_step"
+
+    @classmethod
+    def _missing_(cls, value: object) -> AutoresetMode:
+        modes = ", ".join(repr(mode.value) for mode in cls)
+        raise ValueError(f"autoreset must be one of {modes}; got {value!r}")

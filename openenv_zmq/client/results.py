@@ -43,6 +43,19 @@ class BatchResult:
     def __len__(self) -> int:
         return len(self.env_ids)
 
+    def __repr__(self) -> str:
+        # The dataclass repr prints every observation: thousands of rows for one batch.
+        kind = (
+            f"{self.observations.dtype}{list(self.observations.shape)}"
+            if isinstance(self.observations, np.ndarray)
+            else f"{len(self.observations)} rows"
+        )
+        ended = int(np.count_nonzero(self.terminated | self.truncated))
+        return (
+            f"<BatchResult of {len(self)} envs: observations {kind}, {ended} ended,"
+            f" {len(self.errors)} failed>"
+        )
+
     def raise_for_errors(self) -> None:
         """Raise the first env's error (lowest env id), if any env failed."""
         if self.errors:

@@ -85,7 +85,11 @@ def group_spec(
     both = sorted(set(kwargs) & set(env_kwargs or {}))
     if both:
         raise ClientError(f"env argument(s) {both} given both as keywords and in env_kwargs")
-    options = {**options, "autoreset": AutoresetMode(options["autoreset"])}
+    try:
+        autoreset = AutoresetMode(options["autoreset"])
+    except ValueError as exc:
+        raise ClientError(str(exc)) from None
+    options = {**options, "autoreset": autoreset}
     return GroupSpec(env, num_envs, {**(env_kwargs or {}), **kwargs}, **options)
 
 

@@ -29,3 +29,9 @@ class GroupView:
 
     def __len__(self) -> int:
         return len(self._state.env_ids)
+
+    def __repr__(self) -> str:
+        ids = self._state.env_ids
+        span = f"env ids {ids[0]}..{ids[-1]}" if len(ids) else "no env ids"
+        state = "closed" if self.closed else self._state.spec.autoreset.value
+        return f"<{type(self).__name__} {self.env!r} x{len(ids)}, {span}, {state}>"

@@ -134,8 +134,24 @@ def test_misuse_gets_clear_errors(broker: InProcessBroker) -> None:
             client.make("nope")
         with pytest.raises(ClientError, match="no default env group"):
             client.step([])
+        with pytest.raises(
+            ClientError, match="autoreset must be one of 'disabled', 'next_step', 'same_step'"
+        ):
+            client.make("echo", autoreset="bogus")
     with pytest.raises(ClosedError):
         client.make("echo")
+
+
+def test_groups_and_results_have_short_reprs(broker: InProcessBroker) -> None:
+    with BatchClient(transport=broker.connect()) as client:
+        envs = client.make("echo", num_envs=64, autoreset="next_step")
+        first, last = envs.env_ids[[0, -1]].tolist()
+        assert repr(envs) == f"<EnvGroup 'echo' x64, env ids {first}..{last}, next_step>"
+        envs.reset()
+        result = envs.step([EchoAction(message="x")] * 64)
+        assert repr(result) == "<BatchResult of 64 envs: observations 64 rows, 0 ended, 0 failed>"
+        envs.close()
+        assert repr(envs).endswith(", closed>")
 
 
 def test_async_client_serves_concurrent_coroutines(broker: InProcessBroker) -> None:
