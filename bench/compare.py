@@ -16,18 +16,23 @@ Run from the repository root. Measures, in one run on one machine:
 Prints every measurement and the targets (ratios to a baseline measured in the same run, and
 the CPU per round trip against its absolute goal), and writes ``DIR/compare.json``,
 ``DIR/compare.png`` (env-steps/s against num_envs) and ``DIR/latency.png`` (step p50 against
-batch size); ``DIR`` defaults to the current directory. ``--quick`` runs a smaller grid at 1 s a
-point in some three minutes on two cores; the full grid, at 3 s a point, takes about ten.
+batch size); ``DIR`` defaults to :data:`DEFAULT_OUT`, outside the repository. ``--quick``
+runs a smaller grid at 1 s a point in some three minutes on two cores; the full grid, at 3 s a
+point, takes about ten.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from bench.comparison import run_comparison
+
+DEFAULT_OUT = Path(tempfile.gettempdir()) / "openenv-zmq-compare"
+"""Where the report goes unless ``--out`` says: never into the working tree it is run from."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -47,9 +52,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path.cwd(),
-        help="folder for compare.json, compare.png and latency.png (default: the current"
-        " directory)",
+        default=DEFAULT_OUT,
+        help=f"folder for compare.json, compare.png and latency.png (default: {DEFAULT_OUT})",
     )
     args = parser.parse_args(argv)
     if args.duration is not None and args.duration <= 0:

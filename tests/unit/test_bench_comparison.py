@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from bench.compare import DEFAULT_OUT, parse_args
 from bench.comparison import (
     CARTPOLE_P50,
     CPU,
@@ -159,3 +160,10 @@ def test_the_figures_are_written_as_png(
     draw(fake_results(), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]
+
+
+def test_the_report_goes_outside_the_repository_unless_out_says_where() -> None:
+    repository = Path(__file__).resolve().parents[2]
+    assert parse_args([]).out == DEFAULT_OUT
+    assert not DEFAULT_OUT.resolve().is_relative_to(repository)
+    assert parse_args(["--out", "x"]).out == Path("x")
