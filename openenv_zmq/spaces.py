@@ -53,13 +53,16 @@ class Discrete:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """One value is a scalar: ``()``."""
         return ()
 
     @property
     def dtype(self) -> np.dtype[Any]:
+        """``int64``, as Gymnasium's ``Discrete``."""
         return np.dtype(np.int64)
 
     def contains_batch(self, values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+        """Per value, whether it is one of the space's integers."""
         return np.asarray((values >= self.start) & (values < self.start + self.n), dtype=np.bool_)
 
 

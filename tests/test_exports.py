@@ -43,3 +43,20 @@ def test_star_import_gives_exactly_the_public_names() -> None:
     exec("from openenv_zmq import *", namespace)
     namespace.pop("__builtins__")
     assert sorted(namespace) == PUBLIC_NAMES
+
+
+def test_every_public_method_and_property_has_a_docstring() -> None:
+    undocumented = []
+    for name in openenv_zmq.__all__:
+        public = getattr(openenv_zmq, name)
+        if not isinstance(public, type):
+            continue
+        ours = [cls for cls in public.__mro__ if cls.__module__.startswith("openenv_zmq")]
+        members = {k: v for cls in reversed(ours) for k, v in vars(cls).items()}  # own ones win
+        for attribute, member in members.items():
+            function = member.fget if isinstance(member, property) else member
+            if attribute.startswith("_") or not callable(function):
+                continue
+            if not (function.__doc__ or "").strip():
+                undocumented.append(f"{name}.{attribute}")
+    assert sorted(set(undocumented)) == []

@@ -75,12 +75,14 @@ class AsyncEnvGroup(GroupView):
     async def reset(
         self, seed: Seeds = None, env_ids: EnvIdsArg = None, kwargs: ResetKwargs = None
     ) -> BatchResult:
+        """As :meth:`EnvGroup.reset`, awaited."""
         state = self._state
         return await drive(self._transport, reset_flow(state, state.resolve(env_ids), seed, kwargs))
 
     async def step(
         self, actions: Actions, env_ids: EnvIdsArg = None, *, timeout_s: float | None = None
     ) -> BatchResult:
+        """As :meth:`EnvGroup.step`, awaited."""
         state = self._state
         return await drive(
             self._transport, step_flow(state, actions, state.resolve(env_ids), timeout_s)
@@ -89,6 +91,7 @@ class AsyncEnvGroup(GroupView):
     async def send(
         self, actions: Actions, env_ids: EnvIdsArg = None, *, timeout_s: float | None = None
     ) -> None:
+        """As :meth:`EnvGroup.send`, awaited."""
         state = self._state
         subs, requests = step_requests(state, actions, state.resolve(env_ids), timeout_s)
         # All at once: a sub-batch over the limits must not leave the others sent and unseen.
@@ -96,6 +99,7 @@ class AsyncEnvGroup(GroupView):
             state.sent(request_id, sub)
 
     async def recv(self, timeout: float | None = None) -> BatchResult:
+        """As :meth:`EnvGroup.recv`, awaited."""
         state = self._state
         try:
             answers = await self._transport.wait_any(state.awaited(), timeout)
@@ -105,10 +109,12 @@ class AsyncEnvGroup(GroupView):
         return completed_steps(state, answers)
 
     async def state(self, env_ids: EnvIdsArg = None) -> list[Any]:
+        """As :meth:`EnvGroup.state`, awaited."""
         state = self._state
         return await drive(self._transport, state_flow(state, state.resolve(env_ids)))
 
     async def close(self) -> None:
+        """As :meth:`EnvGroup.close`, awaited."""
         await drive(self._transport, close_flow(self._state), CLOSE_TIMEOUT)
 
     async def __aenter__(self) -> AsyncEnvGroup:
@@ -160,6 +166,7 @@ class AsyncBatchClient:
 
     @property
     def address(self) -> str:
+        """The broker address this client connects to."""
         return self._transport.address
 
     async def connect(self) -> AsyncBatchClient:
@@ -198,6 +205,7 @@ class AsyncBatchClient:
         return AsyncEnvGroup(self._transport, group)
 
     async def status(self) -> dict[str, Any]:
+        """As :meth:`BatchClient.status`, awaited."""
         self._state.check_open()
         [answer] = await self._transport.exchange([Message(Op.STATUS)])
         status: dict[str, Any] = answer.meta["status"]
@@ -222,30 +230,37 @@ class AsyncBatchClient:
 
     @property
     def envs(self) -> AsyncEnvGroup:
+        """The default group (made by ``env=``); raises :class:`ClientError` without one."""
         return AsyncEnvGroup(self._transport, self._state.default_group())
 
     async def reset(
         self, seed: Seeds = None, env_ids: EnvIdsArg = None, kwargs: ResetKwargs = None
     ) -> BatchResult:
+        """``reset`` of the default group (see :meth:`EnvGroup.reset`)."""
         return await self.envs.reset(seed, env_ids, kwargs)
 
     async def step(
         self, actions: Actions, env_ids: EnvIdsArg = None, *, timeout_s: float | None = None
     ) -> BatchResult:
+        """``step`` of the default group (see :meth:`EnvGroup.step`)."""
         return await self.envs.step(actions, env_ids, timeout_s=timeout_s)
 
     async def send(
         self, actions: Actions, env_ids: EnvIdsArg = None, *, timeout_s: float | None = None
     ) -> None:
+        """``send`` of the default group (see :meth:`EnvGroup.send`)."""
         await self.envs.send(actions, env_ids, timeout_s=timeout_s)
 
     async def recv(self, timeout: float | None = None) -> BatchResult:
+        """``recv`` of the default group (see :meth:`EnvGroup.recv`)."""
         return await self.envs.recv(timeout)
 
     async def state(self, env_ids: EnvIdsArg = None) -> list[Any]:
+        """``state`` of the default group (see :meth:`EnvGroup.state`)."""
         return await self.envs.state(env_ids)
 
     async def close(self) -> None:
+        """Close every group this client made, then its connection; a second call does nothing."""
         if self._state.closed:
             return
         self._state.closed = True

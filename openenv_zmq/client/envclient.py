@@ -256,19 +256,24 @@ class SyncEnvClient(Generic[ActT, ObsT, StateT]):
 
     @property
     def async_client(self) -> EnvClient[ActT, ObsT, StateT]:
+        """The :class:`EnvClient` this one drives on its own event loop."""
         return self._async
 
     def connect(self) -> SyncEnvClient[ActT, ObsT, StateT]:
+        """As :meth:`EnvClient.connect`, blocking; returns this client."""
         self._run(self._async.connect())
         return self
 
     def reset(self, **kwargs: Any) -> StepResult[ObsT]:
+        """As :meth:`EnvClient.reset`, blocking."""
         return self._run(self._async.reset(**kwargs))
 
     def step(self, action: ActT, **kwargs: Any) -> StepResult[ObsT]:
+        """As :meth:`EnvClient.step`, blocking."""
         return self._run(self._async.step(action, **kwargs))
 
     def state(self) -> StateT:
+        """As :meth:`EnvClient.state`, blocking."""
         return self._run(self._async.state())
 
     def close(self) -> None:

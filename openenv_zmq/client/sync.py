@@ -285,22 +285,27 @@ class BatchClient:
     def reset(
         self, seed: Seeds = None, env_ids: EnvIdsArg = None, kwargs: ResetKwargs = None
     ) -> BatchResult:
+        """``reset`` of the default group (see :meth:`EnvGroup.reset`)."""
         return self.envs.reset(seed, env_ids, kwargs)
 
     def step(
         self, actions: Actions, env_ids: EnvIdsArg = None, *, timeout_s: float | None = None
     ) -> BatchResult:
+        """``step`` of the default group (see :meth:`EnvGroup.step`)."""
         return self.envs.step(actions, env_ids, timeout_s=timeout_s)
 
     def send(
         self, actions: Actions, env_ids: EnvIdsArg = None, *, timeout_s: float | None = None
     ) -> None:
+        """``send`` of the default group (see :meth:`EnvGroup.send`)."""
         self.envs.send(actions, env_ids, timeout_s=timeout_s)
 
     def recv(self, timeout: float | None = None) -> BatchResult:
+        """``recv`` of the default group (see :meth:`EnvGroup.recv`)."""
         return self.envs.recv(timeout)
 
     def state(self, env_ids: EnvIdsArg = None) -> list[Any]:
+        """``state`` of the default group (see :meth:`EnvGroup.state`)."""
         return self.envs.state(env_ids)
 
     def close(self) -> None:

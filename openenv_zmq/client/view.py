@@ -25,6 +25,7 @@ class GroupView:
 
     @property
     def closed(self) -> bool:
+        """Whether ``close()`` was called: the group's envs are gone from their workers."""
         return self._state.closed
 
     def __len__(self) -> int:
