@@ -106,12 +106,10 @@ def split_by_worker(env_ids: EnvIds, workers: npt.NDArray[np.int64]) -> list[Sub
         return [SubBatch(int(first), env_ids, np.arange(n))]
     order = np.argsort(workers, kind="stable")
     sorted_workers = workers[order]
-    starts = np.flatnonzero(np.diff(sorted_workers)) + 1
-    starts = np.concatenate(([0], starts))
-    ends = np.append(starts[1:], n)
+    bounds = (np.flatnonzero(np.diff(sorted_workers)) + 1).tolist()
     return [
         SubBatch(int(sorted_workers[s]), env_ids[order[s:e]], order[s:e])
-        for s, e in zip(starts, ends, strict=True)
+        for s, e in zip([0, *bounds], [*bounds, n], strict=True)
     ]
 
 
