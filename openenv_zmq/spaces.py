@@ -72,3 +72,31 @@ Space = Box | Discrete
 def batch_shape(space: Space, n: int) -> tuple[int, ...]:
     """The shape of ``n`` stacked values of ``space``."""
     return (n, *space.shape)
+
+
+def _bound_to_wire(bound: npt.NDArray[Any]) -> Any:
+    # Most boxes share one bound per side (pixels 0..255, unbounded floats): send it once.
+    flat = bound.reshape(-1)
+    return flat[0].item() if flat.size and (flat == flat[0]).all() else bound.tolist()
+
+
+def space_to_wire(space: Space) -> dict[str, Any]:
+    """What a CREATE answer says of an array env's space: how to shape and type its arrays
+    (``dtype``, ``shape``), and the space itself (``low``/``high`` or ``n``/``start``)."""
+    wire: dict[str, Any] = {"dtype": space.dtype.str, "shape": list(space.shape)}
+    if isinstance(space, Box):
+        low, high = np.asarray(space.low), np.asarray(space.high)
+        wire |= {"low": _bound_to_wire(low), "high": _bound_to_wire(high)}
+    else:
+        wire |= {"n": space.n, "start": space.start}
+    return wire
+
+
+def space_from_wire(wire: dict[str, Any]) -> Space | None:
+    """The space :func:`space_to_wire` described; ``None`` from a worker that sent only the
+    array layout."""
+    if "n" in wire:
+        return Discrete(int(wire["n"]), int(wire.get("start", 0)))
+    if "low" in wire and "high" in wire:
+        return Box(wire["low"], wire["high"], tuple(wire["shape"]), wire["dtype"])
+    return None

@@ -34,6 +34,7 @@ from openenv_zmq.errors import (
 )
 from openenv_zmq.protocol import EnvIds
 from openenv_zmq.registry import env_types, related_models, resolve_env
+from openenv_zmq.spaces import Space, space_from_wire
 from openenv_zmq.types import Observation
 
 WORKER_POLL_SECONDS = 0.05
@@ -114,6 +115,9 @@ class GroupState:
     observation_layout: ArrayLayout | None = None
     """Set for array envs: observations come back as one array."""
     action_layout: ArrayLayout | None = None
+    observation_space: Space | None = None
+    """An array env's spaces, as its workers declared them."""
+    action_space: Space | None = None
     lost: set[int] = field(default_factory=set)
     in_flight: dict[int, SubBatch] = field(default_factory=dict)
     """Request id -> the STEP sub-batch ``send()`` sent with it and ``recv()`` has not returned."""
@@ -136,8 +140,10 @@ class GroupState:
         spaces = meta.get("spaces", {})
         if "observation" in spaces:
             self.observation_layout = ArrayLayout.from_wire(spaces["observation"])
+            self.observation_space = space_from_wire(spaces["observation"])
         if "action" in spaces:
             self.action_layout = ArrayLayout.from_wire(spaces["action"])
+            self.action_space = space_from_wire(spaces["action"])
 
     def check_open(self) -> None:
         if self.closed:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client.state import GroupState
+from openenv_zmq.spaces import Space
 
 
 class GroupView:
@@ -22,6 +24,21 @@ class GroupView:
     def env(self) -> str:
         """The env name the group was made with."""
         return self._state.env
+
+    @property
+    def observation_space(self) -> Space | None:
+        """One env's observation space, for an array env (``None`` for a structured one)."""
+        return self._state.observation_space
+
+    @property
+    def action_space(self) -> Space | None:
+        """One env's action space, for an array env (``None`` for a structured one)."""
+        return self._state.action_space
+
+    @property
+    def autoreset(self) -> AutoresetMode:
+        """The autoreset mode the group was made with."""
+        return self._state.spec.autoreset
 
     @property
     def closed(self) -> bool:

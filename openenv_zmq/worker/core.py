@@ -32,12 +32,13 @@ from openenv_zmq.protocol import (
     readable_request_id,
 )
 from openenv_zmq.registry import resolve_env
+from openenv_zmq.spaces import space_to_wire
 from openenv_zmq.worker.calls import Call
 from openenv_zmq.worker.kinds import EnvKind, Runtime
 from openenv_zmq.worker.rows import ErrorRow, Reply, error_row, exception_row, reply_frames
 from openenv_zmq.worker.slots import Deferred, SlotTable
 from openenv_zmq.worker.status import SlotStatus
-from openenv_zmq.worker.vector import VectorTable, space_meta
+from openenv_zmq.worker.vector import VectorTable
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +177,8 @@ class WorkerCore:
                 errors = [exception_row(env_id, exc) for env_id in env_ids]
             else:
                 meta["spaces"] = {
-                    "action": space_meta(host.env.action_space),
-                    "observation": space_meta(host.env.observation_space),
+                    "action": space_to_wire(host.env.action_space),
+                    "observation": space_to_wire(host.env.observation_space),
                 }
         else:
             concurrency = request.meta.get("concurrency", kind.concurrency)

@@ -30,11 +30,6 @@ from openenv_zmq.worker.rows import (
 from openenv_zmq.worker.status import SlotStatus, StatusArray, after_reset, settled_many
 
 
-def space_meta(space: Space) -> dict[str, Any]:
-    """How a client should shape and type arrays of ``space``."""
-    return {"dtype": space.dtype.str, "shape": list(space.shape)}
-
-
 @dataclass(eq=False)
 class VectorHost:
     """One vector env object and the env ids it hosts, index ``i`` being ``env_ids[i]``."""

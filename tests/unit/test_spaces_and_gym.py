@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import string
+
 import gymnasium
+import msgpack
 import numpy as np
 import pytest
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode as GymAutoreset
+from pydantic import Field
 
-from openenv_zmq.errors import EnvNotFound
+from openenv_zmq.autoreset import AutoresetMode
+from openenv_zmq.errors import ClientError, EnvNotFound
+from openenv_zmq.gym import gym_space, model_space, runtime_autoreset
 from openenv_zmq.registry import resolve_env
-from openenv_zmq.spaces import Box, Discrete, batch_shape
+from openenv_zmq.spaces import Box, Discrete, batch_shape, space_from_wire, space_to_wire
+from openenv_zmq.types import Observation
 from openenv_zmq.worker.gymnasium import gymnasium_env
 
 
@@ -62,3 +71,55 @@ def test_gym_envs_step_like_gymnasium_by_index() -> None:
 def test_gym_spaces_it_cannot_carry_are_refused() -> None:
     with pytest.raises(EnvNotFound, match="Tuple is not supported"):
         gymnasium_env("gym:Blackjack-v1")(num_envs=1)
+
+
+def test_spaces_cross_the_wire_whole() -> None:
+    wide = Box(np.array([-1.0, 0.0]), np.array([1.0, np.inf]), (2,), np.float64)
+    pixels = Box(0, 255, (84, 84, 4), np.uint8)
+    for space in (wide, pixels, Discrete(5, start=2)):
+        wire = msgpack.unpackb(msgpack.packb(space_to_wire(space)))
+        again = space_from_wire(wire)
+        assert type(again) is type(space)
+        assert again.shape == space.shape and again.dtype == space.dtype
+        if isinstance(space, Box):
+            assert isinstance(again, Box)
+            np.testing.assert_array_equal(again.low, space.low)
+            np.testing.assert_array_equal(again.high, space.high)
+        else:
+            assert again == space
+    # one bound for a uniform box, not 28,224 of them
+    assert space_to_wire(pixels)["low"] == 0 and space_to_wire(pixels)["high"] == 255
+    # a worker that sends only the layout: the client knows the arrays, not the space
+    assert space_from_wire({"dtype": "<f4", "shape": [4]}) is None
+
+
+def test_gymnasium_names_of_autoreset_modes() -> None:
+    assert runtime_autoreset(GymAutoreset.SAME_STEP) is AutoresetMode.SAME_STEP
+    assert runtime_autoreset("NextStep") is AutoresetMode.NEXT_STEP
+    assert runtime_autoreset("disabled") is AutoresetMode.DISABLED
+    with pytest.raises(ClientError, match="'NextStep', 'SameStep', 'Disabled'; got 'never'"):
+        runtime_autoreset("never")
+
+
+def test_model_spaces_where_every_field_maps() -> None:
+    class Reading(Observation):
+        label: str = Field(max_length=8)
+        count: int = Field(ge=0)
+        level: float = Field(le=1.0)
+        on: bool
+
+    class Anything(Observation):
+        values: list[float]
+
+    described = model_space(Reading)
+    assert described == spaces.Dict(
+        {
+            "label": spaces.Text(8, min_length=0, charset=string.printable),
+            "count": spaces.Box(0, np.iinfo(np.int64).max, (), np.int64),
+            "level": spaces.Box(-np.inf, 1.0, (), np.float64),
+            "on": spaces.Discrete(2),
+        }
+    )
+    assert model_space(Anything) is None
+    assert model_space(None) is None
+    assert gym_space(Discrete(3, start=1)) == spaces.Discrete(3, start=1)
