@@ -107,6 +107,19 @@ def embedded_cluster(
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def cluster_at(address: str | None, env: str, workers: int = 2) -> Iterator[str]:
+    """``address``, or else an :func:`embedded_cluster` of ``workers`` local workers hosting
+    ``env`` (what the examples run on by default); yields once a worker hosting ``env`` is live.
+    """
+    with contextlib.ExitStack() as stack:
+        if address is None:
+            address = stack.enter_context(embedded_cluster(workers, [env], capacity=4096))
+        with BatchClient(address, connect_timeout=CLUSTER_START_TIMEOUT) as client:
+            client.wait_for_workers(1, env, CLUSTER_START_TIMEOUT)
+        yield address
+
+
 def _report_address(queue: multiprocessing.Queue[str], server: BrokerServer) -> None:
     """Called in the broker's process once it is bound: a tcp port is known only then."""
     queue.put(server.frontend_address)
