@@ -33,7 +33,7 @@ from cartpole_env.vector import CartPoleVectorEnv
 from echo_env import EchoAction
 from echo_env.server.echo_environment import EchoEnvironment
 
-from broker.bench import embedded_cluster
+from broker.bench import cluster_at, embedded_cluster
 from broker.keys import BrokerKeys, init_keys, load_broker_keys
 from openenv_zmq import sockets
 from openenv_zmq.autoreset import AutoresetMode
@@ -41,7 +41,6 @@ from openenv_zmq.client.sync import BatchClient
 from openenv_zmq.curve import CurveKeys
 from openenv_zmq.protocol import Message, Op, encode
 from openenv_zmq.protocol.schema import SESSION_BYTES
-from openenv_zmq.registry import resolve_env
 
 DEFAULT_DURATION = 3.0
 WARMUP = 0.3
@@ -294,27 +293,6 @@ def openenv_server_echo(sessions: int = 64, duration: float = DEFAULT_DURATION) 
 # ---------------------------------------------------------------------- this runtime
 
 
-@contextlib.contextmanager
-def cluster(env: str, workers: int, capacity: int) -> Iterator[str]:
-    """:func:`broker.bench.embedded_cluster` hosting ``env``; yields the broker's address.
-
-    Resolves ``env`` here first and raises :class:`EnvNotFound` at once: a worker that cannot
-    resolve its env exits before joining, which would otherwise only show as a join timeout.
-    """
-    resolve_env(env)
-    with embedded_cluster(workers, [env], capacity) as address:
-        yield address
-
-
-@contextlib.contextmanager
-def _cluster_address(address: str | None, env: str, workers: int, capacity: int) -> Iterator[str]:
-    if address is not None:
-        yield address
-        return
-    with cluster(env, workers, capacity) as started:
-        yield started
-
-
 def runtime(
     env: str,
     num_envs: int,
@@ -335,7 +313,7 @@ def runtime(
     """
     _check_envs(num_envs)
     with (
-        _cluster_address(address, env, workers, num_envs) as broker,
+        cluster_at(address, env, workers, num_envs) as broker,
         BatchClient(
             broker, connect_timeout=CLUSTER_START_TIMEOUT, timeout=STEP_TIMEOUT, curve_dir=curve
         ) as client,

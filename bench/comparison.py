@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import baselines, profile
+from broker.bench import cluster_at
 
 ECHO = "echo"
 CARTPOLE = "cartpole"
@@ -307,7 +308,7 @@ def _runtime_series(
     unit = SECONDS if latency else STEPS_PER_S
     with contextlib.ExitStack() as stack:
         try:
-            address = stack.enter_context(baselines.cluster(env, workers, max(sizes)))
+            address = stack.enter_context(cluster_at(None, env, workers, max(sizes)))
         except Exception as exc:  # the env cannot be hosted here: every size is n/a
             for n in sizes:
                 recorder.unavailable(family, label, n, exc, unit)
@@ -383,7 +384,7 @@ def _cartpole_latency(recorder: Recorder, grid: Grid) -> None:
 
 def _one_env_cost(steps: int) -> list[float]:
     """Step p50, CPU of each process and CPU in all per round trip of one echo env (seconds)."""
-    with baselines.cluster(ECHO, 1, 1) as address:
+    with cluster_at(None, ECHO, 1, 1) as address:
         p50, *cpu = profile.one_env_cost(address, steps)
     return [p50, *cpu, sum(cpu)]
 

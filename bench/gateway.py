@@ -29,7 +29,7 @@ from openenv.core.generic_client import GenericEnvClient  # type: ignore[import-
 from rich.console import Console
 from rich.table import Table
 
-from bench.baselines import CLUSTER_START_TIMEOUT, WARMUP, cluster
+from bench.baselines import CLUSTER_START_TIMEOUT, WARMUP
 from bench.openenv_server import (
     EVENT_LOOPS,
     MESSAGE_TIMEOUT,
@@ -39,6 +39,7 @@ from bench.openenv_server import (
     served,
     step_sessions,
 )
+from broker.bench import cluster_at
 from openenv_zmq.client.sync import BatchClient
 from openenv_zmq.gateway.app import create_gateway_app
 
@@ -120,7 +121,7 @@ def measure_openenv(sessions: int, duration: float, loop: str) -> ServerResult:
 
 
 def measure_gateway(sessions: int, duration: float, loop: str) -> ServerResult:
-    with cluster(ENV, WORKERS, sessions + 1) as broker:
+    with cluster_at(None, ENV, WORKERS, sessions + 1) as broker:
         with BatchClient(broker, connect_timeout=CLUSTER_START_TIMEOUT) as client:
             client.wait_for_workers(WORKERS, ENV, CLUSTER_START_TIMEOUT)
         with gateway_server(broker, sessions + 1, loop) as base_url:

@@ -22,6 +22,7 @@ from broker.loop import BrokerServer
 from broker.providers.docker import DockerWorkers
 from openenv_zmq.client.sync import BatchClient
 from openenv_zmq.curve import CurveKeys
+from openenv_zmq.registry import resolve_env
 
 CLUSTER_START_TIMEOUT = 30.0
 CLUSTER_STOP_TIMEOUT = 15.0
@@ -108,16 +109,22 @@ def embedded_cluster(
 
 
 @contextlib.contextmanager
-def cluster_at(address: str | None, env: str, workers: int = 2) -> Iterator[str]:
-    """``address``, or else an :func:`embedded_cluster` of ``workers`` local workers hosting
-    ``env`` (what the examples run on by default); yields once a worker hosting ``env`` is live.
+def cluster_at(
+    address: str | None, env: str, workers: int = 2, capacity: int = 4096
+) -> Iterator[str]:
+    """``address`` as given, or else an :func:`embedded_cluster` of ``workers`` local workers
+    hosting ``env``, yielded once one of them is live (what the examples and benchmarks run on
+    by default). Raises :class:`EnvNotFound` at once for an env this process cannot resolve: a
+    worker that cannot exits before joining, which would otherwise show as a join timeout.
     """
-    with contextlib.ExitStack() as stack:
-        if address is None:
-            address = stack.enter_context(embedded_cluster(workers, [env], capacity=4096))
-        with BatchClient(address, connect_timeout=CLUSTER_START_TIMEOUT) as client:
-            client.wait_for_workers(1, env, CLUSTER_START_TIMEOUT)
+    if address is not None:
         yield address
+        return
+    resolve_env(env)
+    with embedded_cluster(workers, [env], capacity) as embedded:
+        with BatchClient(embedded, connect_timeout=CLUSTER_START_TIMEOUT) as client:
+            client.wait_for_workers(1, env, CLUSTER_START_TIMEOUT)
+        yield embedded
 
 
 def _report_address(queue: multiprocessing.Queue[str], server: BrokerServer) -> None:
