@@ -210,11 +210,11 @@ class ZmqVectorEnv(gymnasium.vector.VectorEnv[Any, Any, Any]):
             self._observations = self._batch(result.observations)
             return self._observations, {}
         rows = _mask_rows(mask, self.num_envs)
+        if self._observations is None:
+            raise ClientError("reset() without reset_mask first: no observations to keep yet")
         chosen = seeds if seeds is None else [seeds[i] for i in rows.tolist()]
         result = self.group.reset(chosen, self._env_ids[rows], kwargs)
         raise_first_error(result, self._env_ids)
-        if self._observations is None:
-            raise ClientError("reset() without reset_mask first: no observations to keep yet")
         observations = self._observations
         if isinstance(observations, np.ndarray):
             observations = observations.copy()

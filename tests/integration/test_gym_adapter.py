@@ -152,6 +152,8 @@ def test_bad_arguments_are_refused_by_name(broker: Broker) -> None:
     with pytest.raises(NoWorkerAvailable):
         make_vec(broker.frontend, "gym:MountainCar-v0", 2)
     with make_vec(broker.frontend, "cartpole", 2) as envs:
+        with pytest.raises(ClientError, match="without reset_mask first"):
+            envs.reset(options={"reset_mask": np.ones(2, bool)})
         envs.reset(seed=0)
         with pytest.raises(ClientError, match="bool array of shape"):
             envs.reset(options={"reset_mask": [True, False]})
