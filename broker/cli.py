@@ -45,6 +45,7 @@ from openenv_zmq.errors import (
     ProviderUnavailable,
     SandboxError,
 )
+from openenv_zmq.proctitle import name_process
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits
 from openenv_zmq.sandbox.layers import Layer, SandboxPolicy, SessionLimits
 from openenv_zmq.sandbox.setup import SandboxOptions, session_factories
@@ -578,6 +579,7 @@ def start(
     )
 
     def ready(server: BrokerServer) -> None:
+        name_process("broker", server.frontend_address)
         click.echo(f"broker ready: clients connect to {server.frontend_address}")
         if advertise is None:
             click.echo(f"workers join at {server.backend_address}")

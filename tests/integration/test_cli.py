@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -57,6 +58,29 @@ def test_ctrl_c_stops_a_cluster_quietly(procs: Processes, tmp_path: Path) -> Non
     # Before: every worker, signalled too, left first, and the broker killed it and logged
     # "killing worker local-0: the broker declared it dead"; the zygote printed a traceback.
     assert log.read_text() == ""
+
+
+def test_processes_are_named_in_ps(procs: Processes) -> None:
+    port = free_port()
+    broker = procs.broker(workers=1, extra=("--gateway-port", str(port)))
+
+    def command_line(pid: int) -> str:
+        with contextlib.suppress(OSError):  # a process that ended meanwhile has none
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        return ""
+
+    named = {
+        f"openenv-zmq worker local-0 {broker.backend}",
+        f"openenv-zmq gateway http://127.0.0.1:{port} {broker.frontend}",
+    }
+    # The gateway names itself once it has imported its modules, after the broker is ready.
+    wait_until(
+        lambda: named <= {command_line(pid) for pid in broker.worker_pids()},
+        30,
+        f"processes named {named}",
+    )
+    assert command_line(broker.process.pid) == f"openenv-zmq broker {broker.frontend}"
+    assert broker.stop() == 0
 
 
 def test_status_prints_workers_and_slots(procs: Processes) -> None:
