@@ -428,7 +428,7 @@ def main(log_level: str) -> None:
     "--gateway-port",
     type=_PORT,
     default=None,
-    help="Also serve OpenEnv's protocol for the first --env on this port.",
+    help="Also serve OpenEnv's protocol for the first --env on this port (the gateway extra).",
 )
 @click.option(
     "--gateway-host",
@@ -538,7 +538,10 @@ def start(
             param_hint="--max-envs-per-client",
         )
     if gateway_port is not None:
-        from openenv_zmq.gateway.server import GatewaySpec
+        try:
+            from openenv_zmq.gateway.server import GatewaySpec
+        except ModuleNotFoundError as exc:  # the gateway extra is not installed: it says so
+            raise click.UsageError(str(exc)) from None
 
         gateway = GatewaySpec(
             env=envs[0],
@@ -809,8 +812,12 @@ def gateway(
     max_frame_mb: float,
     curve: CurveKeys | None,
 ) -> None:
-    """Serve OpenEnv's WebSocket/HTTP protocol for an env hosted by a broker."""
-    from openenv_zmq.gateway.server import GatewaySpec, run_gateway
+    """Serve OpenEnv's WebSocket/HTTP protocol for an env hosted by a broker (the gateway
+    extra: pip install 'openenv-zmq[gateway]')."""
+    try:
+        from openenv_zmq.gateway.server import GatewaySpec, run_gateway
+    except ModuleNotFoundError as exc:  # the gateway extra is not installed: it says so
+        raise click.UsageError(str(exc)) from None
 
     click.echo(f"gateway for {env!r} on http://{host}:{port} (broker {connect})")
     sys.stdout.flush()
