@@ -52,8 +52,9 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import click
@@ -62,6 +63,7 @@ import pytest
 from broker.cli import main as cli_main
 from broker.exposure import local_address
 from openenv_zmq import BatchClient
+from openenv_zmq.errors import BrokerUnreachable
 from tests.processes import REPO_ROOT, free_port, wait_until
 
 README = REPO_ROOT / "README.md"
@@ -162,18 +164,17 @@ def commands(shell: str) -> list[str]:
 
 
 def pip_extras(command: str) -> list[str] | None:
-    """The extras ``pip install [-e] .[a,b]`` names ([] for a bare ``.``); None for a command
-    that is no such install."""
+    """The extras of this project ``pip install [-e] .[a,b] ...`` names; None for a command
+    that is no ``pip install``."""
     words = shlex.split(command, comments=True)
     if words[:2] != ["pip", "install"]:
         return None
     targets = [w for w in words[2:] if w != "-e"]
     extras: list[str] = []
     for target in targets:
-        spec = PIP_EXTRAS.fullmatch(target)
-        if spec is None:
-            raise AssertionError(f"not an install of this project: {command!r}")
-        extras += (spec["extras"] or "").split(",") if spec["extras"] else []
+        spec = PIP_EXTRAS.fullmatch(target)  # this project; another package is not checked
+        if spec is not None and spec["extras"]:
+            extras += spec["extras"].split(",")
     return extras
 
 
@@ -290,15 +291,7 @@ class Readme:
     def python(self, block: Block) -> None:
         script = self.work / f"readme_{block.line}.py"
         script.write_text(self.local(block.text))
-        done = subprocess.run(
-            [sys.executable, str(script)],
-            cwd=self.work,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
-        )
-        assert done.returncode == 0, f"{block.id} failed:\n{done.stderr[-3000:]}"
+        self.to_the_end([sys.executable, str(script)], block.id)
 
     def shell(self, block: Block, command: str) -> None:
         extras = pip_extras(command)
@@ -308,16 +301,30 @@ class Readme:
             assert not missing, f"{block.id}: {command!r} names no such extra: {missing}"
             return
         local = self.local(spelled_out(command))
-        done = subprocess.run(
-            ["bash", "-c", local],
+        self.to_the_end(["bash", "-c", local], f"{block.id}: {local!r}")
+
+    def to_the_end(self, args: list[str], what: str) -> None:
+        """Run ``args`` in the scratch folder; it must exit 0 within :data:`RUN_TIMEOUT`."""
+        with subprocess.Popen(
+            args,
             cwd=self.work,
             env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
             stdin=subprocess.DEVNULL,
-        )
-        assert done.returncode == 0, f"{block.id}: {local!r} failed:\n{done.stderr[-3000:]}"
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            process_group=0,  # what it starts (a broker's workers) goes with it on a timeout
+        ) as process:
+            try:
+                _, errors = process.communicate(timeout=RUN_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+                raise AssertionError(
+                    f"{what} still ran after {RUN_TIMEOUT:g} s: a command that runs until"
+                    " Ctrl-C belongs in a <!-- readme-test: background --> block"
+                ) from None
+        assert process.returncode == 0, f"{what} failed:\n{errors[-3000:]}"
 
     def start(self, block: Block) -> None:
         """Start each command of ``block`` in the background; return once they serve."""
@@ -360,22 +367,32 @@ class Readme:
             elif name == "worker" and params["connect"] in self.brokers:
                 up = self.brokers[params["connect"]]
                 up.workers += 1
-                counted.append(up)
+                if up not in counted:
+                    counted.append(up)
             elif name == "gateway":
                 gateways.append(f"http://{params['host']}:{params['port']}")
             elif name != "worker":
                 talkers.append(background)  # status --watch: serving once it shows something
+
+        def serving(ready: Callable[[], bool], what: str) -> None:
+            def check() -> bool:
+                for background in started:  # a command that ended fails the wait at once
+                    assert background.process.poll() is None, (
+                        f"{block.id}: {background.command!r} ended at start:\n"
+                        + background.log.read_text(errors="replace")
+                    )
+                return ready()
+
+            wait_until(check, READY_TIMEOUT, what)
+
         for up in counted:
-            with BatchClient(up.frontend, connect_timeout=READY_TIMEOUT) as client:
-                client.wait_for_workers(up.workers, timeout=READY_TIMEOUT)
+            with _Workers(up.frontend) as workers:
+                want = f"{up.workers} workers at {up.frontend}"
+                serving(partial(workers.at_least, up.workers), want)
         for url in gateways:
-            wait_until(lambda url=url: _answers(f"{url}/health"), READY_TIMEOUT, f"{url}/health")
+            serving(partial(_answers, f"{url}/health"), f"{url}/health")
         for talker in talkers:
-            wait_until(lambda t=talker: t.log.stat().st_size > 0, READY_TIMEOUT, talker.command)
-        for background in started:
-            assert background.process.poll() is None, (
-                f"{block.id}: {background.command!r} ended at start:\n{background.log.read_text()}"
-            )
+            serving(partial(_printed, talker.log), f"output of {talker.command!r}")
 
     def ctrl_c(self) -> None:
         """Ctrl-C to every background command, the last started first, as a reader would stop
@@ -409,6 +426,34 @@ class Readme:
                 os.killpg(background.process.pid, signal.SIGKILL)
                 background.process.wait()
         self.running = []
+
+
+class _Workers:
+    """The live workers of the broker at ``frontend``, asked through one client."""
+
+    def __init__(self, frontend: str) -> None:
+        self.frontend = frontend
+        self.client: BatchClient | None = None
+
+    def at_least(self, count: int) -> bool:
+        """Whether ``count`` workers have joined; False while the broker does not answer."""
+        if self.client is None:
+            try:
+                self.client = BatchClient(self.frontend, connect_timeout=1.0)
+            except BrokerUnreachable:
+                return False
+        return len(self.client.workers()) >= count
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
+def _printed(log: Path) -> bool:
+    return log.stat().st_size > 0
 
 
 def _answers(url: str) -> bool:
