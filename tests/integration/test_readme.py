@@ -22,9 +22,10 @@ Unmarked ```python and ```bash (``sh``, ``shell``, ``console``) blocks run in RE
 against whatever runs in the background then: a python block as a file of its own in a fresh
 interpreter, each command of a bash block through bash, with this interpreter's ``python`` and
 ``openenv-broker`` first on PATH; each must exit 0. ``pip install`` commands are not run (the test
-runs where they were): the extras they name must be in pyproject.toml. Other blocks (toml,
-output) are text. A background command must still be running when it is stopped, exit 0 on
-Ctrl-C and log nothing on the way (no warning, no traceback): what a user sees.
+runs where they were): the extras of this project they name must be in pyproject.toml. Other
+blocks (toml, output) are text. A background command must still be running when it is
+stopped, exit 0 on Ctrl-C and log nothing on the way (no warning, no traceback): what a user
+sees.
 
 Ports: each port the README names (``tcp://127.0.0.1:5555``, ``--gateway-port 8000``...) is
 replaced by a free one, the same everywhere, after an ``openenv-broker`` command that relies on a
@@ -36,7 +37,8 @@ Adding a section: a trainer example needs a broker hosting its env. Start one in
 block (``ctrl-c background`` when it takes the ports of the running one), or join a ``worker``
 hosting the env to the running broker (``background``: no restart, the cheaper); the python
 block then connects to tcp://127.0.0.1:5555 as the others do. Keep it quick: the whole README
-runs in about 35 s on a 2-core machine, and each restarted broker costs some 3 s.
+runs in under 50 s on a busy 2-core machine (the Quick start's bench alone takes 8), and each
+broker restarted costs some 3 s more.
 """
 
 from __future__ import annotations
