@@ -45,6 +45,7 @@ from openenv_zmq.errors import (
     ProviderUnavailable,
     SandboxError,
 )
+from openenv_zmq.proctitle import name_process
 from openenv_zmq.protocol import DEFAULT_LIMITS, Limits
 from openenv_zmq.sandbox.layers import Layer, SandboxPolicy, SessionLimits
 from openenv_zmq.sandbox.setup import SandboxOptions, session_factories
@@ -427,7 +428,7 @@ def main(log_level: str) -> None:
     "--gateway-port",
     type=_PORT,
     default=None,
-    help="Also serve OpenEnv's protocol for the first --env on this port.",
+    help="Also serve OpenEnv's protocol for the first --env on this port (the gateway extra).",
 )
 @click.option(
     "--gateway-host",
@@ -537,7 +538,10 @@ def start(
             param_hint="--max-envs-per-client",
         )
     if gateway_port is not None:
-        from openenv_zmq.gateway.server import GatewaySpec
+        try:
+            from openenv_zmq.gateway.server import GatewaySpec
+        except ModuleNotFoundError as exc:  # the gateway extra is not installed: it says so
+            raise click.UsageError(str(exc)) from None
 
         gateway = GatewaySpec(
             env=envs[0],
@@ -578,6 +582,7 @@ def start(
     )
 
     def ready(server: BrokerServer) -> None:
+        name_process("broker", server.frontend_address)
         click.echo(f"broker ready: clients connect to {server.frontend_address}")
         if advertise is None:
             click.echo(f"workers join at {server.backend_address}")
@@ -807,8 +812,12 @@ def gateway(
     max_frame_mb: float,
     curve: CurveKeys | None,
 ) -> None:
-    """Serve OpenEnv's WebSocket/HTTP protocol for an env hosted by a broker."""
-    from openenv_zmq.gateway.server import GatewaySpec, run_gateway
+    """Serve OpenEnv's WebSocket/HTTP protocol for an env hosted by a broker (the gateway
+    extra: pip install 'openenv-zmq[gateway]')."""
+    try:
+        from openenv_zmq.gateway.server import GatewaySpec, run_gateway
+    except ModuleNotFoundError as exc:  # the gateway extra is not installed: it says so
+        raise click.UsageError(str(exc)) from None
 
     click.echo(f"gateway for {env!r} on http://{host}:{port} (broker {connect})")
     sys.stdout.flush()

@@ -107,6 +107,7 @@ def run_cluster(
         server.stop()
 
     def begin_shutdown() -> None:
+        server.wind_down()
         if not stopping.is_set():
             stopping.set()
             threading.Thread(target=shut_down, name="shutdown", daemon=True).start()

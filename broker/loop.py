@@ -83,8 +83,9 @@ class BrokerServer:
         self._backend: zmq.Socket[bytes] | None = None
         self._bound: tuple[str, str] | None = None
         self._extra_backend: str | None = None
-        # A plain attribute, not an Event: setting it is safe inside a signal handler.
+        # Plain attributes, not Events: setting them is safe inside a signal handler.
         self._stopping = False
+        self._winding_down = False
         self.publish_every: float | None = None
         """Seconds between copies of the core's status into :attr:`published`; ``None``
         (the default): none is made. Set before :meth:`run`."""
@@ -149,6 +150,12 @@ class BrokerServer:
         """Make :meth:`run` return within :data:`MAX_POLL_SECONDS`; safe in threads and signals."""
         self._stopping = True
 
+    def wind_down(self) -> None:
+        """Leave the workers be until :meth:`stop`: neither replace one that exits nor kill one
+        declared dead. For a cluster on its way out, whose workers may be leaving already (a
+        terminal's Ctrl-C reaches every process of its group); safe in threads and signals."""
+        self._winding_down = True
+
     def run(self) -> None:
         """Route until :meth:`stop`; then stop the workers and release every resource."""
         if self._bound is not None and self._context is None:
@@ -206,7 +213,7 @@ class BrokerServer:
                 for peer, frames in self._drain(backend):
                     self._deliver(core.on_worker(peer.bytes, frames, time.monotonic()))
             now = time.monotonic()
-            if self.provider is not None and now >= next_provider_poll:
+            if self.provider is not None and not self._winding_down and now >= next_provider_poll:
                 # Process checks are system calls: not once per message on the hot path.
                 next_provider_poll = now + PROVIDER_POLL_SECONDS
                 for identity in self.provider.poll():
@@ -247,7 +254,7 @@ class BrokerServer:
                     log.info(
                         "worker %d (%s) died: %s", output.worker_id, output.name, output.reason
                     )
-                    if self.provider is not None:
+                    if self.provider is not None and not self._winding_down:
                         self.provider.worker_died(output.identity)
             pending = follow_ups
 

@@ -134,11 +134,13 @@ class Processes:
         bind: str | None = None,
         client_keys: CurveKeys | None = None,
         log: Path | None = None,
+        own_group: bool = False,
     ) -> Broker:
         """A broker with ``workers`` local workers; ``bind`` is its client address (a fresh
         one of ``transport`` by default), e.g. an earlier broker's, to start it again.
         ``client_keys``: what the test's clients connect with (a ``--curve-dir`` broker);
-        ``log``: a file its stderr (the log) goes to."""
+        ``log``: a file its stderr (the log) goes to; ``own_group``: it leads a process group
+        of its own, as a command started from a terminal does (Ctrl-C signals the group)."""
         if transport == "tcp":
             front, worker_bind = "tcp://127.0.0.1:*", "tcp://127.0.0.1:*"
         else:
@@ -153,7 +155,12 @@ class Processes:
         with contextlib.ExitStack() as files:
             stderr = None if log is None else files.enter_context(log.open("ab"))
             process = subprocess.Popen(
-                cli(*args), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=stderr, bufsize=0
+                cli(*args),
+                cwd=REPO_ROOT,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                bufsize=0,
+                process_group=0 if own_group else None,
             )
         try:
             frontend, backend = read_addresses(process, START_TIMEOUT)

@@ -1,4 +1,6 @@
-"""Client for a coding env server (OpenEnv's or our gateway), as OpenEnv's ``CodingEnv``."""
+"""Client for a coding env server (OpenEnv's or our gateway), as OpenEnv's ``CodingEnv``.
+
+It speaks WebSocket through ``websockets``, which the ``gateway`` extra installs."""
 
 from __future__ import annotations
 

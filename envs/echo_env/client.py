@@ -1,4 +1,6 @@
-"""Client for an echo env server (OpenEnv's or our gateway), as OpenEnv's seed ``EchoEnv``."""
+"""Client for an echo env server (OpenEnv's or our gateway), as OpenEnv's seed ``EchoEnv``.
+
+It speaks WebSocket through ``websockets``, which the ``gateway`` extra installs."""
 
 from __future__ import annotations
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from openenv_zmq.errors import EnvServerError, ProtocolError, RequestTimeout, TransportError
+from openenv_zmq.extras import missing_extra
 from openenv_zmq.types import StepResult
 
 if TYPE_CHECKING:
@@ -98,11 +99,15 @@ class EnvClient(ABC, Generic[ActT, ObsT, StateT]):
         """Open the WebSocket (a new server session) unless already open; returns ``self``.
 
         Raises :class:`~openenv_zmq.errors.TransportError` if the server does not accept the
-        connection within ``connect_timeout_s``.
+        connection within ``connect_timeout_s``, and :class:`ModuleNotFoundError` naming the
+        ``gateway`` extra when ``websockets`` is not installed.
         """
         if self._ws is not None:
             return self
-        from websockets.asyncio.client import connect as ws_connect
+        try:
+            from websockets.asyncio.client import connect as ws_connect
+        except ModuleNotFoundError as exc:
+            raise missing_extra("gateway", type(self).__name__, exc) from exc
 
         # A proxy from the environment would swallow loopback traffic; openenv-core works around
         # this by editing NO_PROXY, which is process-wide.

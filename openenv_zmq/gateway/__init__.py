@@ -4,7 +4,19 @@ OpenEnv's own clients (``EnvClient``, ``GenericEnvClient``, ``MCPToolClient``) c
 unchanged; each connection owns one env instance of a shared group on the broker. OpenEnv's HTTP
 routes (``/metadata``, ``/schema``, stateless ``/reset`` ``/step`` ``/state``, ``/mcp``) are
 served too, and MCP requests reach an MCP env's tools through steps of a session's env.
+
+Its packages (FastAPI, uvicorn, websockets) come with the ``gateway`` extra: importing this
+package without one of them says so.
 """
+
+from openenv_zmq.extras import missing_extra
+
+try:
+    import fastapi  # noqa: F401
+    import uvicorn  # noqa: F401
+    import websockets  # noqa: F401
+except ModuleNotFoundError as exc:
+    raise missing_extra("gateway", "the gateway", exc) from exc
 
 from openenv_zmq.gateway.app import create_gateway_app
 from openenv_zmq.gateway.frames import (

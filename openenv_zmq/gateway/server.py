@@ -10,6 +10,7 @@ from openenv_zmq.client.sync import BatchClient
 from openenv_zmq.curve import CurveKeys
 from openenv_zmq.gateway.app import DEFAULT_MAX_SESSIONS, create_gateway_app
 from openenv_zmq.gateway.header_timeout import DEFAULT_HEADER_TIMEOUT_S, header_timeout_protocol
+from openenv_zmq.proctitle import name_process
 from openenv_zmq.registry import add_app_dir
 
 DEFAULT_HOST = "127.0.0.1"
@@ -44,6 +45,7 @@ def run_gateway(connect: str, spec: GatewaySpec, curve: CurveKeys | None = None)
     a gateway started beside its broker finds one. Connections whose request headers are
     ``spec.header_timeout_s`` late are closed.
     """
+    name_process("gateway", f"http://{spec.host}:{spec.port}", connect)
     http = header_timeout_protocol(spec.header_timeout_s)
     if spec.app_dir is not None:
         add_app_dir(spec.app_dir)

@@ -11,7 +11,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Generic, Self, TypeVar
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from openenv_zmq.client.aio import AsyncBatchClient, AsyncEnvGroup
 from openenv_zmq.client.results import BatchResult
-from openenv_zmq.errors import ProtocolError
+from openenv_zmq.errors import ProtocolError, TransportError
 
 P = TypeVar("P")
 
@@ -164,10 +164,12 @@ class SessionPool:
         return state
 
     async def close(self) -> None:
-        """Stop pending batches and close the env group."""
+        """Stop pending batches and close the env group, unless the broker is gone (a gateway
+        stopped with its broker, by one Ctrl-C or two): its slots went with it."""
         await self._steps.close()
         await self._resets.close()
-        await self.group.close()
+        with suppress(TransportError):
+            await self.group.close()
 
     async def _ensure_reset(self, slot: int) -> None:
         if slot not in self._ready:

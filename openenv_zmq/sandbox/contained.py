@@ -69,6 +69,9 @@ class ContainedHost(SessionHost):
                 pass_fds=(zygote_end.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                # Out of the worker's process group: a terminal's Ctrl-C is the worker's to
+                # handle; the zygote and its sessions end with the worker (parent-death signal).
+                process_group=0,
             )
         self._cgroup = ""
         self._layers: dict[str, str] = {}

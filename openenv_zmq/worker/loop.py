@@ -36,6 +36,7 @@ import zmq
 
 from openenv_zmq.curve import CurveKeys
 from openenv_zmq.errors import ProtocolError
+from openenv_zmq.proctitle import name_process
 from openenv_zmq.protocol import (
     CONTROL_ROUTE,
     DEFAULT_LIMITS,
@@ -112,6 +113,7 @@ def run_worker(
     worker_origin` for their defaults and the :class:`ValueError` raised for one too long.
     """
     name = name or f"{socket.gethostname()}-{os.getpid()}"
+    name_process("worker", name, connect)
     origin = worker_origin(provider, instance)
     core = WorkerCore(envs, capacity, limits)
     # Before any socket or thread: the zygote is exec'd, but nothing of ours should exist yet.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import signal
 import socket
@@ -35,6 +37,50 @@ def test_start_stops_cleanly_on_a_signal(procs: Processes, sig: int) -> None:
     wait_until(lambda: len(broker.worker_pids()) >= 2, 30, "two worker processes")
     assert broker.stop(sig) == 0
     # procs' teardown fails the test if a worker process or an ipc file outlives the broker
+
+
+def test_ctrl_c_stops_a_cluster_quietly(procs: Processes, tmp_path: Path) -> None:
+    from coding_env import CodeAction
+
+    log = tmp_path / "broker.log"
+    gateway = ("--gateway-port", str(free_port()))
+    broker = procs.broker(envs=("echo", "coding"), extra=gateway, log=log, own_group=True)
+    wait_until(lambda: len(broker.worker_pids()) >= 4, 30, "the workers and the gateway")
+    with broker.client() as client:  # envs and contained sessions held, as at a trainer's Ctrl-C
+        client.make("echo", num_envs=4).reset()
+        coding = client.make("coding", num_envs=2)
+        coding.reset()
+        coding.step([CodeAction(code="print(1)")] * 2)
+        broker.worker_pids()  # the sessions too, for the leak check
+        # What a terminal does on Ctrl-C: SIGINT to every process of the foreground group.
+        os.killpg(broker.process.pid, signal.SIGINT)
+        assert broker.stop() == 0
+    # Before: every worker, signalled too, left first, and the broker killed it and logged
+    # "killing worker local-0: the broker declared it dead"; the zygote printed a traceback.
+    assert log.read_text() == ""
+
+
+def test_processes_are_named_in_ps(procs: Processes) -> None:
+    port = free_port()
+    broker = procs.broker(workers=1, extra=("--gateway-port", str(port)))
+
+    def command_line(pid: int) -> str:
+        with contextlib.suppress(OSError):  # a process that ended meanwhile has none
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        return ""
+
+    named = {
+        f"openenv-zmq worker local-0 {broker.backend}",
+        f"openenv-zmq gateway http://127.0.0.1:{port} {broker.frontend}",
+    }
+    # The gateway names itself once it has imported its modules, after the broker is ready.
+    wait_until(
+        lambda: named <= {command_line(pid) for pid in broker.worker_pids()},
+        30,
+        f"processes named {named}",
+    )
+    assert command_line(broker.process.pid) == f"openenv-zmq broker {broker.frontend}"
+    assert broker.stop() == 0
 
 
 def test_status_prints_workers_and_slots(procs: Processes) -> None:

@@ -13,7 +13,7 @@ import pytest
 from broker.core import BrokerConfig
 from broker.inprocess import InProcessBroker
 from openenv_zmq import AsyncBatchClient, BatchResult
-from openenv_zmq.errors import ActionValidationError, MessageTooLarge, ProtocolError
+from openenv_zmq.errors import ActionValidationError, BrokerLost, MessageTooLarge, ProtocolError
 from openenv_zmq.gateway import SessionPool, SessionRegistry, Step
 from openenv_zmq.gateway.app import answer
 from openenv_zmq.gateway.sessions import SessionUnavailable
@@ -79,6 +79,18 @@ def test_many_sessions_few_batches() -> None:
         assert (await pool.state(slots[0]))["step_count"] == 0
 
     with_pool(16, test, workers=2)
+
+
+def test_closing_after_the_broker_is_gone_is_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A gateway stopped with its broker (Ctrl-C to both) logged this error and a traceback.
+    async def test(pool: CountingPool) -> None:
+        async def broker_gone() -> None:
+            raise BrokerLost("the broker answered no heartbeat for 2.5 s")
+
+        monkeypatch.setattr(pool.group, "close", broker_gone)
+        await pool.close()
+
+    with_pool(1, test)
 
 
 def test_observations_and_states_are_forwarded_as_dicts() -> None:
