@@ -1,18 +1,26 @@
-"""The learners in ``examples/`` learn, through the Gymnasium adapter, on a cluster they start."""
+"""The learners in ``examples/``: the numpy one learns on the cluster it starts itself; the torch
+ones run a few iterations against one broker of the module's (sparing each a cluster start)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.processes import REPO_ROOT
+from tests.processes import REPO_ROOT, Broker, running
 
 RANDOM_POLICY_RETURN = 22  # CartPole's mean episode return under random actions
 ENV_STEP_BUDGET = 150_000
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    with running(tmp_path_factory.mktemp("procs")) as procs:
+        yield procs.broker(workers=1, envs=("cartpole",))
 
 
 def test_numpy_learner_reaches_150_within_its_budget() -> None:
@@ -47,15 +55,18 @@ def test_numpy_learner_reaches_150_within_its_budget() -> None:
     ],
 )
 @pytest.mark.timeout(150)
-def test_the_torch_examples_run(script: str, ends_with: str, tmp_path: Path) -> None:
+def test_the_torch_examples_run(
+    broker: Broker, script: str, ends_with: str, tmp_path: Path
+) -> None:
     curve = tmp_path / "curve.csv"
     extra = (
         ["--n-steps=64", "--eval-episodes=2"]
         if "sb3" in script
         else ["--num-steps=32", f"--curve={curve}"]
     )
+    common = [f"--address={broker.frontend}", "--num-envs=4", "--total-timesteps=512"]
     done = subprocess.run(
-        [sys.executable, script, "--num-envs=4", "--total-timesteps=512", *extra],
+        [sys.executable, script, *common, *extra],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
