@@ -17,6 +17,7 @@ from openenv_zmq.client.aio import AsyncBatchClient
 from openenv_zmq.client.transport import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, AsyncTransport
 from openenv_zmq.curve import CurveDir
 from openenv_zmq.errors import ClientError, ClosedError, NoFreeSession
+from openenv_zmq.pool.batcher import Answer
 from openenv_zmq.pool.slots import SlotPool
 from openenv_zmq.types import StepResult
 
@@ -25,6 +26,7 @@ T = TypeVar("T")
 DEFAULT_ACQUIRE_TIMEOUT = 60.0
 """Seconds a new session waits for a free one before :class:`NoFreeSession`."""
 NOT_OPEN = "the session pool is not open: use 'async with' or open()"
+SESSION_CLOSED = "this session is closed: its env went back to the pool"
 
 
 class AsyncPoolSession:
@@ -83,8 +85,16 @@ class AsyncPoolSession:
     async def _call(self, call: Callable[..., Awaitable[T]], *args: Any) -> T:
         async with self._lock:
             if self._closed:
-                raise ClosedError("this session is closed: its env went back to the pool")
+                raise ClosedError(SESSION_CLOSED)
             return await call(self._slot, *args)
+
+    def _post_step(self, action: Any, timeout_s: float | None, answer: Answer) -> None:
+        # step() for a caller that serializes its own calls (the sync session), from the
+        # pool's loop: no task, no lock.
+        if self._closed:
+            answer.set_exception(ClosedError(SESSION_CLOSED))
+        else:
+            self._pool._slot_pool().post_step(self._slot, action, timeout_s, answer)
 
     async def _close(self) -> None:
         async with self._lock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from openenv_zmq.client.results import BatchResult
 from openenv_zmq.errors import ClosedError, ProtocolError
@@ -14,11 +14,39 @@ P = TypeVar("P")
 CLOSED = "the session pool is closed"
 
 
+class Answer(Protocol):
+    """Where a request's outcome goes: an ``asyncio.Future``, or anything that settles like one
+    (a blocked thread's waiter)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+def settle(answer: Answer, task: asyncio.Future[Any]) -> None:
+    """Give ``answer`` the outcome of ``task`` when it ends (a cancelled task: ClosedError, as
+    only a closing pool cancels the tasks it started)."""
+
+    def done(task: asyncio.Future[Any]) -> None:
+        if answer.done():
+            return
+        if task.cancelled():
+            answer.set_exception(ClosedError(CLOSED))
+        elif (error := task.exception()) is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(task.result())
+
+    task.add_done_callback(done)
+
+
 @dataclass
 class _Pending(Generic[P]):
     slot: int
     payload: P
-    answer: asyncio.Future[Any]
+    answer: Answer
 
 
 class Batcher(Generic[P]):
@@ -40,14 +68,19 @@ class Batcher(Generic[P]):
     async def submit(self, slot: int, payload: P) -> Any:
         """The slot's observation; raises the slot's ``EnvError``, the whole call's error, or
         :class:`ClosedError` once the batcher is closed."""
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.post(slot, payload, answer)
+        return await answer
+
+    def post(self, slot: int, payload: P, answer: Answer) -> None:
+        """:meth:`submit` without waiting, from the batcher's event loop: the outcome goes to
+        ``answer``."""
         if self._closed:
-            raise ClosedError(CLOSED)
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Any] = loop.create_future()
+            answer.set_exception(ClosedError(CLOSED))
+            return
         self._queue.append(_Pending(slot, payload, answer))
         if self._flusher is None:
-            self._flusher = loop.create_task(self._flush())
-        return await answer
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
         try:

@@ -8,6 +8,7 @@ sessions cost few batches. The gateway's OpenEnv sessions and the public session
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any, Self
@@ -17,7 +18,7 @@ import numpy as np
 from openenv_zmq.client.aio import AsyncBatchClient, AsyncEnvGroup
 from openenv_zmq.client.results import BatchResult
 from openenv_zmq.errors import TransportError
-from openenv_zmq.pool.batcher import Batcher
+from openenv_zmq.pool.batcher import Answer, Batcher, settle
 
 ResetCall = tuple[int | None, dict[str, Any]]
 """A reset's seed and its other keyword arguments."""
@@ -90,12 +91,17 @@ class SlotPool:
 
         ``timeout_s`` is the step's deadline: such a step goes out on its own, as a batch
         shares one deadline."""
-        await self._ensure_reset(slot)
-        if timeout_s is None:
-            return await self._steps.submit(slot, action)
-        result = await self.group.step([action], env_ids=[slot], timeout_s=timeout_s)
-        result.raise_for_errors()
-        return result.observations[0]
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.post_step(slot, action, timeout_s, answer)
+        return await answer
+
+    def post_step(self, slot: int, action: Any, timeout_s: float | None, answer: Answer) -> None:
+        """:meth:`step` without waiting, from the pool's event loop: the outcome goes to
+        ``answer``. A step of a slot already reset, with no deadline, starts no task."""
+        if timeout_s is None and slot in self._ready:
+            self._steps.post(slot, action, answer)
+        else:
+            settle(answer, asyncio.ensure_future(self._step_first(slot, action, timeout_s)))
 
     async def state(self, slot: int) -> Any:
         """The env's state on ``slot``."""
@@ -114,6 +120,15 @@ class SlotPool:
     async def _ensure_reset(self, slot: int) -> None:
         if slot not in self._ready:
             await self.reset(slot)
+
+    async def _step_first(self, slot: int, action: Any, timeout_s: float | None) -> Any:
+        # A step that must reset the slot first, or that has a deadline of its own.
+        await self._ensure_reset(slot)
+        if timeout_s is None:
+            return await self._steps.submit(slot, action)
+        result = await self.group.step([action], env_ids=[slot], timeout_s=timeout_s)
+        result.raise_for_errors()
+        return result.observations[0]
 
     async def _send_steps(self, slots: list[int], actions: list[Any]) -> BatchResult:
         return await self.group.step(actions, env_ids=np.asarray(slots, np.int64))

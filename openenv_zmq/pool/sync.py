@@ -3,15 +3,20 @@
 The pool runs an :class:`~openenv_zmq.pool.aio.AsyncSessionPool` on an event loop in a thread of
 its own; every call of a session is handed to that loop, so any number of threads may hold and
 step sessions at once, and the steps they make close together go out as one batch.
+
+Handing calls over is what costs with many threads, so it is done in bulk: calling threads put
+their calls in an inbox and the first one wakes the loop, which starts them all in one callback;
+a step of a session already reset starts no task; each thread sleeps on a lock of its own until
+its answer is in.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from functools import partial
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -19,14 +24,51 @@ from openenv_zmq.client.transport import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOU
 from openenv_zmq.curve import CurveDir
 from openenv_zmq.errors import ClosedError
 from openenv_zmq.pool.aio import DEFAULT_ACQUIRE_TIMEOUT, AsyncPoolSession, AsyncSessionPool
+from openenv_zmq.pool.batcher import Answer, settle
 from openenv_zmq.types import StepResult
 
 T = TypeVar("T")
+Start = Callable[[Answer], None]
+"""Starts a call on the pool's loop; its outcome goes to the answer it is given."""
 
 LOOP_THREAD_NAME = "openenv-zmq-session-pool"
 """Name of the thread running a :class:`SessionPool`'s event loop."""
 _LOOP_STOP_TIMEOUT_S = 5.0
 _CLOSED = "the session pool is closed"
+
+
+class _Waiter:
+    """The :class:`Answer` a calling thread sleeps on until the loop settles it."""
+
+    __slots__ = ("_done", "_error", "_result", "_woken")
+
+    def __init__(self) -> None:
+        self._woken = threading.Lock()
+        self._woken.acquire()
+        self._done = False
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: Any, /) -> None:
+        self._result = result
+        self._settled()
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._error = exception
+        self._settled()
+
+    def wait(self) -> Any:
+        self._woken.acquire()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def _settled(self) -> None:
+        self._done = True
+        self._woken.release()
 
 
 class PoolSession:
@@ -40,6 +82,7 @@ class PoolSession:
     def __init__(self, pool: SessionPool, session: AsyncPoolSession) -> None:
         self._pool = pool
         self._session = session
+        self._busy = threading.Lock()
 
     @property
     def env_id(self) -> int:
@@ -48,20 +91,25 @@ class PoolSession:
 
     def reset(self, **kwargs: Any) -> StepResult[Any]:
         """As :meth:`AsyncPoolSession.reset`, blocking."""
-        return self._pool._call(self._session.reset(**kwargs))
+        with self._busy:
+            return self._pool._call(self._session.reset(**kwargs))
 
     def step(self, action: Any, timeout_s: float | None = None) -> StepResult[Any]:
         """As :meth:`AsyncPoolSession.step`, blocking."""
-        return self._pool._call(self._session.step(action, timeout_s))
+        with self._busy:
+            observation = self._pool._start(partial(self._session._post_step, action, timeout_s))
+        return StepResult.of(observation)
 
     def state(self) -> Any:
         """As :meth:`AsyncPoolSession.state`, blocking."""
-        return self._pool._call(self._session.state())
+        with self._busy:
+            return self._pool._call(self._session.state())
 
     def close(self) -> None:
         """Give the env back to the pool (the next holder gets a fresh episode); closing twice,
         or after the pool closed, does nothing."""
-        with contextlib.suppress(ClosedError):  # the pool closed first, and every env with it
+        # the pool may have closed first, and every env with it
+        with self._busy, contextlib.suppress(ClosedError):
             self._pool._call(self._session.close())
 
     def __enter__(self) -> PoolSession:
@@ -134,8 +182,10 @@ class SessionPool:
         self.size = size
         self.acquire_timeout = acquire_timeout
         self._closed = False
-        # Held while a call is handed to the loop, so none is handed to a stopped loop.
+        # Guards the inbox, and the loop's wake-up with it, so no call reaches a stopped loop.
         self._handing = threading.Lock()
+        self._inbox: list[tuple[Start, _Waiter]] = []
+        self._waking = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name=LOOP_THREAD_NAME, daemon=True
@@ -209,18 +259,33 @@ class SessionPool:
         return self._pool
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        try:
+            result: T = self._start(lambda answer: settle(answer, asyncio.ensure_future(coroutine)))
+        finally:
+            coroutine.close()  # a coroutine never started (the pool closed) is not awaited
+        return result
+
+    def _start(self, start: Start) -> Any:
         # Every call is bounded by the client's request timeout or the pool's acquire timeout.
+        waiter = _Waiter()
         with self._handing:
             if self._closed:
-                coroutine.close()
                 raise ClosedError(_CLOSED)
-            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        try:
-            return future.result()
-        except concurrent.futures.CancelledError:
-            if self._closed:  # cancelled by close() with the loop's last tasks
-                raise ClosedError(_CLOSED) from None
-            raise
+            self._inbox.append((start, waiter))
+            if not self._waking:
+                self._waking = True
+                self._loop.call_soon_threadsafe(self._drain)
+        return waiter.wait()
+
+    def _drain(self) -> None:
+        with self._handing:
+            started, self._inbox = self._inbox, []
+            self._waking = False
+        for start, waiter in started:
+            try:
+                start(waiter)
+            except Exception as exc:  # raised before the call began (a pool not open)
+                waiter.set_exception(exc)
 
     def _stop_loop(self) -> None:
         loop = self._loop
