@@ -17,7 +17,6 @@ import contextlib
 import threading
 from collections.abc import Callable, Coroutine
 from functools import partial
-from types import TracebackType
 from typing import Any, TypeVar
 
 from openenv_zmq.client.transport import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, AsyncTransport
@@ -115,12 +114,7 @@ class PoolSession:
     def __enter__(self) -> PoolSession:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -245,12 +239,7 @@ class SessionPool:
     def __enter__(self) -> SessionPool:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _async(self) -> AsyncSessionPool:

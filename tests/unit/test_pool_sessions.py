@@ -4,6 +4,7 @@ surface, steps coalesced into batches, waiting for a free session, closing."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -169,3 +170,34 @@ def test_the_sync_pool_serves_coroutines_of_another_loop(broker: InProcessBroker
         env.step({"message": "after close"})
     env.close()  # after the pool closed: nothing to give back
     pool.close()
+
+
+@pytest.mark.parametrize(
+    ("sync", "aio"), [(SessionPool, AsyncSessionPool), (PoolSession, AsyncPoolSession)]
+)
+def test_the_sync_and_async_pools_have_one_api(sync: type, aio: type) -> None:
+    # as the clients' (tests/unit/test_client_parity.py): async exactly where the sync one blocks
+    context = {"__enter__": "__aenter__", "__exit__": "__aexit__"}
+    async_only = {"open"}  # an asyncio pool cannot open in its constructor
+    not_awaited = {"session"}  # a context manager for 'with' / 'async with'
+
+    def public(cls: type) -> dict[str, Any]:
+        return {
+            context.get(name, name): member
+            for name, member in inspect.getmembers(cls)
+            if not name.startswith("_") or name in context or name in context.values()
+        }
+
+    sync_members, aio_members = public(sync), public(aio)
+    assert set(sync_members) == set(aio_members) - async_only
+    for name, member in sync_members.items():
+        twin = aio_members[name]
+        if isinstance(member, property) or not callable(member):
+            continue
+        parameters = [
+            [(p.name, p.kind, p.default) for p in inspect.signature(m).parameters.values()]
+            for m in (member, twin)
+        ]
+        assert parameters[0] == parameters[1], name
+        assert not inspect.iscoroutinefunction(member), name
+        assert inspect.iscoroutinefunction(twin) == (name not in not_awaited), name
