@@ -33,9 +33,10 @@ from openenv.core.generic_client import GenericEnvClient  # type: ignore[import-
 from rich.console import Console
 from rich.table import Table
 
-from bench.baselines import CLUSTER_START_TIMEOUT, WARMUP, cluster
+from bench.baselines import CLUSTER_START_TIMEOUT, WARMUP
 from bench.gateway import gateway_server
 from bench.openenv_server import MESSAGE_TIMEOUT, STEP_DATA
+from broker.bench import cluster_at
 from openenv_zmq import AsyncSessionPool, BatchClient, SessionPool
 
 ENV = "echo"
@@ -187,7 +188,7 @@ class Results:
 
 def measure(sessions: int, duration: float, console: Console) -> Results:
     # Room for the pools, the gateway's sessions and the batched client's envs at once.
-    with cluster(ENV, WORKERS, 4 * sessions) as broker:
+    with cluster_at(None, ENV, WORKERS, 4 * sessions) as broker:
         with BatchClient(broker, connect_timeout=CLUSTER_START_TIMEOUT) as client:
             client.wait_for_workers(WORKERS, ENV, CLUSTER_START_TIMEOUT)
         console.print(f"one BatchClient, {sessions} envs")
