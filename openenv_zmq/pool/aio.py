@@ -80,9 +80,8 @@ class AsyncPoolSession:
         await self.close()
 
     async def _locked(self, call: Callable[..., Awaitable[T]], *args: Any) -> T:
-        return await self._pool._run(self._call(call, *args))
-
-    async def _call(self, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        if not self._pool._on_loop():
+            return await self._pool._run(self._locked(call, *args))
         async with self._lock:
             if self._closed:
                 raise ClosedError(SESSION_CLOSED)
@@ -207,12 +206,15 @@ class AsyncSessionPool:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+    def _on_loop(self) -> bool:
         # Sessions of the sync pool used with ``async with`` call from another loop's thread.
-        loop = self._loop
-        if loop is None or asyncio.get_running_loop() is loop:
+        return self._loop is None or asyncio.get_running_loop() is self._loop
+
+    async def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self._on_loop():
             return await coroutine
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
+        assert self._loop is not None
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self._loop))
 
     def _slot_pool(self) -> SlotPool:
         if self._slots is None:
