@@ -176,7 +176,7 @@ class SessionPool:
         self.size = size
         self.acquire_timeout = acquire_timeout
         self._closed = False
-        # Guards the inbox, and the loop's wake-up with it, so no call reaches a stopped loop.
+        # Guards the inbox; held for no system call, as every thread takes it for every call.
         self._handing = threading.Lock()
         self._inbox: list[tuple[Start, _Waiter]] = []
         self._waking = False
@@ -230,9 +230,8 @@ class SessionPool:
             if self._closed:
                 return
             self._closed = True
-            closing = asyncio.run_coroutine_threadsafe(self._pool.close(), self._loop)
         try:
-            closing.result()
+            asyncio.run_coroutine_threadsafe(self._pool.close(), self._loop).result()
         finally:
             self._stop_loop()
 
@@ -261,8 +260,10 @@ class SessionPool:
             if self._closed:
                 raise ClosedError(_CLOSED)
             self._inbox.append((start, waiter))
-            if not self._waking:
-                self._waking = True
+            wake, self._waking = not self._waking, True
+        if wake:
+            # A pool closing meanwhile drains the inbox itself before its loop stops.
+            with contextlib.suppress(RuntimeError):  # the loop is closed: it was drained
                 self._loop.call_soon_threadsafe(self._drain)
         return waiter.wait()
 
@@ -280,6 +281,7 @@ class SessionPool:
         loop = self._loop
 
         async def cancel_the_rest() -> None:
+            self._drain()  # calls handed over before the close: they fail as the pool is closed
             tasks = asyncio.all_tasks() - {asyncio.current_task()}
             for task in tasks:
                 task.cancel()
