@@ -172,6 +172,26 @@ def test_the_sync_pool_serves_coroutines_of_another_loop(broker: InProcessBroker
     pool.close()
 
 
+def test_closing_the_sync_pool_ends_the_waits_of_its_threads(broker: InProcessBroker) -> None:
+    pool = SessionPool(env="echo", size=1, transport=broker.connect_async())
+    held = pool.acquire()
+    outcomes: list[BaseException] = []
+
+    def wait_for_a_session() -> None:
+        try:
+            pool.acquire(timeout=WAIT)
+        except BaseException as exc:
+            outcomes.append(exc)
+
+    waiting = threading.Thread(target=wait_for_a_session)
+    waiting.start()
+    waiting.join(0.05)  # waiting in the pool by now, or it finds the pool closed: either way
+    pool.close()
+    waiting.join(WAIT)
+    assert [type(o) for o in outcomes] == [ClosedError]
+    held.close()
+
+
 @pytest.mark.parametrize(
     ("sync", "aio"), [(SessionPool, AsyncSessionPool), (PoolSession, AsyncPoolSession)]
 )
