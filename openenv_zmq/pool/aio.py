@@ -154,19 +154,27 @@ class AsyncSessionPool:
     async def open(self) -> AsyncSessionPool:
         """Connect and make the ``size`` envs; returns the pool. Raises what
         ``AsyncBatchClient.connect`` and ``make`` raise (``BrokerUnreachable``,
-        ``NoWorkerAvailable``...), the client closed again."""
+        ``NoWorkerAvailable``...), and ``ClientError`` for an array env (``cartpole``), the
+        client closed again."""
         if self._closed:
             raise ClosedError("the session pool is closed")
         if self._slots is not None:
             return self
         try:
             await self._client.connect()
-            self._slots = await SlotPool.open(
+            slots = await SlotPool.open(
                 self._client, self.env, self.size, env_kwargs=self._env_kwargs
             )
+            if slots.group.observation_space is not None:
+                # A session's StepResult takes reward and done from an Observation model.
+                raise ClientError(
+                    f"{self.env!r} is an array env: session pools serve envs with Observation "
+                    "models; step it in batches (BatchClient, openenv_zmq.gym.make_vec)"
+                )
         except BaseException:
             await self._client.close()
             raise
+        self._slots = slots
         self._loop = asyncio.get_running_loop()
         self._freed = asyncio.Condition()
         return self

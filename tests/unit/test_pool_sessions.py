@@ -14,7 +14,7 @@ from echo_env import EchoAction, EchoObservation
 
 from broker.inprocess import InProcessBroker
 from openenv_zmq import AsyncSessionPool, BatchClient, SessionPool, State
-from openenv_zmq.errors import ActionValidationError, ClosedError, NoFreeSession
+from openenv_zmq.errors import ActionValidationError, ClientError, ClosedError, NoFreeSession
 from openenv_zmq.pool import AsyncPoolSession, PoolSession
 
 WAIT = 10.0
@@ -170,6 +170,16 @@ def test_the_sync_pool_serves_coroutines_of_another_loop(broker: InProcessBroker
         env.step({"message": "after close"})
     env.close()  # after the pool closed: nothing to give back
     pool.close()
+
+
+def test_an_array_env_is_refused() -> None:
+    async def main() -> None:
+        with InProcessBroker(["cartpole"]) as inprocess:
+            pool = AsyncSessionPool(env="cartpole", size=2, transport=inprocess.connect_async())
+            with pytest.raises(ClientError, match="'cartpole' is an array env"):
+                await pool.open()
+
+    asyncio.run(main())
 
 
 def test_closing_the_sync_pool_ends_the_waits_of_its_threads(broker: InProcessBroker) -> None:
