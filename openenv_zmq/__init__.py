@@ -7,6 +7,7 @@ from openenv_zmq.client import AsyncBatchClient, AsyncEnvGroup, BatchClient, Bat
 from openenv_zmq.client.envclient import EnvClient, SyncEnvClient
 from openenv_zmq.env import Environment, VectorEnvironment
 from openenv_zmq.errors import EnvServerError
+from openenv_zmq.pool import AsyncSessionPool, SessionPool
 from openenv_zmq.spaces import Box, Discrete
 from openenv_zmq.types import Action, Observation, State, StepResult
 
@@ -19,6 +20,7 @@ __all__ = [
     "Action",
     "AsyncBatchClient",
     "AsyncEnvGroup",
+    "AsyncSessionPool",
     "AutoresetMode",
     "BatchClient",
     "BatchResult",
@@ -29,6 +31,7 @@ __all__ = [
     "EnvServerError",
     "Environment",
     "Observation",
+    "SessionPool",
     "State",
     "StepResult",
     "SyncEnvClient",

@@ -15,6 +15,7 @@ OpenEnvZmqError
 │   ├── EnvIdsNotInGroup        env ids that do not belong to the group
 │   ├── AlreadyPendingCall      send() while the same env ids are still in flight
 │   └── NoPendingCall           recv() with nothing in flight
+├── NoFreeSession               every session of a session pool stayed in use past the timeout
 ├── TransportError              the request did not get an answer
 │   ├── BrokerUnreachable       no broker answered within the connect timeout
 │   ├── BrokerLost              the broker stopped answering while a call waited
@@ -108,6 +109,11 @@ class AlreadyPendingCall(ClientError):
 
 class NoPendingCall(ClientError):
     """``recv()`` was called with nothing in flight."""
+
+
+class NoFreeSession(OpenEnvZmqError):
+    """No session of a session pool came free within the wait's timeout; nothing was sent.
+    Give the pool more sessions, or return them sooner (``close()``, or the end of ``with``)."""
 
 
 class TransportError(OpenEnvZmqError):

@@ -49,3 +49,13 @@ class StepResult(Generic[ObsT]):
     observation: ObsT
     reward: float | None = None
     done: bool = False
+
+    @classmethod
+    def of(cls, observation: ObsT) -> StepResult[ObsT]:
+        """The result whose reward and done are the observation's own (an Observation model,
+        or its fields as a dict), as OpenEnv's server splits them out and its client reads them."""
+        if isinstance(observation, dict):
+            reward, done = observation.get("reward"), observation.get("done", False)
+        else:
+            reward, done = getattr(observation, "reward", None), getattr(observation, "done", False)
+        return cls(observation, None if reward is None else float(reward), bool(done))

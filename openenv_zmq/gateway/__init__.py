@@ -37,7 +37,7 @@ from openenv_zmq.gateway.frames import (
 )
 from openenv_zmq.gateway.http import http_router
 from openenv_zmq.gateway.mcp import McpHandler
-from openenv_zmq.gateway.sessions import SessionPool, SessionRegistry
+from openenv_zmq.gateway.sessions import SessionRegistry
 
 __all__ = [
     "Close",
@@ -48,7 +48,6 @@ __all__ = [
     "McpHandler",
     "McpReply",
     "Reset",
-    "SessionPool",
     "SessionRegistry",
     "StateRequest",
     "Step",

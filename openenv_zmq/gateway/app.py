@@ -1,4 +1,4 @@
-"""The FastAPI app: OpenEnv's ``/ws``, ``/health`` and HTTP routes over a :class:`SessionPool`.
+"""The FastAPI app: OpenEnv's ``/ws``, ``/health`` and HTTP routes over a :class:`SlotPool`.
 
 The ``/ws`` route is a thin pump: frames are parsed by :mod:`frames`, envs are stepped by the
 pool, ``mcp`` frames answered by :mod:`mcp`. Each connection is served one frame at a time, so
@@ -37,11 +37,12 @@ from openenv_zmq.gateway.http import http_router
 from openenv_zmq.gateway.mcp import McpHandler, mcp_unavailable
 from openenv_zmq.gateway.sessions import (
     Session,
-    SessionPool,
     SessionRegistry,
     SessionUnavailable,
+    capacity_message,
 )
 from openenv_zmq.gateway.web import web_interface_enabled, web_router
+from openenv_zmq.pool.slots import SlotPool
 
 DEFAULT_MAX_SESSIONS = 64
 IDLE_CLOSE_CODE = 1000
@@ -49,7 +50,7 @@ UNSUPPORTED_DATA_CODE = 1003
 BINARY_FRAME = "binary frames are not part of OpenEnv's protocol: send each message as JSON text"
 
 
-async def answer(pool: SessionPool, slot: int, command: Reset | Step | StateRequest) -> str:
+async def answer(pool: SlotPool, slot: int, command: Reset | Step | StateRequest) -> str:
     """The reply frame to one command on ``slot``; env failures become error frames."""
     try:
         if isinstance(command, Reset):
@@ -81,7 +82,7 @@ async def open_session(websocket: WebSocket, sessions: SessionRegistry) -> Sessi
         await websocket.send_text(
             error_frame(
                 ErrorCode.CAPACITY_REACHED,
-                pool.capacity_message,
+                capacity_message(pool),
                 active_sessions=pool.active_sessions,
                 max_sessions=pool.max_sessions,
             )
@@ -170,7 +171,7 @@ def create_gateway_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncBatchClient(broker_address, curve_dir=curve) as client:
-            pool = await SessionPool.open(client, env, max_sessions)
+            pool = await SlotPool.open(client, env, max_sessions, as_dicts=True)
             sessions = SessionRegistry(pool, idle_timeout_s)
             app.state.pool = pool
             app.state.mcp = McpHandler(sessions, mcp_unavailable(env))

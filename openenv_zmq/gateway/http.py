@@ -1,7 +1,7 @@
 """OpenEnv's HTTP routes: metadata, schemas, stateless reset/step/state, and ``/mcp``.
 
 As in OpenEnv, ``/reset``, ``/step`` and ``/state`` keep no episode between requests: each one
-borrows a free env slot from the :class:`SessionPool` (the ``/ws`` sessions' pool), starts a
+borrows a free env slot from the :class:`SlotPool` (the ``/ws`` sessions' pool), starts a
 fresh episode on it and gives it back. Request and response models mirror openenv-core's, so
 bad bodies get FastAPI's 422 and ``/openapi.json`` documents them.
 """
@@ -22,7 +22,8 @@ from openenv_zmq.errors import ActionValidationError, EnvNotFound, OpenEnvZmqErr
 from openenv_zmq.gateway.frames import observation_frame, state_frame
 from openenv_zmq.gateway.jsonrpc import JsonRpcRequest, Reply, parse_body
 from openenv_zmq.gateway.mcp import McpHandler
-from openenv_zmq.gateway.sessions import SessionPool
+from openenv_zmq.gateway.sessions import capacity_message
+from openenv_zmq.pool.slots import SlotPool
 from openenv_zmq.registry import EnvTypes, env_types, overrides, resolve_env
 
 log = logging.getLogger(__name__)
@@ -134,12 +135,12 @@ def _frame_data(frame: str) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def borrowed_slot(pool: SessionPool) -> AsyncIterator[int]:
+async def borrowed_slot(pool: SlotPool) -> AsyncIterator[int]:
     """A free slot for one request, given back after it; env failures become HTTP errors:
     422 for an action the worker refused, 503 when every slot is taken, 500 otherwise."""
     slot = pool.acquire()
     if slot is None:
-        raise HTTPException(503, pool.capacity_message)
+        raise HTTPException(503, capacity_message(pool))
     try:
         yield slot
     except ActionValidationError as exc:
@@ -175,13 +176,13 @@ def http_router(env: str) -> APIRouter:
     ) -> dict[str, Any]:
         kwargs = body.model_dump(exclude_unset=True)
         seed = kwargs.pop("seed", None)
-        pool: SessionPool = request.app.state.pool
+        pool: SlotPool = request.app.state.pool
         async with borrowed_slot(pool) as slot:
             return _frame_data(observation_frame(await pool.reset(slot, seed, kwargs)))
 
     @router.post("/step", response_model=StepResponse)
     async def step(request: Request, body: StepRequest) -> dict[str, Any]:
-        pool: SessionPool = request.app.state.pool
+        pool: SlotPool = request.app.state.pool
         async with borrowed_slot(pool) as slot:
             # the pool resets a slot before its first step, so each request is a new episode
             observation = await pool.step(slot, body.action, body.timeout_s)
@@ -189,7 +190,7 @@ def http_router(env: str) -> APIRouter:
 
     @router.get("/state")
     async def state(request: Request) -> dict[str, Any]:
-        pool: SessionPool = request.app.state.pool
+        pool: SlotPool = request.app.state.pool
         async with borrowed_slot(pool) as slot:
             return _frame_data(state_frame(await pool.state(slot)))
 

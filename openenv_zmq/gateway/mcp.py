@@ -26,7 +26,12 @@ from openenv_zmq.gateway.jsonrpc import (
     tool_step,
     unknown_session,
 )
-from openenv_zmq.gateway.sessions import Session, SessionRegistry, SessionUnavailable
+from openenv_zmq.gateway.sessions import (
+    Session,
+    SessionRegistry,
+    SessionUnavailable,
+    capacity_message,
+)
 from openenv_zmq.registry import mcp_actions, resolve_env
 
 
@@ -116,4 +121,4 @@ class McpHandler:
             "active_sessions": pool.active_sessions,
             "max_sessions": pool.max_sessions,
         }
-        return error(RpcCode.SERVER_ERROR, pool.capacity_message, request.id, data)
+        return error(RpcCode.SERVER_ERROR, capacity_message(pool), request.id, data)

@@ -73,12 +73,13 @@ NEVER_SENT = [
     "WorkersFailing",
     "ProviderUnavailable",
     "CurveKeyError",
+    "NoFreeSession",
 ] + [name for name, cls in CLASSES.items() if issubclass(cls, ClientError | TransportError)]
 """Raised by the client itself, before sending or for want of an answer, or (EnvServerError) from
 an OpenEnv server's JSON error frame rather than this protocol, or (SandboxError) by a worker's
 sandbox at its start, or (WorkersFailing, ProviderUnavailable) by the broker's own process as it
 starts or stops its workers, or (CurveKeyError) by whichever process reads or writes its own key
-files."""
+files, or (NoFreeSession) by a session pool waiting for one of its own sessions."""
 
 
 def test_drawing_has_the_expected_shape() -> None:

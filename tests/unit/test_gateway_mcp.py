@@ -9,8 +9,9 @@ import pytest
 from openenv_zmq.gateway import McpHandler, SessionRegistry
 from openenv_zmq.gateway.jsonrpc import NO_MCP, JsonRpcRequest, Reply, RpcCode
 from openenv_zmq.gateway.mcp import mcp_unavailable
+from openenv_zmq.gateway.sessions import capacity_message
 from tests.idiom_envs import MCP_ECHO
-from tests.unit.test_gateway_sessions import CountingPool, with_pool
+from tests.unit.test_pool_slots import CountingPool, with_pool
 
 
 def rpc(method: str, request_id: Any = 1, **params: Any) -> JsonRpcRequest:
@@ -79,7 +80,7 @@ def test_sessions_opened_and_closed_over_json_rpc() -> None:
         session_id = created["result"]["session_id"]
         assert sessions.get(session_id) is not None
         full = await mcp.handle(rpc("openenv/session/create", 2))
-        assert failure(full) == (RpcCode.SERVER_ERROR, pool.capacity_message)
+        assert failure(full) == (RpcCode.SERVER_ERROR, capacity_message(pool))
         assert full["id"] == 2 and full["error"]["data"] == {
             "active_sessions": 1,
             "max_sessions": 1,
