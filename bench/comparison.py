@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import baselines, profile
+from bench.console import report_console
 from broker.bench import cluster_at
 
 ECHO = "echo"
@@ -570,10 +571,7 @@ def run_comparison(quick: bool, out: Path, duration: float | None = None) -> int
     grid = QUICK if quick else FULL
     if duration is not None:
         grid = replace(grid, duration=duration)
-    console = Console()
-    if not console.is_terminal:
-        # piped to a file or a log: rich would assume 80 columns and wrap every row
-        console = Console(width=120)
+    console = report_console()
     console.print(
         f"[bold]openenv-zmq comparison[/bold] ({'quick' if quick else 'full'} grid,"
         f" {grid.duration:g} s per point, {os.cpu_count()} cores)"

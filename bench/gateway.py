@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from openenv.core.generic_client import GenericEnvClient  # type: ignore[import-untyped]
-from rich.console import Console
 from rich.table import Table
 
 from bench.baselines import CLUSTER_START_TIMEOUT, WARMUP
+from bench.console import check_sessions_and_duration, report_console
 from bench.openenv_server import (
     EVENT_LOOPS,
     MESSAGE_TIMEOUT,
@@ -184,20 +184,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="uvicorn's event loop for both servers (default asyncio, as openenv-core installs)",
     )
     args = parser.parse_args(argv)
-    if not 1 <= args.sessions <= 1024:
-        parser.error("--sessions must be between 1 and 1024")
-    if not 0 < args.duration <= 600:
-        parser.error("--duration must be in (0, 600]")
+    check_sessions_and_duration(parser, args)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure both servers and print the table. Returns 0: targets not met are results."""
     args = parse_args(argv)
-    console = Console()
-    if not console.is_terminal:
-        # piped to a file or a log: rich would assume 80 columns and wrap every row
-        console = Console(width=120)
+    console = report_console()
     console.print(f"OpenEnv's server: {args.sessions} sessions, {args.duration:g} s per measure")
     openenv = measure_openenv(args.sessions, args.duration, args.loop)
     console.print(f"the gateway ({WORKERS} workers): {args.sessions} sessions")

@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.baselines import CLUSTER_START_TIMEOUT, WARMUP
+from bench.console import check_sessions_and_duration, report_console
 from bench.gateway import gateway_server
 from bench.openenv_server import MESSAGE_TIMEOUT, STEP_DATA
 from broker.bench import cluster_at
@@ -250,20 +251,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"seconds per measurement (default {DEFAULT_DURATION:g})",
     )
     args = parser.parse_args(argv)
-    if not 1 <= args.sessions <= 1024:
-        parser.error("--sessions must be between 1 and 1024")
-    if not 0 < args.duration <= 600:
-        parser.error("--duration must be in (0, 600]")
+    check_sessions_and_duration(parser, args)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure and print the table. Returns 0: targets not met are results."""
     args = parse_args(argv)
-    console = Console()
-    if not console.is_terminal:
-        # piped to a file or a log: rich would assume 80 columns and wrap every row
-        console = Console(width=120)
+    console = report_console()
     results = measure(args.sessions, args.duration, console)
     console.print(results_table(results, args.sessions))
     return 0
