@@ -44,9 +44,10 @@ def core() -> WorkerCore:
 def test_create_reports_array_spaces(core: WorkerCore) -> None:
     reply = create(core, [10, 11, 12], kwargs={"limit": 5})
     assert reply.parts["errors"] == []
+    # the whole spaces: the layout of their arrays, and the bounds or values a client checks
     assert reply.meta["spaces"] == {
-        "action": {"dtype": "<i8", "shape": []},
-        "observation": {"dtype": "<f4", "shape": [2]},
+        "action": {"dtype": "<i8", "shape": [], "n": 3, "start": 0},
+        "observation": {"dtype": "<f4", "shape": [2], "low": -1.0, "high": 1000.0},
     }
     assert core.slots_used == 3
 
