@@ -18,7 +18,7 @@ own fields when every field maps to a Gymnasium space (``str`` -> ``Text``, ``in
 
 An env that fails raises its error from ``step`` / ``reset`` (as ``AsyncVectorEnv`` re-raises a
 worker's), the message naming its index and env id. Gymnasium is an optional dependency
-(``pip install "openenv-zmq[gym]"``).
+(``pip install 'openenv-zmq[gym]'``).
 """
 
 from __future__ import annotations
@@ -31,13 +31,15 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel
 
+from openenv_zmq.extras import missing_extra
+
 try:
     import gymnasium
     from gymnasium import spaces
     from gymnasium.vector import AutoresetMode as GymAutoreset
     from gymnasium.vector.utils import batch_space
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError('openenv_zmq.gym needs Gymnasium: pip install "openenv-zmq[gym]"') from exc
+except ModuleNotFoundError as exc:
+    raise missing_extra("gym", "openenv_zmq.gym", exc) from exc
 
 from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client.results import BatchResult

@@ -11,7 +11,7 @@ The envs live in worker processes: ``get_attr`` reads the fields of each env's S
 (``step_count``, ``episode_id``, ...), ``env_method`` runs what the runtime can run on an env
 (``reset``, ``state``), ``set_attr`` cannot reach them and says so, and ``env_is_wrapped`` is
 false (wrap the vector env, with ``VecMonitor`` for episode statistics). Array envs only: SB3's
-policies take arrays. Needs ``stable-baselines3`` (``pip install "openenv-zmq[sb3]"``).
+policies take arrays. Needs ``stable-baselines3`` (``pip install 'openenv-zmq[sb3]'``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from openenv_zmq.extras import missing_extra
+
 try:
     from stable_baselines3.common.vec_env.base_vec_env import (
         VecEnv,
@@ -27,10 +29,8 @@ try:
         VecEnvObs,
         VecEnvStepReturn,
     )
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError(
-        'openenv_zmq.sb3 needs Stable-Baselines3: pip install "openenv-zmq[sb3]"'
-    ) from exc
+except ModuleNotFoundError as exc:
+    raise missing_extra("sb3", "openenv_zmq.sb3", exc) from exc
 
 from openenv_zmq.autoreset import AutoresetMode
 from openenv_zmq.client.sync import BatchClient, EnvGroup

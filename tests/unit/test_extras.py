@@ -58,3 +58,15 @@ def test_the_cli_names_the_extra_in_one_line(args: tuple[str, ...]) -> None:
     assert done.returncode == 2, done
     assert done.stderr.splitlines()[-1] == f"Error: the gateway needs fastapi: {HINT}"
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "missing", "extra"),
+    [("openenv_zmq.gym", "gymnasium", "gym"), ("openenv_zmq.sb3", "stable_baselines3", "sb3")],
+)
+def test_the_trainer_adapters_name_their_extra(module: str, missing: str, extra: str) -> None:
+    done = python(missing, f"import {module}")
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f"ModuleNotFoundError: {module} needs {missing}: pip install 'openenv-zmq[{extra}]'"
+    )
