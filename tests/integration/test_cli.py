@@ -60,14 +60,33 @@ def test_ctrl_c_stops_a_cluster_quietly(procs: Processes, tmp_path: Path) -> Non
     assert log.read_text() == ""
 
 
+def test_ctrl_c_while_the_gateway_starts_is_quiet(procs: Processes, tmp_path: Path) -> None:
+    log = tmp_path / "broker.log"
+    port = free_port()
+    # No workers: the gateway waits for one to host its env, as it does on a slow start.
+    broker = procs.broker(workers=0, extra=("--gateway-port", str(port)), log=log, own_group=True)
+    title = f"openenv-zmq gateway http://127.0.0.1:{port} {broker.frontend}"
+    wait_until(
+        lambda: title in {command_line(pid) for pid in broker.worker_pids()},
+        30,
+        "the gateway waiting for a worker",
+    )
+    os.killpg(broker.process.pid, signal.SIGINT)
+    assert broker.stop() == 0
+    # Before: the gateway's KeyboardInterrupt, cut short by the broker's SIGTERM, left
+    # "Process openenv-gateway:" and part of a traceback.
+    assert log.read_text() == ""
+
+
+def command_line(pid: int) -> str:
+    with contextlib.suppress(OSError):  # a process that ended meanwhile has none
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    return ""
+
+
 def test_processes_are_named_in_ps(procs: Processes) -> None:
     port = free_port()
     broker = procs.broker(workers=1, extra=("--gateway-port", str(port)))
-
-    def command_line(pid: int) -> str:
-        with contextlib.suppress(OSError):  # a process that ended meanwhile has none
-            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        return ""
 
     named = {
         f"openenv-zmq worker local-0 {broker.backend}",
