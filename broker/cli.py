@@ -902,9 +902,12 @@ def push(
     from broker.hub import push_space
 
     _check_envs((env,), None)
-    where = push_space(
-        repo_id, env=env, private=private, dry_run=dry_run, token=token, endpoint=endpoint
-    )
+    try:
+        where = push_space(
+            repo_id, env=env, private=private, dry_run=dry_run, token=token, endpoint=endpoint
+        )
+    except ModuleNotFoundError as exc:  # the hub extra is not installed: it says so
+        raise click.UsageError(str(exc)) from None
     click.echo(f"staged the Space in {where}" if dry_run else f"pushed {where}")
 
 

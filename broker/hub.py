@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 
 from openenv_zmq.errors import RemoteError
+from openenv_zmq.extras import missing_extra
 from openenv_zmq.registry import resolve_env
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -97,9 +98,7 @@ def push_space(
         from huggingface_hub.errors import HfHubHTTPError
     except ModuleNotFoundError as exc:
         shutil.rmtree(folder, ignore_errors=True)
-        raise ModuleNotFoundError(
-            "pushing a Space needs huggingface_hub: pip install 'openenv-zmq[hub]'"
-        ) from exc
+        raise missing_extra("hub", "pushing a Space", exc) from exc
     api = HfApi(endpoint=endpoint, token=token)
     try:
         url = api.create_repo(

@@ -70,3 +70,13 @@ def test_the_trainer_adapters_name_their_extra(module: str, missing: str, extra:
     assert done.stderr.splitlines()[-1] == (
         f"ModuleNotFoundError: {module} needs {missing}: pip install 'openenv-zmq[{extra}]'"
     )
+
+
+def test_push_names_the_hub_extra_in_one_line() -> None:
+    code = "from broker.cli import run; sys.argv[0] = 'openenv-broker'; run()"
+    done = python("huggingface_hub", code, "push", "--repo-id", "someone/echo", "--env", "echo")
+    assert done.returncode == 2, done
+    assert done.stderr.splitlines()[-1] == (
+        "Error: pushing a Space needs huggingface_hub: pip install 'openenv-zmq[hub]'"
+    )
+    assert "Traceback" not in done.stderr
