@@ -49,8 +49,11 @@ def run_gateway(connect: str, spec: GatewaySpec, curve: CurveKeys | None = None)
     http = header_timeout_protocol(spec.header_timeout_s)
     if spec.app_dir is not None:
         add_app_dir(spec.app_dir)
-    with BatchClient(connect, curve_dir=curve) as client:
-        client.wait_for_workers(1, spec.env, timeout=WORKER_WAIT_SECONDS)
+    try:
+        with BatchClient(connect, curve_dir=curve) as client:
+            client.wait_for_workers(1, spec.env, timeout=WORKER_WAIT_SECONDS)
+    except KeyboardInterrupt:  # Ctrl-C before serving ends it as quietly as uvicorn does after
+        return
     app = create_gateway_app(
         connect,
         spec.env,

@@ -78,6 +78,26 @@ def test_ctrl_c_while_the_gateway_starts_is_quiet(procs: Processes, tmp_path: Pa
     assert log.read_text() == ""
 
 
+def test_ctrl_c_of_a_gateway_waiting_for_a_worker_is_quiet(procs: Processes) -> None:
+    broker = procs.broker(workers=0)
+    args = ("gateway", "--connect", broker.frontend, "--env", "echo", "--port", str(free_port()))
+    gateway = subprocess.Popen(
+        cli(*args), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        title = f"openenv-zmq gateway http://127.0.0.1:{args[-1]} {broker.frontend}"
+        wait_until(lambda: command_line(gateway.pid) == title, 30, "the gateway waiting")
+        gateway.send_signal(signal.SIGINT)
+        out, err = gateway.communicate(timeout=30)
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.communicate()
+    # Before: click's "Aborted!" and exit code 1; once serving, uvicorn already exited 0.
+    assert (gateway.returncode, err) == (0, "")
+    assert out.startswith("gateway for 'echo'")
+
+
 def command_line(pid: int) -> str:
     with contextlib.suppress(OSError):  # a process that ended meanwhile has none
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
