@@ -3,16 +3,16 @@ SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from broker.children import start_child
 from broker.core import BrokerConfig
 from broker.exposure import local_address
 from broker.keys import BrokerKeys
@@ -199,26 +199,5 @@ def _start_gateway(spec: GatewaySpec, frontend: str, curve: CurveKeys | None) ->
     process = multiprocessing.get_context("spawn").Process(
         target=run_gateway, args=(frontend, spec, curve), name="openenv-gateway"
     )
-    with _sigint_ignored():
-        process.start()
+    start_child(process)
     return process
-
-
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore SIGINT while a child is started, so that it starts ignoring it too.
-
-    The cluster stops its gateway itself, first and with SIGTERM. A terminal's Ctrl-C reaches
-    every process of the group: one landing while the gateway still starts (before uvicorn
-    handles signals) raised KeyboardInterrupt there, and the SIGTERM that followed cut its
-    traceback short. An ignored signal stays ignored across exec; uvicorn, once serving,
-    handles SIGINT as a quiet shutdown. Handlers can be set from the main thread only.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)

@@ -135,12 +135,14 @@ class Processes:
         client_keys: CurveKeys | None = None,
         log: Path | None = None,
         own_group: bool = False,
+        wait: bool = True,
     ) -> Broker:
         """A broker with ``workers`` local workers; ``bind`` is its client address (a fresh
         one of ``transport`` by default), e.g. an earlier broker's, to start it again.
         ``client_keys``: what the test's clients connect with (a ``--curve-dir`` broker);
         ``log``: a file its stderr (the log) goes to; ``own_group``: it leads a process group
-        of its own, as a command started from a terminal does (Ctrl-C signals the group)."""
+        of its own, as a command started from a terminal does (Ctrl-C signals the group);
+        ``wait``: return once the workers joined (else once the broker is ready)."""
         if transport == "tcp":
             front, worker_bind = "tcp://127.0.0.1:*", "tcp://127.0.0.1:*"
         else:
@@ -172,7 +174,7 @@ class Processes:
             raise
         broker = Broker(process, frontend, backend, heartbeat, client_keys=client_keys)
         self.brokers.append(broker)
-        if workers:
+        if workers and wait:
             broker.wait_for_workers(workers)
         return broker
 

@@ -10,6 +10,7 @@ import time
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from broker.children import start_child
 from broker.providers.slots import WorkerSlot, check_not_all_given_up
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class LocalProvider:
             },
             name=f"openenv-worker-{slot.name}",
         )
-        process.start()
+        start_child(process)
         self._processes[slot.index] = process
         log.info("started worker %s (pid %s)", slot.name, process.pid)
 

@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -60,22 +61,49 @@ def test_ctrl_c_stops_a_cluster_quietly(procs: Processes, tmp_path: Path) -> Non
     assert log.read_text() == ""
 
 
-def test_ctrl_c_while_the_gateway_starts_is_quiet(procs: Processes, tmp_path: Path) -> None:
+def test_ctrl_c_while_the_cluster_starts_is_quiet(procs: Processes, tmp_path: Path) -> None:
+    # An env that takes seconds to import: the workers are still importing it once the broker
+    # is ready, and the gateway waits for one of them to host it.
+    (tmp_path / "slow_envs.py").write_text(
+        "import time\n"
+        "time.sleep(2)\n"
+        "from echo_env.server.echo_environment import EchoEnvironment as SlowEnv\n"
+    )
     log = tmp_path / "broker.log"
     port = free_port()
-    # No workers: the gateway waits for one to host its env, as it does on a slow start.
-    broker = procs.broker(workers=0, extra=("--gateway-port", str(port)), log=log, own_group=True)
-    title = f"openenv-zmq gateway http://127.0.0.1:{port} {broker.frontend}"
-    wait_until(
-        lambda: title in {command_line(pid) for pid in broker.worker_pids()},
-        30,
-        "the gateway waiting for a worker",
+    extra = ("--app-dir", str(tmp_path), "--gateway-port", str(port))
+    broker = procs.broker(
+        envs=("slow_envs:SlowEnv",), extra=extra, log=log, own_group=True, wait=False
     )
+    # Each child names itself, then imports the env (the gateway once a worker has joined):
+    # each gets the children's part of a Ctrl-C as soon as it is named, while it starts. The
+    # broker, which stops its children itself, is left out, so nothing cuts their output short.
+    titles = {f"openenv-zmq worker local-{i} {broker.backend}" for i in range(2)}
+    titles.add(f"openenv-zmq gateway http://127.0.0.1:{port} {broker.frontend}")
+    signalled: dict[str, int] = {}
+
+    def signal_the_named() -> bool:
+        for pid in broker.worker_pids():
+            title = command_line(pid)
+            if title in titles and title not in signalled:
+                os.kill(pid, signal.SIGINT)
+                signalled[title] = pid
+        return len(signalled) == len(titles)
+
+    wait_until(signal_the_named, 30, "the workers and the gateway starting")
+    broker.wait_for_workers(2)
+    wait_until(lambda: _answers(f"http://127.0.0.1:{port}/health"), 30, "the gateway serving")
+    assert all(alive(pid) for pid in signalled.values())
     os.killpg(broker.process.pid, signal.SIGINT)
     assert broker.stop() == 0
-    # Before: the gateway's KeyboardInterrupt, cut short by the broker's SIGTERM, left
-    # "Process openenv-gateway:" and part of a traceback.
+    # Before: each child's KeyboardInterrupt traceback; the broker replaced the workers.
     assert log.read_text() == ""
+
+
+def _answers(url: str) -> bool:
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as response:
+        return bool(response.status == 200)
+    return False
 
 
 def test_ctrl_c_of_a_gateway_waiting_for_a_worker_is_quiet(procs: Processes) -> None:
