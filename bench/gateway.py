@@ -29,7 +29,7 @@ from openenv.core.generic_client import GenericEnvClient  # type: ignore[import-
 from rich.table import Table
 
 from bench.baselines import CLUSTER_START_TIMEOUT, WARMUP
-from bench.console import check_sessions_and_duration, report_console
+from bench.console import add_sessions_and_duration, report_console
 from bench.openenv_server import (
     EVENT_LOOPS,
     MESSAGE_TIMEOUT,
@@ -165,17 +165,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m bench.gateway",
         description="Compare the gateway with OpenEnv's own server, both serving an echo env.",
     )
-    parser.add_argument(
-        "--sessions",
-        type=int,
-        default=DEFAULT_SESSIONS,
-        help=f"concurrent sessions for the rate (default {DEFAULT_SESSIONS})",
-    )
-    parser.add_argument(
-        "--duration",
-        type=float,
-        default=DEFAULT_DURATION,
-        help=f"seconds per measurement (default {DEFAULT_DURATION:g})",
+    add_sessions_and_duration(
+        parser,
+        sessions=DEFAULT_SESSIONS,
+        duration=DEFAULT_DURATION,
+        sessions_help="concurrent sessions for the rate",
     )
     parser.add_argument(
         "--loop",
@@ -183,9 +177,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="asyncio",
         help="uvicorn's event loop for both servers (default asyncio, as openenv-core installs)",
     )
-    args = parser.parse_args(argv)
-    check_sessions_and_duration(parser, args)
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

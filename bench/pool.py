@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.baselines import CLUSTER_START_TIMEOUT, WARMUP
-from bench.console import check_sessions_and_duration, report_console
+from bench.console import add_sessions_and_duration, report_console
 from bench.gateway import gateway_server
 from bench.openenv_server import MESSAGE_TIMEOUT, STEP_DATA
 from broker.bench import cluster_at
@@ -238,21 +238,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m bench.pool",
         description="Compare a session pool with OpenEnv clients and with one batched client.",
     )
-    parser.add_argument(
-        "--sessions",
-        type=int,
-        default=DEFAULT_SESSIONS,
-        help=f"sessions (threads, coroutines, envs) per measurement (default {DEFAULT_SESSIONS})",
+    add_sessions_and_duration(
+        parser,
+        sessions=DEFAULT_SESSIONS,
+        duration=DEFAULT_DURATION,
+        sessions_help="sessions (threads, coroutines, envs) per measurement",
     )
-    parser.add_argument(
-        "--duration",
-        type=float,
-        default=DEFAULT_DURATION,
-        help=f"seconds per measurement (default {DEFAULT_DURATION:g})",
-    )
-    args = parser.parse_args(argv)
-    check_sessions_and_duration(parser, args)
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
